@@ -1,0 +1,81 @@
+"""The reverse pass: walk the nodes between the image and the explained output in reverse
+topological order, ask each op's rule for its input gradients, and sum gradients per value."""
+from __future__ import annotations
+
+import onnx
+
+from ..errors import UnsupportedModelError
+from ..graph import GraphBuilder, Node
+from .gating import GatingPolicy
+from .rules import ALL_OUTPUTS, RULES
+
+CONTROL_FLOW = {"If", "Loop", "Scan"}
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+               onnx.TensorProto.BFLOAT16}
+
+
+def differentiable_path(builder: GraphBuilder, x: str, y: str) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Nodes on some path x -> y, and the float values on such paths (the only values that carry
+    gradient). Nodes are returned in the graph's (topological) order."""
+    nodes = list(builder.graph.node)
+    depends_on_x = {x}
+    for node in nodes:
+        if any(i in depends_on_x for i in node.input):
+            depends_on_x.update(o for o in node.output
+                                if o and builder.elem_type(o) in FLOAT_TYPES | {None})
+    y_needs = {y}
+    for node in reversed(nodes):
+        if any(o in y_needs for o in node.output):
+            y_needs.update(i for i in node.input if i)
+    active = depends_on_x & y_needs
+    path = [n for n in nodes if any(o in active for o in n.output)]
+    return path, active
+
+
+def check_supported(builder: GraphBuilder, path: list[onnx.NodeProto], y: str) -> None:
+    """Name every node we cannot differentiate, all at once, before anything runs."""
+    unsupported: dict[str, list[str]] = {}
+    y_needs = {y}
+    for node in reversed(builder.graph.node):
+        if any(o in y_needs for o in node.output):
+            y_needs.update(i for i in node.input if i)
+            foreign = node.domain not in ("", "ai.onnx")
+            if foreign or node.op_type in CONTROL_FLOW:
+                label = f"{node.domain}.{node.op_type}" if foreign else node.op_type
+                unsupported.setdefault(label, []).append(node.name)
+    for node in path:
+        if node.domain in ("", "ai.onnx") and node.op_type not in CONTROL_FLOW and node.op_type not in RULES:
+            unsupported.setdefault(node.op_type, []).append(node.name)
+    if unsupported:
+        raise UnsupportedModelError(unsupported)
+
+
+def backpropagate(builder: GraphBuilder, path: list[onnx.NodeProto], active: set[str], x: str, y: str,
+                  seed: str, policy: GatingPolicy) -> tuple[str, list[dict]]:
+    """Append the backward graph of the checked `path` (see differentiable_path); return the name
+    of d<seed . y>/dx and the nodes that were gated."""
+    builder.active = active
+    contributions: dict[str, list[str]] = {y: [seed]}
+    totals: dict[str, str] = {}
+
+    def total(name: str) -> str | None:
+        if name not in totals and contributions.get(name):
+            parts = contributions[name]
+            totals[name] = parts[0] if len(parts) == 1 else builder.op("Sum", *parts, name=f"{name}_grad_sum")
+        return totals.get(name)
+
+    gated = []
+    for proto in reversed(path):
+        node = Node(proto)
+        grads = [total(o) if o else None for o in node.outputs]
+        if not any(grads):
+            continue
+        if policy.gates(node.op):
+            grads[0] = policy.apply(builder, grads[0])
+            gated.append({"node": node.name, "op": node.op})
+        inputs_grads = RULES[node.op](builder, node, grads if node.op in ALL_OUTPUTS else grads[0])
+        for name, grad in zip(node.inputs, inputs_grads):
+            if grad is not None and name in active:
+                contributions.setdefault(name, []).append(grad)
+    gated.reverse()
+    return total(x), gated

@@ -1,0 +1,42 @@
+"""The gating policy of guided non-linearity, kept apart from the gradient rules: rules compute the
+ordinary chain rule; the policy decides at which units the incoming gradient is first clipped to its
+positive part (see the table in the README and ../shared/METHOD.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UsageError
+
+# Units the paper gates: rectifiers and max pooling ("paths of positive chain reactions").
+PAPER_UNITS = frozenset({"Relu", "MaxPool", "GlobalMaxPool", "Clip", "LeakyRelu", "PRelu"})
+# Other non-linear units: gated only when the user asks for gate="all".
+OTHER_NONLINEAR_UNITS = frozenset({"Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Softplus",
+                                   "Elu", "Selu", "Celu", "Softsign", "Mish", "ThresholdedRelu"})
+RULES = ("plain", "guided")
+GATES = ("paper", "all")
+
+
+@dataclass(frozen=True)
+class GatingPolicy:
+    rule: str = "plain"
+    gate: str = "paper"
+
+    def __post_init__(self):
+        if self.rule not in RULES:
+            raise UsageError(f"unknown rule '{self.rule}'; choose one of {', '.join(RULES)}")
+        if self.gate not in GATES:
+            raise UsageError(f"unknown gate '{self.gate}'; choose one of {', '.join(GATES)}")
+
+    @property
+    def gated_ops(self) -> frozenset[str]:
+        if self.rule == "plain":
+            return frozenset()
+        return PAPER_UNITS | OTHER_NONLINEAR_UNITS if self.gate == "all" else PAPER_UNITS
+
+    def gates(self, op_type: str) -> bool:
+        return op_type in self.gated_ops
+
+    @staticmethod
+    def apply(builder, grad: str) -> str:
+        """Only positive gradients pass a gated unit."""
+        return builder.op("Relu", grad, name="gate")

@@ -1,0 +1,26 @@
+"""Gradient rules, one short function per op type, grouped by op family.
+
+A rule receives the builder, the forward node and the gradient arriving at the node's output (a
+list, one per output, for rules registered with all_outputs=True). It returns the gradients of the
+node's inputs in input order (None where no gradient flows). The reverse pass only asks for rules
+of nodes on the path from the image to the explained output, and only uses the gradients of inputs
+on that path, so a rule may return None for weights, shapes and other constants."""
+from __future__ import annotations
+
+from typing import Callable
+
+RULES: dict[str, Callable] = {}
+ALL_OUTPUTS: set[str] = set()
+
+
+def rule(*op_types: str, all_outputs: bool = False):
+    def register(function: Callable) -> Callable:
+        for op_type in op_types:
+            RULES[op_type] = function
+            if all_outputs:
+                ALL_OUTPUTS.add(op_type)
+        return function
+    return register
+
+
+from . import activation, conv, elementwise, linear, norm, pool, reduce, shape  # noqa: E402,F401

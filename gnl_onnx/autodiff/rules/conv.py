@@ -1,0 +1,78 @@
+"""Convolution. The input gradient is a transposed convolution with the forward weights; it is
+written as ConvTranspose without output_padding followed by an explicit crop/pad, which sidesteps
+runtime bugs with asymmetric pads and auto_pad (see ONNX-NOTES.md)."""
+from __future__ import annotations
+
+import math
+
+
+from ...errors import UnsupportedModelError
+from . import rule
+
+
+def explicit_pads(auto_pad, in_sizes, kernel, strides, dilations, pads):
+    """(begin, end) pads per spatial axis, with auto_pad resolved against the known input sizes."""
+    n = len(in_sizes)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, s, d in zip(in_sizes, kernel, strides, dilations):
+            total = max(0, (math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size)
+            small = total // 2
+            first = small if auto_pad == "SAME_UPPER" else total - small
+            begin.append(first)
+            end.append(total - first)
+        return begin, end
+    if auto_pad == "VALID" or not pads:
+        return [0] * n, [0] * n
+    return list(pads[:n]), list(pads[n:])
+
+
+def spread_back(g, dy, weight, in_sizes, out_sizes, kernel, strides, dilations, begin, group=1):
+    """Transpose of a strided, dilated, padded sliding window with weights `weight`: map dy (spatial
+    sizes out_sizes) back to the unpadded input (spatial sizes in_sizes)."""
+    spans = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out_sizes, strides, kernel, dilations)]
+    crop_begin = list(begin)
+    crop_end = [span - b - size for span, b, size in zip(spans, begin, in_sizes)]  # < 0: pad zeros
+    shared = [max(0, min(b, e)) for b, e in zip(crop_begin, crop_end)]  # symmetric part, done by the op
+    dx = g.op("ConvTranspose", dy, weight, kernel_shape=list(kernel), strides=list(strides),
+              dilations=list(dilations), group=group, pads=shared + shared)
+    rest_begin = [b - s for b, s in zip(crop_begin, shared)]
+    rest_end = [e - s for e, s in zip(crop_end, shared)]
+    axes = list(range(2, 2 + len(in_sizes)))
+    if any(rest_begin) or any(e > 0 for e in rest_end):
+        lengths = [span - 2 * s for span, s in zip(spans, shared)]
+        ends = [length - max(e, 0) for length, e in zip(lengths, rest_end)]
+        dx = g.op("Slice", dx, g.ints(rest_begin), g.ints(ends), g.ints(axes))
+    if any(e < 0 for e in rest_end):
+        zeros = [0] * len(in_sizes)
+        dx = g.op("Pad", dx, g.ints([0, 0] + zeros + [0, 0] + [max(-e, 0) for e in rest_end]))
+    return dx
+
+
+def window_geometry(g, node, kernel):
+    """Input/output spatial sizes, strides, dilations and explicit begin pads of a windowed op."""
+    x, y = node.inputs[0], node.outputs[0]
+    rank = g.rank(x)
+    if rank is None or rank < 3:
+        raise UnsupportedModelError({f"{node.op} (unknown rank)": [node.name]},
+                                    hint="export the model with a fixed image size")
+    spatial = list(range(2, rank))
+    in_sizes = g.static_dims(x, spatial, node.op)
+    out_sizes = g.static_dims(y, spatial, node.op)
+    n = len(spatial)
+    strides = node.attr("strides") or [1] * n
+    dilations = node.attr("dilations") or [1] * n
+    begin, end = explicit_pads(node.attr("auto_pad", "NOTSET"), in_sizes, kernel, strides, dilations,
+                               node.attr("pads"))
+    return in_sizes, out_sizes, strides, dilations, begin, end
+
+
+@rule("Conv")
+def conv(g, node, dy):
+    weight = node.inputs[1]
+    if g.wants(weight):
+        raise UnsupportedModelError({"Conv with weights computed from the image": [node.name]})
+    kernel = node.attr("kernel_shape") or list(g.static_shape(weight, "Conv weight")[2:])
+    in_sizes, out_sizes, strides, dilations, begin, _ = window_geometry(g, node, kernel)
+    return [spread_back(g, dy, weight, in_sizes, out_sizes, kernel, strides, dilations, begin,
+                        group=node.attr("group", 1))]

@@ -1,0 +1,281 @@
+"""Bring any exported CNN into one canonical form before differentiation: a modern opset, named
+nodes, constants folded (shape arithmetic included where shapes are static), BatchNormalization
+folded into its Conv or written as Mul + Add, and Identity/Dropout removed."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import ModelError, UnsupportedModelError
+from .graph import GraphBuilder, drop_unused_initializers, prune
+from .runtime import onnxruntime
+
+TARGET_OPSET = 18
+MAX_FOLDED_BYTES = 64 << 20  # larger computed constants stay computed at run time
+NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                    "Multinomial", "Bernoulli"}
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a canonical copy of a checked model (the argument is left untouched)."""
+    model = upgrade_opset(model)
+    _name_nodes(model.graph)
+    _remove_passthrough(model.graph)
+    for _ in range(4):  # folding can reveal shapes, which can reveal more folding
+        if not fold_constants(model):
+            break
+    fold_batchnorm(model)
+    prune(model.graph)
+    return model
+
+
+def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    version = default_opset(model)
+    if version < 7:
+        raise ModelError(f"the model uses opset {version}; opsets from 7 up are supported: re-export it")
+    if version >= TARGET_OPSET:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    try:
+        converted = onnx.version_converter.convert_version(model, TARGET_OPSET)
+    except Exception as e:  # the converter raises bare RuntimeErrors with C++ messages
+        raise ModelError(f"could not upgrade the model from opset {version} to {TARGET_OPSET} "
+                         f"({str(e).strip().splitlines()[0][:200]}); re-export it at opset {TARGET_OPSET}") from None
+    converted.ir_version = max(converted.ir_version, 8)
+    return converted
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    """Every node gets a unique name: errors and gating reports refer to nodes by name."""
+    seen: set[str] = set()
+    for i, node in enumerate(graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+
+def _remove_passthrough(graph: onnx.GraphProto) -> None:
+    """Identity and inference-mode Dropout compute nothing: drop them (kept where they name a
+    graph output, since a graph output must be produced by some node)."""
+    outputs = {o.name for o in graph.output}
+    users = _consumers(graph)
+    keep = []
+    for node in graph.node:
+        passthrough = node.op_type == "Identity" or (
+            node.op_type == "Dropout" and not any(users.get(o) for o in node.output[1:]))
+        if passthrough and node.output[0] not in outputs:
+            _rename_uses(graph, node.output[0], node.input[0])
+            continue
+        if node.op_type == "Dropout":  # a graph output: keep it as a plain Identity
+            node.CopyFrom(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
+        keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def fold_constants(model: onnx.ModelProto) -> bool:
+    """Evaluate every node whose inputs are all known (initializers, Constant outputs, shapes of
+    statically shaped values). Returns whether anything changed."""
+    graph = model.graph
+    builder = GraphBuilder(model)
+    known = builder.constants
+    outputs = {o.name for o in graph.output}
+    opsets = list(model.opset_import)
+    keep, changed = [], False
+    partial: dict[str, tuple] = {}  # Shape outputs of values whose batch dim is dynamic
+    for node in graph.node:
+        if node.op_type == "Shape" and not node.attribute:
+            partial[node.output[0]] = builder.shape(node.input[0])
+        value = _evaluate(node, known, builder, opsets) or _static_part_of_shape(node, partial, known)
+        if value is None or any(o in outputs for o in node.output):
+            keep.append(node)
+            continue
+        known.update(value)
+        changed = True
+    if not changed:
+        return False
+    used = {name for node in keep for name in node.input} | outputs
+    existing = {t.name for t in graph.initializer}
+    for name in used & (known.names() - existing):
+        graph.initializer.append(numpy_helper.from_array(known[name], name))
+    del graph.node[:]
+    graph.node.extend(keep)
+    return True
+
+
+def _static_part_of_shape(node, partial, known) -> dict | None:
+    """x.shape[1] and x.shape[1:] are constants even when x.shape[0] (the batch) is not."""
+    if node.op_type not in ("Gather", "Slice") or node.input[0] not in partial or partial[node.input[0]] is None:
+        return None
+    dims = np.array([d if isinstance(d, int) else -1 for d in partial[node.input[0]]], dtype=np.int64)
+    if not all(i in known for i in node.input[1:] if i):
+        return None
+    if node.op_type == "Gather":
+        picked = dims[known[node.input[1]]]
+    else:
+        starts, ends = known[node.input[1]], known[node.input[2]]
+        steps = known[node.input[4]] if len(node.input) > 4 and node.input[4] else [1]
+        picked = dims[int(starts[0]):int(ends[0]) if ends[0] < 2**62 else None:int(steps[0])]
+    return None if np.any(picked < 0) else {node.output[0]: picked}
+
+
+def _evaluate(node, known, builder, opsets) -> dict | None:
+    if node.domain not in ("", "ai.onnx") or node.op_type in NONDETERMINISTIC:
+        return None
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        return None
+    if node.op_type in ("Shape", "Size"):
+        shape = builder.shape(node.input[0])
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            return None
+        if node.op_type == "Size":
+            return {node.output[0]: np.array(int(np.prod(shape)), dtype=np.int64)}
+        attrs = {a.name: a.i for a in node.attribute}
+        dims = np.array(shape, dtype=np.int64)[attrs.get("start", 0):attrs.get("end", len(shape)) or None]
+        if "end" in attrs and attrs["end"] == 0:
+            dims = dims[:0]
+        return {node.output[0]: dims}
+    inputs = [name for name in node.input if name]
+    if not all(name in known for name in inputs):
+        return None
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {name: known[name] for name in inputs}
+    single = helper.make_model(
+        helper.make_graph([node], "fold",
+                          [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                           for n, a in feeds.items()],
+                          [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+                           for o in node.output if o]),
+        opset_imports=opsets)
+    try:
+        results = ReferenceEvaluator(single).run(None, feeds)
+    except Exception:  # leave anything the reference cannot evaluate to the run time
+        return None
+    values = {o: np.asarray(r) for o, r in zip([o for o in node.output if o], results)}
+    if sum(v.nbytes for v in values.values()) > MAX_FOLDED_BYTES:
+        return None
+    return values
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> None:
+    """Inference BatchNormalization is an affine map per channel: merge it into the Conv that feeds
+    it when nothing else reads the Conv's output, otherwise write it as Mul + Add."""
+    graph = model.graph
+    builder = GraphBuilder(model)
+    constants = builder.constants
+    producers = {o: n for n in graph.node for o in n.output}
+    users = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    removed = set()
+    for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
+        attrs = {a.name: helper.get_attribute_value(a) for a in bn.attribute}
+        if attrs.get("training_mode", 0) or len([o for o in bn.output if o]) > 1:
+            raise UnsupportedModelError({"BatchNormalization (training mode)": [bn.name]},
+                                        hint="export the model in eval/inference mode")
+        params = [constants.get(name) for name in bn.input[1:5]]
+        if any(p is None for p in params):
+            continue  # statistics computed at run time: the BatchNormalization rule handles it
+        scale, bias, mean, var = (p.astype(np.float64) for p in params)
+        factor = scale / np.sqrt(var + attrs.get("epsilon", 1e-5))
+        shift = bias - mean * factor
+        conv = producers.get(bn.input[0])
+        if (conv is not None and conv.op_type == "Conv" and len(users.get(bn.input[0], [])) == 1
+                and bn.input[0] not in outputs and conv.input[1] in constants
+                and (len(conv.input) < 3 or not conv.input[2] or conv.input[2] in constants)):
+            weight = constants[conv.input[1]]
+            old_bias = constants[conv.input[2]] if len(conv.input) > 2 and conv.input[2] else 0.0
+            new_weight = (weight * factor.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype)
+            new_bias = (np.asarray(old_bias, np.float64) * factor + shift).astype(weight.dtype)
+            w_name = builder.const(new_weight, name=f"{conv.name}_W_bnfolded")
+            b_name = builder.const(new_bias, name=f"{conv.name}_B_bnfolded")
+            del conv.input[1:]
+            conv.input.extend([w_name, b_name])
+            conv.output[0] = bn.output[0]
+            removed.add(bn.name)
+            continue
+        rank = builder.rank(bn.input[0]) or 4
+        float_type = helper.np_dtype_to_tensor_dtype(params[0].dtype)
+        shape = (-1,) + (1,) * (rank - 2)
+        np_type = helper.tensor_dtype_to_np_dtype(float_type)
+        mul_c = builder.const(factor.reshape(shape).astype(np_type), name=f"{bn.name}_scale")
+        add_c = builder.const(shift.reshape(shape).astype(np_type), name=f"{bn.name}_shift")
+        scaled = builder.fresh(f"{bn.name}_scaled")
+        mul = helper.make_node("Mul", [bn.input[0], mul_c], [scaled], name=builder.fresh(f"{bn.name}_mul"))
+        add = helper.make_node("Add", [scaled, add_c], [bn.output[0]], name=builder.fresh(f"{bn.name}_add"))
+        index = list(graph.node).index(bn)
+        graph.node.insert(index, add)
+        graph.node.insert(index, mul)
+        removed.add(bn.name)
+    nodes = [n for n in graph.node if n.name not in removed or n.op_type != "BatchNormalization"]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    drop_unused_initializers(graph)
+
+
+def has_unknown_dims(builder: GraphBuilder, names, batch_symbol) -> bool:
+    """Whether shape inference left a dim (other than the batch) unknown on the path."""
+    for name in names:
+        shape = builder.shape(name)
+        if shape is None or any(not isinstance(d, int) and d != batch_symbol for d in shape):
+            return True
+    return False
+
+
+def probe_shapes(model: onnx.ModelProto, x: str, names) -> None:
+    """Fill in the shapes static inference could not derive (e.g. Reshape fed by computed shapes
+    on a dynamic batch) by running the checked forward graph at batch 1 and 2: dims that change
+    with the batch get the batch's symbol, all others are static."""
+    declared = next(i for i in model.graph.input if i.name == x).type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in declared.shape.dim]
+    symbol = declared.shape.dim[0].dim_param if dims and dims[0] is None else None
+    if not dims or any(d is None for d in dims[1:]):
+        return  # only the batch may be free: nothing to probe with
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    wanted = [n for n in names if n not in outputs and n != x]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in wanted)
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    np_type = helper.tensor_dtype_to_np_dtype(declared.elem_type)
+    rng = np.random.default_rng(0)
+    shapes, types = [], []
+    for batch in ((1, 2) if dims[0] is None else (dims[0],)):
+        feed = rng.standard_normal([batch] + dims[1:]).astype(np_type)
+        values = session.run(wanted, {x: feed})
+        shapes.append([v.shape for v in values])
+        types = [helper.np_dtype_to_tensor_dtype(v.dtype) for v in values]
+    infos = {v.name: v for v in model.graph.value_info}
+    for i, name in enumerate(wanted):
+        observed = [s[i] for s in shapes]
+        shape = [d if all(o[k] == d for o in observed) else symbol for k, d in enumerate(observed[0])]
+        info = helper.make_tensor_value_info(name, types[i], shape)
+        if name in infos:
+            infos[name].CopyFrom(info)
+        else:
+            model.graph.value_info.append(info)
