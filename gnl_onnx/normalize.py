@@ -29,6 +29,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     for _ in range(4):  # folding can reveal shapes, which can reveal more folding
         if not fold_constants(model):
             break
+    _match_clip_bound_types(model)
     fold_batchnorm(model)
     prune(model.graph)
     return model
@@ -49,6 +50,21 @@ def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
                          f"({str(e).strip().splitlines()[0][:200]}); re-export it at opset {TARGET_OPSET}") from None
     converted.ir_version = max(converted.ir_version, 8)
     return converted
+
+
+def _match_clip_bound_types(model: onnx.ModelProto) -> None:
+    """Opset < 11 Clip kept min/max as attributes; the converter turns them into float32 inputs
+    even when the clipped tensor is double or half."""
+    builder = GraphBuilder(model)
+    for node in model.graph.node:
+        elem = builder.elem_type(node.input[0]) if node.op_type == "Clip" else None
+        if not elem or elem == onnx.TensorProto.FLOAT:
+            continue
+        for i in (1, 2):
+            bound = node.input[i] if i < len(node.input) else ""
+            if bound in builder.constants and builder.constants[bound].dtype != helper.tensor_dtype_to_np_dtype(elem):
+                node.input[i] = builder.const(builder.constants[bound], dtype=helper.tensor_dtype_to_np_dtype(elem),
+                                              name=bound)
 
 
 def _name_nodes(graph: onnx.GraphProto) -> None:
@@ -208,8 +224,8 @@ def fold_batchnorm(model: onnx.ModelProto) -> None:
             old_bias = constants[conv.input[2]] if len(conv.input) > 2 and conv.input[2] else 0.0
             new_weight = (weight * factor.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype)
             new_bias = (np.asarray(old_bias, np.float64) * factor + shift).astype(weight.dtype)
-            w_name = builder.const(new_weight, name=f"{conv.name}_W_bnfolded")
-            b_name = builder.const(new_bias, name=f"{conv.name}_B_bnfolded")
+            w_name = builder.const(new_weight, dtype=weight.dtype, name=f"{conv.name}_W_bnfolded")
+            b_name = builder.const(new_bias, dtype=weight.dtype, name=f"{conv.name}_B_bnfolded")
             del conv.input[1:]
             conv.input.extend([w_name, b_name])
             conv.output[0] = bn.output[0]
@@ -219,8 +235,8 @@ def fold_batchnorm(model: onnx.ModelProto) -> None:
         float_type = helper.np_dtype_to_tensor_dtype(params[0].dtype)
         shape = (-1,) + (1,) * (rank - 2)
         np_type = helper.tensor_dtype_to_np_dtype(float_type)
-        mul_c = builder.const(factor.reshape(shape).astype(np_type), name=f"{bn.name}_scale")
-        add_c = builder.const(shift.reshape(shape).astype(np_type), name=f"{bn.name}_shift")
+        mul_c = builder.const(factor.reshape(shape), dtype=np_type, name=f"{bn.name}_scale")
+        add_c = builder.const(shift.reshape(shape), dtype=np_type, name=f"{bn.name}_shift")
         scaled = builder.fresh(f"{bn.name}_scaled")
         mul = helper.make_node("Mul", [bn.input[0], mul_c], [scaled], name=builder.fresh(f"{bn.name}_mul"))
         add = helper.make_node("Add", [scaled, add_c], [bn.output[0]], name=builder.fresh(f"{bn.name}_add"))

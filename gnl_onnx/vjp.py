@@ -8,7 +8,7 @@ import os
 import onnx
 from onnx import helper
 
-from .autodiff import backpropagate, check_supported, differentiable_path
+from .autodiff import backpropagate, check_differentiable, check_supported, differentiable_path
 from .autodiff.gating import GatingPolicy
 from .errors import ModelError
 from .graph import GraphBuilder, prune
@@ -34,9 +34,8 @@ def vjp_model(model: str | os.PathLike | onnx.ModelProto, rule: str = "plain", g
         if builder.fresh(name) != name:  # fresh() also reserves the name
             raise ModelError(f"the model already has a value named '{name}'; rename it before converting")
     path, active = differentiable_path(builder, x, y)
-    if x not in active:
-        raise ModelError(f"output '{y}' does not depend on input '{x}': nothing to explain")
     check_supported(builder, path, y)
+    check_differentiable(builder, x, y, active)
     batch = (builder.shape(x) or [None])[0]
     if has_unknown_dims(builder, active, batch if isinstance(batch, str) else None):
         probe_shapes(proto, x, sorted(active))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..errors import UnsupportedModelError
+from ..errors import ModelError, UnsupportedModelError
 from ..graph import GraphBuilder, Node
 from .gating import GatingPolicy
 from .rules import ALL_OUTPUTS, RULES
@@ -48,6 +48,31 @@ def check_supported(builder: GraphBuilder, path: list[onnx.NodeProto], y: str) -
             unsupported.setdefault(node.op_type, []).append(node.name)
     if unsupported:
         raise UnsupportedModelError(unsupported)
+
+
+def check_differentiable(builder: GraphBuilder, x: str, y: str, active: set[str]) -> None:
+    """The output must reach the input through float values of the input's own precision."""
+    if y in active:
+        mixed = sorted(v for v in active if builder.elem_type(v) not in (None, builder.elem_type(x)))
+        if mixed:
+            raise ModelError(f"the path from '{x}' to '{y}' mixes float precisions (e.g. '{mixed[0]}' is "
+                             f"{onnx.TensorProto.DataType.Name(builder.elem_type(mixed[0]))}); "
+                             "export the model in one precision")
+        return
+    # y depends on x, if at all, only through integer values (indices, shapes, decisions)
+    reached, float_reached = {x}, {x}
+    blockers: dict[str, list[str]] = {}
+    for node in builder.graph.node:
+        if any(i in reached for i in node.input):
+            reached.update(node.output)
+        if any(i in float_reached for i in node.input):
+            floats = [o for o in node.output if builder.elem_type(o) in FLOAT_TYPES | {None}]
+            float_reached.update(floats)
+            if not floats and node.op_type not in ("Shape", "Size"):  # where the gradient stops
+                blockers.setdefault(node.op_type, []).append(node.name)
+    if blockers and y in reached:
+        raise UnsupportedModelError(blockers, hint=f"'{y}' depends on '{x}' only through integer values")
+    raise ModelError(f"output '{y}' does not depend on input '{x}': nothing to explain")
 
 
 def backpropagate(builder: GraphBuilder, path: list[onnx.NodeProto], active: set[str], x: str, y: str,

@@ -36,9 +36,11 @@ def matmul(g, node, dy):
     a, b = node.inputs
     y = node.outputs[0]
     rank_a, rank_b, out_shape = g.rank(a), g.rank(b), g.shape(y)
-    if not rank_a or not rank_b or rank_a < 2 or rank_b < 2 or out_shape is None:
-        raise UnsupportedModelError({"MatMul (1-D operand or unknown rank)": [node.name]},
-                                    hint="export the model with 2-D or batched matrix products")
+    if rank_a is None or rank_b is None or out_shape is None:
+        raise UnsupportedModelError({"MatMul (unknown rank)": [node.name]},
+                                    hint="export the model with a fixed image size")
+    if rank_a == 1 or rank_b == 1:
+        return _matmul_with_vector(g, node, dy, rank_a, rank_b)
     batch = out_shape[:-2]
     da = db = None
     if g.wants(a):  # dA = dY @ B^T, summed over the batch axes A was broadcast along
@@ -46,3 +48,19 @@ def matmul(g, node, dy):
     if g.wants(b):  # dB = A^T @ dY
         db = g.unbroadcast(g.op("MatMul", _swap_last_axes(g, a, rank_a), dy), b, batch + g.shape(b)[-2:])
     return [da, db]
+
+
+def _matmul_with_vector(g, node, dy, rank_a, rank_b):
+    """numpy semantics: a 1-D operand is a row (left) or column (right) vector whose axis is dropped
+    from the result; put that axis back, use the broadcast product, and sum to the operand."""
+    a, b = node.inputs
+    if rank_a == 1 and rank_b == 1:  # a scalar dot product
+        return [g.op("Mul", dy, b), g.op("Mul", dy, a)]
+    if rank_b == 1:  # y[..., i] = sum_k A[..., i, k] b[k]
+        column = g.op("Unsqueeze", dy, g.ints([-1]))
+        db = g.op("ReduceSum", g.op("Mul", column, a), g.ints(list(range(rank_a - 1))), keepdims=0)
+        return [g.op("Mul", column, b), db]
+    row = g.op("Unsqueeze", dy, g.ints([-2]))  # y[..., j] = sum_k a[k] B[..., k, j]
+    da = g.op("MatMul", row, _swap_last_axes(g, b, rank_b))
+    da = g.op("ReduceSum", da, g.ints(list(range(rank_b - 1))), keepdims=0)
+    return [da, g.op("Mul", g.op("Unsqueeze", a, g.ints([-1])), row)]

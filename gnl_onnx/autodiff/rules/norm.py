@@ -26,6 +26,9 @@ def layer_normalization(g, node, dy):
     axes = g.ints(list(range(node.attr("axis", -1) % rank, rank)))
     mean = g.forward_output(node, 1, f"{node.outputs[0]}_mean")
     inv_std = g.forward_output(node, 2, f"{node.outputs[0]}_invstd")
+    elem = g.elem_type(x) or g.float_type
+    if elem != node.attr("stash_type", 1):  # statistics are kept in the stash type (float32)
+        mean, inv_std = g.op("Cast", mean, to=elem), g.op("Cast", inv_std, to=elem)
     z = g.op("Mul", g.op("Sub", x, mean), inv_std)
     dz = g.op("Mul", dy, scale)
     mean_dz = g.op("ReduceMean", dz, axes, keepdims=1)

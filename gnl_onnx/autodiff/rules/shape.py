@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import numpy_helper
 
 from ...errors import UnsupportedModelError
 from . import rule
@@ -56,20 +57,31 @@ def _constant(g, node, index, what):
 def slice_(g, node, dy):
     x = node.inputs[0]
     starts, ends = _constant(g, node, 1, "starts"), _constant(g, node, 2, "ends")
-    axes = _constant(g, node, 3, "axes")
-    steps = _constant(g, node, 4, "steps")
+    axes, steps = _constant(g, node, 3, "axes"), _constant(g, node, 4, "steps")
     rank = g.rank(x)
     axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in axes]
-    steps = [1] * len(axes) if steps is None else list(steps)
-    if any(s != 1 for s in steps):
-        raise UnsupportedModelError({"Slice with steps other than 1": [node.name]})
+    steps = [1] * len(axes) if steps is None else [int(s) for s in steps]
     dims = g.static_dims(x, axes, node.op)
     pads = [0] * (2 * rank)
-    for axis, dim, start, end in zip(axes, dims, starts, ends):
-        start = min(max(int(start) + dim if start < 0 else int(start), 0), dim)
-        end = min(max(int(end) + dim if end < 0 else int(end), 0), dim)
-        pads[axis], pads[rank + axis] = start, dim - max(end, start)
-    return [g.op("Pad", dy, g.ints(pads))]
+    for axis, dim, start, end, step in zip(axes, dims, starts, ends, steps):
+        picked = np.arange(dim)[slice(int(start), int(end), step)]  # numpy clamps as ONNX does
+        if step == 1:  # a contiguous block: pad the gradient back around it
+            first = picked[0] if picked.size else dim
+            pads[axis], pads[rank + axis] = first, dim - first - picked.size
+        else:  # strided or reversed: scatter each picked position back along the axis
+            dy = _scatter_along(g, dy, picked, axis, dim, rank)
+    return [g.op("Pad", dy, g.ints(pads)) if any(pads) else dy]
+
+
+def _scatter_along(g, grad, positions, axis, dim, rank):
+    """A tensor with `dim` entries along `axis`: grad's slices at `positions`, zeros elsewhere."""
+    grad_shape = g.op("Shape", grad)
+    full_shape = g.op("ScatterElements", grad_shape, g.ints([axis]), g.ints([dim]), axis=0)
+    shape = [1] * rank
+    shape[axis] = -1
+    where = g.op("Expand", g.const(positions.reshape(shape), dtype=np.int64), grad_shape)
+    zeros = g.op("ConstantOfShape", full_shape, value=numpy_helper.from_array(np.zeros(1, g.np_float)))
+    return g.op("ScatterElements", zeros, where, grad, axis=axis)
 
 
 @rule("Pad")
