@@ -23,3 +23,7 @@ class UnsupportedModelError(ModelError):
 
 class UsageError(GnlOnnxError):
     """The arguments do not fit the model or each other."""
+
+
+class InputError(GnlOnnxError):
+    """An input image or argument cannot be used (missing, unreadable, truncated, too large)."""

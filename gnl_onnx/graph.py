@@ -118,10 +118,12 @@ class GraphBuilder:
         self._names.add(name)
         return name
 
-    def op(self, op_type: str, *inputs: str | None, outputs: int = 1, name: str = "", **attrs):
-        """Append a node; return its output name (or list of names when outputs > 1)."""
+    def op(self, op_type: str, *inputs: str | None, outputs: int = 1, name: str = "", out: str | None = None,
+           **attrs):
+        """Append a node; return its output name (or list of names when outputs > 1). `out` names
+        the (single) output explicitly."""
         base = name or f"grad_{op_type}"
-        outs = [self.fresh(base) for _ in range(outputs)]
+        outs = [out] if out else [self.fresh(base) for _ in range(outputs)]
         node = helper.make_node(op_type, [i or "" for i in inputs], outs, name=self.fresh(base + "_node"),
                                 **{k: v for k, v in attrs.items() if v is not None})
         self.graph.node.append(node)
@@ -206,6 +208,9 @@ class GraphBuilder:
         return self._shape_cache[name]
 
     # ---- helpers shared by many rules
+    def has_name(self, name: str) -> bool:
+        return name in self._names
+
     def reserve(self, name: str) -> None:
         """Keep a name for the caller (e.g. the names of the inputs and outputs it will add)."""
         self._names.add(name)
@@ -289,3 +294,35 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
         real = [i for i in graph.input if i.name not in declared_inputs]
         del graph.input[:]
         graph.input.extend(real)
+
+
+def rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename a value everywhere it appears in a graph (nodes, initializers, declarations)."""
+    for node in graph.node:
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new
+    for field_ in (graph.initializer, graph.input, graph.output, graph.value_info):
+        for item in field_:
+            if item.name == old:
+                item.name = new
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so each comes after the producers of its inputs (stable otherwise)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ValueError(f"graph has a cycle or a missing value near node '{rest[0].name}'")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)

@@ -2,7 +2,7 @@
 only onnx and numpy, running them needs one of the two."""
 from __future__ import annotations
 
-from .errors import GnlOnnxError
+from .errors import GnlOnnxError, UsageError
 
 
 def onnxruntime():
@@ -12,3 +12,32 @@ def onnxruntime():
         raise GnlOnnxError("ONNX Runtime is not installed: pip install 'gnl-onnx[cpu]' "
                            "(or 'gnl-onnx[gpu]' for CUDA)") from None
     return ort
+
+
+def choose_providers(providers=None) -> list[str]:
+    """CUDA when onnxruntime-gpu sees a GPU, the CPU otherwise (or what the caller names)."""
+    ort = onnxruntime()
+    if providers:
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if missing:
+            raise UsageError(f"ONNX Runtime here has no {', '.join(missing)}; available: "
+                             f"{', '.join(ort.get_available_providers())}")
+        return list(providers)
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def make_session(model, providers=None, threads: int | None = None):
+    """A session on a ModelProto; returns (session, name of the provider that really runs it:
+    onnxruntime silently falls back to the CPU when a provider fails to load)."""
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=choose_providers(providers))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own unrelated classes
+        raise GnlOnnxError(f"ONNX Runtime could not load the model: {str(e).splitlines()[0][:300]}") from None
+    return session, session.get_providers()[0]

@@ -1,0 +1,220 @@
+"""Attribution methods as ONNX graphs. Every method is the same graph shape:
+
+    points  = baseline + alphas[s] * (image - baseline) + noise[s]      (S points per image)
+    grads   = (guided or plain) d scores[target] / d points              (one batch of S*N rows)
+    attribution = factor * sum_s weights[s] * grads[s]
+
+with factor = image - baseline (integrated gradients), image (input x gradient) or 1. The method
+fixes the gradient rule and the factor; the caller (the Explainer, or any ONNX Runtime user of a
+converted model) chooses the points and weights, so one converted model serves any step count,
+quadrature rule and chunking."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .errors import UsageError
+from .graph import GraphBuilder, prune, rename_value, topological_sort
+from .loading import choose_input, choose_output, load_model
+from .vjp import vjp_model, vjp_report
+
+METADATA_KEY = "gnl_onnx.attribution"
+OUTPUT_KINDS = ("logit", "prob", "logprob")
+INPUT_NAMES = ("baseline", "target", "alphas", "weights", "noise")
+OUTPUT_NAMES = ("attribution", "scores", "target_used")
+
+
+@dataclass(frozen=True)
+class Method:
+    rule: str    # gradient rule: "plain" chain rule or "guided" (positive gating)
+    factor: str  # what the weighted gradient is multiplied by: "delta" (image - baseline), "image", "none"
+    path: str    # how the runtime places the points: "image" (alpha 1), "line" (baseline -> image), "noise"
+    summary: str
+
+
+METHODS = {
+    "gradient": Method("plain", "none", "image", "the plain gradient of the score at the image"),
+    "input_x_gradient": Method("plain", "image", "image", "image times its plain gradient"),
+    "guided_backprop": Method("guided", "none", "image", "the guided gradient at the image "
+                              "(Springenberg et al.): only positive gradients through active units"),
+    "ig": Method("plain", "delta", "line", "integrated gradients (Sundararajan et al.): "
+                 "(image - baseline) times the mean plain gradient along the straight path"),
+    "gnl_ig": Method("guided", "delta", "line", "integrated gradients with guided non-linearity "
+                     "(Kwon et al., ICPR 2020): as ig, with guided gradients"),
+    "smoothgrad": Method("plain", "none", "noise", "SmoothGrad (Smilkov et al.): the mean plain "
+                         "gradient at noisy copies of the image"),
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise UsageError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def select_output(model: onnx.ModelProto, kind: str = "logit", name: str | None = None) -> onnx.ModelProto:
+    """A copy of the model whose only output is the value to explain: the logits in front of a
+    final Softmax/LogSoftmax (or the output itself when there is none), their softmax, or their
+    log-softmax."""
+    if kind not in OUTPUT_KINDS:
+        raise UsageError(f"unknown output '{kind}'; choose one of {', '.join(OUTPUT_KINDS)}")
+    model = load_model(model)
+    graph = model.graph
+    y = choose_output(graph, name)
+    producer = next((n for n in graph.node if y in n.output), None)
+    ending = producer.op_type if producer is not None and producer.op_type in ("Softmax", "LogSoftmax") else None
+    logits = producer.input[0] if ending else y
+    axis = next((a.i for a in producer.attribute if a.name == "axis"), -1) if ending else -1
+    builder = GraphBuilder(model)
+    if kind == "logit":
+        chosen = logits
+    elif kind == ("prob" if ending == "Softmax" else "logprob") and ending:
+        chosen = y
+    elif kind == "prob" and ending == "LogSoftmax":
+        chosen = builder.op("Exp", y, name="probabilities")
+    else:
+        chosen = builder.op("Softmax" if kind == "prob" else "LogSoftmax", logits, axis=axis,
+                            name="probabilities" if kind == "prob" else "log_probabilities")
+    declared = next(o for o in graph.output if o.name == y)
+    del graph.output[:]
+    graph.output.append(helper.make_value_info(chosen, declared.type))
+    prune(graph)
+    return model
+
+
+def attribution_model(model: str | os.PathLike | onnx.ModelProto, method: str = "gnl_ig", gate: str = "paper",
+                      output: str = "logit", input: str | None = None,
+                      output_name: str | None = None) -> onnx.ModelProto:
+    """One ONNX model computing an attribution end to end (see the module docstring).
+
+    Inputs: the image batch (the model's own input name and layout), `baseline` (broadcastable to
+    it), `target` (int64 [N]; negative = the top-1 class), `alphas` and `weights` (float [S]),
+    `noise` (broadcastable to [S, N, *image dims]; zeros of shape [1, 1, 1, 1, 1] for none with 4-D
+    images). `baseline` has the image's rank (size-1 dims broadcast).
+    Outputs: `attribution` (shaped like the image), `scores` (the explained output at the image,
+    [N, classes]) and `target_used` (int64 [N])."""
+    spec = get_method(method)
+    source = load_model(model)
+    x = choose_input(source.graph, input)
+    selected = select_output(source, output, output_name)
+    vjp = vjp_model(selected, rule=spec.rule, gate=gate, input=x)
+    report = vjp_report(vjp)
+    graph = vjp.graph
+    image_type = next(i.type for i in graph.input if i.name == x)
+    row_bytes = bytes_per_row(vjp, x)
+    if image_type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise UsageError("attribution models are built for float32 image inputs")
+
+    # Free the public names: the model's own values keep working under fresh names.
+    builder = GraphBuilder(vjp)
+    for public in INPUT_NAMES + OUTPUT_NAMES:
+        if builder.has_name(public) and public != x:
+            rename_value(graph, public, builder.fresh(public))
+    points, seed, scores_all, grads_all = (builder.fresh(n) for n in
+                                           ("points", "seed", "scores_all", "grads_all"))
+    rename_value(graph, x, points)
+    rename_value(graph, report["seed"], seed)
+    rename_value(graph, report["output"], scores_all)
+    rename_value(graph, report["gradient"], grads_all)
+    del graph.input[:]
+    del graph.output[:]
+    rank = len(image_type.tensor_type.shape.dim)
+    graph.input.extend([
+        helper.make_value_info(x, image_type),
+        helper.make_tensor_value_info("baseline", TensorProto.FLOAT, [f"baseline_{i}" for i in range(rank)]),
+        helper.make_tensor_value_info("target", TensorProto.INT64, ["N"]),
+        helper.make_tensor_value_info("alphas", TensorProto.FLOAT, ["S"]),
+        helper.make_tensor_value_info("weights", TensorProto.FLOAT, ["S"]),
+        helper.make_tensor_value_info("noise", TensorProto.FLOAT, [f"noise_{i}" for i in range(rank + 1)]),
+    ])
+    g = builder
+    # the batch of points: S blocks of N images, then the N images themselves (for their scores)
+    delta = g.op("Sub", x, "baseline", name="image_minus_baseline")
+    per_step = g.ints([-1] + [1] * rank)  # [S, 1, ..., 1]: one alpha or weight per block of N images
+    along = g.op("Mul", g.op("Reshape", "alphas", per_step), g.op("Unsqueeze", delta, g.ints([0])))
+    path = g.op("Add", g.op("Add", along, "baseline"), "noise", name="path")
+    image_shape = g.op("Shape", x)
+    item_shape = g.op("Slice", image_shape, g.ints([1]), g.ints([rank]))
+    flat = g.op("Reshape", path, g.op("Concat", g.ints([-1]), item_shape, axis=0))
+    g.op("Concat", flat, x, axis=0, out=points)
+    # scores at the images, the target, and the seed (one-hot on the target, zero for image rows)
+    n = g.op("Slice", image_shape, g.ints([0]), g.ints([1]))
+    steps = g.op("Shape", "alphas")
+    rows = g.op("Mul", steps, n)
+    g.op("Slice", scores_all, rows, g.ints([np.iinfo(np.int64).max]), g.ints([0]), out="scores")
+    top1 = g.op("ArgMax", "scores", axis=1, keepdims=0)
+    g.op("Where", g.op("Less", "target", g.ints(0)), top1, "target", out="target_used")
+    classes = g.op("Slice", g.op("Shape", "scores"), g.ints([1]), g.ints([2]))
+    one_hot = g.op("OneHot", "target_used", classes, g.const([0.0, 1.0]), axis=-1)
+    tiled = g.op("Tile", one_hot, g.op("Concat", steps, g.ints([1]), axis=0))
+    g.op("Concat", tiled, g.op("Mul", one_hot, g.const(0.0)), axis=0, out=seed)
+    # weighted sum of the path gradients, times the method's factor
+    path_grads = g.op("Slice", grads_all, g.ints([0]), rows, g.ints([0]))
+    stacked = g.op("Reshape", path_grads, g.op("Concat", g.ints([-1]), image_shape, axis=0))
+    weighted = g.op("ReduceSum", g.op("Mul", stacked, g.op("Reshape", "weights", per_step)),
+                    g.ints([0]), keepdims=0)
+    factor = {"delta": delta, "image": x, "none": None}[spec.factor]
+    g.op("Mul", weighted, factor, out="attribution") if factor else g.op("Identity", weighted, out="attribution")
+    graph.output.extend([
+        helper.make_value_info("attribution", image_type),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", None]),
+        helper.make_tensor_value_info("target_used", TensorProto.INT64, ["N"]),
+    ])
+    del graph.value_info[:]  # shapes of the renamed batch changed; the runtime infers them again
+    topological_sort(graph)
+    info = {"method": method, "rule": spec.rule, "gate": gate, "output": output, "input": x,
+            "gated": report["gated"], "summary": spec.summary, "bytes_per_row": row_bytes}
+    kept = [p for p in vjp.metadata_props if p.key != "gnl_onnx.vjp"]
+    del vjp.metadata_props[:]
+    vjp.metadata_props.extend(kept)
+    vjp.metadata_props.add(key=METADATA_KEY, value=json.dumps(info))
+    onnx.checker.check_model(vjp)
+    return vjp
+
+
+def bytes_per_row(vjp: onnx.ModelProto, x: str) -> int:
+    """Bytes of all float values of the forward and backward pass per batch row: an upper bound
+    on the memory one path point of one image needs (the runtime reuses buffers)."""
+    builder = GraphBuilder(vjp)
+    batch = (builder.shape(x) or [None])[0]
+    total = 0
+    for node in vjp.graph.node:
+        for name in node.output:
+            shape = builder.shape(name)
+            if shape and shape[0] == batch and all(isinstance(d, int) for d in shape[1:]):
+                total += int(np.prod(shape[1:], dtype=np.int64)) * 4
+    return max(total, 4 * int(np.prod([d for d in builder.shape(x)[1:] if isinstance(d, int)])))
+
+
+def attribution_info(model: onnx.ModelProto) -> dict:
+    entry = next((p for p in model.metadata_props if p.key == METADATA_KEY), None)
+    if entry is None:
+        raise UsageError("this model was not made by gnl_onnx.attribution_model")
+    return json.loads(entry.value)
+
+
+def path_points(steps: int, rule: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
+    """Points alpha in [0, 1] and weights of a quadrature of the integral over the path."""
+    if steps < 1:
+        raise UsageError(f"steps must be at least 1 (got {steps})")
+    k = np.arange(steps, dtype=np.float64)
+    if rule == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        alphas, weights = (nodes + 1) / 2, weights / 2
+    elif rule in ("left", "right", "middle"):
+        alphas = (k + {"left": 0.0, "right": 1.0, "middle": 0.5}[rule]) / steps
+        weights = np.full(steps, 1.0 / steps)
+    elif rule == "trapezoid":
+        if steps < 2:
+            raise UsageError("the trapezoid rule needs at least 2 steps")
+        alphas = k / (steps - 1)
+        weights = np.full(steps, 1.0 / (steps - 1))
+        weights[[0, -1]] /= 2
+    else:
+        raise UsageError(f"unknown integration rule '{rule}'; choose gausslegendre, left, right, middle or trapezoid")
+    return alphas.astype(np.float32), weights.astype(np.float32)

@@ -1,0 +1,166 @@
+"""The runtime of attribution: the Explainer runs an attribution model over images, steps split
+into chunks that fit a memory budget, and reports what ran."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .attribution import METHODS, attribution_info, attribution_model, get_method, path_points
+from .baselines import make_baseline
+from .errors import UsageError
+from .runtime import make_session
+
+MAX_STEPS = 100_000
+
+
+def parse_bytes(value) -> int:
+    """'2GB', '512MiB', 1e9 -> bytes."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    text = str(value).strip().upper().replace("IB", "B")
+    for unit, factor in (("KB", 1 << 10), ("MB", 1 << 20), ("GB", 1 << 30), ("TB", 1 << 40), ("B", 1)):
+        if text.endswith(unit):
+            try:
+                return int(float(text[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    try:
+        return int(float(text))
+    except ValueError:
+        raise UsageError(f"cannot read memory budget '{value}'; write e.g. 2GB or 512MB") from None
+
+
+@dataclass
+class Explanation:
+    attributions: np.ndarray  # shaped like the images
+    target: np.ndarray        # int64 [N]: the explained class of each image
+    score: np.ndarray         # [N]: the explained output (logit by default) for that class
+    scores: np.ndarray        # [N, classes]: the explained output for all classes
+    method: str
+    baseline: str
+    steps: int
+    integration: str
+    provider: str
+    seconds: float
+    delta: np.ndarray | None = None  # ig only: sum(attribution) - (F(image) - F(baseline))
+    gated: list = field(default_factory=list)
+
+    def summary(self, i: int = 0) -> dict:
+        row = {"method": self.method, "baseline": self.baseline, "steps": self.steps,
+               "integration": self.integration, "target": int(self.target[i]),
+               "score": float(self.score[i]), "provider": self.provider, "seconds": round(self.seconds, 3),
+               "gated_units": len(self.gated)}
+        if self.delta is not None:
+            row["convergence_delta"] = float(self.delta[i])
+        return row
+
+
+class Explainer:
+    """Explainer(model, method="gnl_ig", steps=32, baseline="zeros").explain(images, target=None)."""
+
+    def __init__(self, model, method: str = "gnl_ig", steps: int = 32, baseline="zeros",
+                 integration: str = "gausslegendre", providers=None, memory_budget="2GB",
+                 gate: str = "paper", output: str = "logit", input: str | None = None,
+                 black=None, layout: str | None = None, noise_level: float = 0.15, seed: int = 0,
+                 threads: int | None = None):
+        self.spec = get_method(method)
+        if not isinstance(steps, (int, np.integer)) or steps < 1 or steps > MAX_STEPS:
+            raise UsageError(f"steps must be an integer from 1 to {MAX_STEPS} (got {steps!r})")
+        self.method, self.integration = method, integration
+        self.steps = int(steps) if self.spec.path != "image" else 1
+        self.alphas, self.weights = self._points()
+        self.baseline, self.black, self.layout = baseline, black, layout
+        self.noise_level, self.seed = noise_level, seed
+        self.budget = parse_bytes(memory_budget)
+        self.model = attribution_model(model, method=method, gate=gate, output=output, input=input)
+        self.info = attribution_info(self.model)
+        self.row_bytes = self.info["bytes_per_row"]
+        if self.budget < 2 * self.row_bytes:
+            raise UsageError(f"memory budget {memory_budget} is too small for one step of one image; "
+                             f"the smallest that works is {_human(2 * self.row_bytes)}")
+        self.session, self.provider = make_session(self.model, providers, threads)
+        self.input_name = self.info["input"]
+
+    def _points(self):
+        if self.spec.path == "line":
+            return path_points(self.steps, self.integration)
+        ones = np.ones(self.steps, np.float32)
+        return ones, ones / self.steps
+
+    def chunks(self, n_images: int) -> tuple[int, int]:
+        """(images, steps) per run: as many as the memory budget holds; each run also carries one
+        row per image for its scores."""
+        rows = self.budget // self.row_bytes
+        images = max(1, min(n_images, rows // 2))
+        steps = max(1, min(self.steps, rows // images - 1))
+        return images, steps
+
+    def explain(self, images, target=None) -> Explanation:
+        start = time.perf_counter()
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if not np.all(np.isfinite(images)):
+            raise UsageError("the images contain NaN or infinite values")
+        n = images.shape[0]
+        targets = np.full(n, -1, np.int64) if target is None else np.broadcast_to(
+            np.asarray(target, np.int64), (n,)).copy()
+        baseline_name = self.baseline if isinstance(self.baseline, str) else "array"
+        baselines = make_baseline(self.baseline if self.spec.path == "line" else "zeros", images,
+                                  black=self.black, layout=self.layout, seed=self.seed)
+        per_run, steps_per_run = self.chunks(n)
+        attributions = np.zeros_like(images)
+        scores = None
+        rng = np.random.default_rng(self.seed)
+        for lo in range(0, n, per_run):
+            part = slice(lo, min(n, lo + per_run))
+            for s in range(0, self.steps, steps_per_run):
+                steps = slice(s, min(self.steps, s + steps_per_run))
+                noise = self._noise(rng, images[part], steps.stop - steps.start)
+                attribution, part_scores, used = self._run(images[part], baselines[part], targets[part],
+                                                           self.alphas[steps], self.weights[steps], noise)
+                attributions[part] += attribution
+                targets[part] = used  # later chunks explain the class the first one chose
+                if scores is None:
+                    scores = np.zeros((n, part_scores.shape[1]), np.float32)
+                scores[part] = part_scores
+        score = scores[np.arange(n), targets]
+        delta = None
+        if self.method == "ig":
+            reference = np.zeros_like(score)
+            for lo in range(0, n, per_run):
+                part = slice(lo, min(n, lo + per_run))
+                _, base_scores, _ = self._run(baselines[part], baselines[part], targets[part],
+                                              np.ones(1, np.float32), np.zeros(1, np.float32), None)
+                reference[part] = base_scores[np.arange(part.stop - part.start), targets[part]]
+            axes = tuple(range(1, images.ndim))
+            delta = attributions.sum(axis=axes) - (score - reference)
+        return Explanation(attributions, targets, score, scores, self.method,
+                           baseline_name if self.spec.path == "line" else "none", self.steps,
+                           self.integration if self.spec.path == "line" else "none", self.provider,
+                           time.perf_counter() - start, delta, self.info["gated"])
+
+    def _noise(self, rng, images, steps):
+        if self.spec.path != "noise":
+            return None
+        axes = tuple(range(1, images.ndim))
+        spread = images.max(axis=axes, keepdims=True) - images.min(axis=axes, keepdims=True)
+        return (rng.standard_normal((steps,) + images.shape) * (self.noise_level * spread)).astype(np.float32)
+
+    def _run(self, images, baselines, targets, alphas, weights, noise):
+        if noise is None:
+            noise = np.zeros((1,) * (images.ndim + 1), np.float32)
+        feed = {self.input_name: images, "baseline": baselines, "target": targets, "alphas": alphas,
+                "weights": weights, "noise": noise}
+        return self.session.run(["attribution", "scores", "target_used"], feed)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+__all__ = ["Explainer", "Explanation", "METHODS"]

@@ -1,0 +1,269 @@
+"""Image loading and model preprocessing (Pillow + numpy only).
+
+A `Preprocessing` turns a photo into the exact tensor a model was trained on, maps a tensor back
+to displayable pixels, and says what "black" is in the model's input space (the IG baseline that
+METHOD.md warns is (0 - mean) / std, not 0).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InputError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image as _PILImage
+
+_LAYOUTS = ("NCHW", "NHWC")
+_CHANNELS = ("RGB", "BGR", "L")
+_FITS = ("shorter", "exact", "letterbox")
+_RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos")
+
+
+def _pil():
+    """Import Pillow on first use so the core package does not depend on it."""
+    try:
+        from PIL import Image, ImageOps
+    except ImportError as e:  # pragma: no cover - exercised only without Pillow
+        raise InputError("reading images needs Pillow: pip install 'gnl-onnx[images]'") from e
+    return Image, ImageOps
+
+
+def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    h, w = v
+    return int(h), int(w)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its pixels.
+
+    size: int -> the shorter side is resized to it (fit="shorter", torchvision's Resize(int));
+        (h, w) -> resized to exactly that (fit="exact") or fitted inside it keeping the aspect
+        ratio and padded with `pad` (fit="letterbox").
+    crop: (h, w) centre crop after the resize, or None.
+    mean, std: per channel, in the model's channel order, in the value range given by
+        `value_range` (value_range=1.0: pixel 255 -> 1.0, e.g. ImageNet's 0.485; 255.0: caffe-style
+        means such as 103.94). model input = (pixel * value_range / 255 - mean) / std.
+    layout: "NCHW" or "NHWC". channels: "RGB", "BGR" or "L" (grayscale, one channel).
+    """
+
+    size: int | tuple[int, int]
+    crop: tuple[int, int] | None = None
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    value_range: float = 1.0
+    layout: str = "NCHW"
+    channels: str = "RGB"
+    fit: str = "shorter"
+    resample: str = "bilinear"
+    pad: int = 255  # letterbox fill (grey level, all channels): white as document scanners pad
+
+    def __post_init__(self):
+        if self.layout not in _LAYOUTS:
+            raise UsageError(f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
+        if self.channels not in _CHANNELS:
+            raise UsageError(f"channels must be one of {_CHANNELS}, got {self.channels!r}")
+        if self.fit not in _FITS:
+            raise UsageError(f"fit must be one of {_FITS}, got {self.fit!r}")
+        if self.resample not in _RESAMPLE:
+            raise UsageError(f"resample must be one of {_RESAMPLE}, got {self.resample!r}")
+        if self.value_range not in (1.0, 255.0):
+            raise UsageError(f"value_range must be 1.0 or 255.0, got {self.value_range!r}")
+        if self.fit == "shorter" and not isinstance(self.size, (int, np.integer)):
+            raise UsageError("fit='shorter' needs an int size (the shorter side)")
+        n = self.num_channels
+        # Accept one value for all channels (e.g. mean=(127.0,)) but store one per channel.
+        for field in ("mean", "std"):
+            v = tuple(float(x) for x in np.atleast_1d(getattr(self, field)))
+            if len(v) == 1:
+                v = v * n
+            if len(v) != n:
+                raise UsageError(f"{field} has {len(v)} values for {n} channel(s)")
+            object.__setattr__(self, field, v)
+        if any(s == 0 for s in self.std):
+            raise UsageError("std must not contain 0")
+
+    @property
+    def num_channels(self) -> int:
+        return 1 if self.channels == "L" else 3
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(h, w) of the model input, or None when it depends on the photo (shorter-side resize
+        without a crop)."""
+        if self.crop is not None:
+            return _pair(self.crop)
+        if self.fit in ("exact", "letterbox"):
+            return _pair(self.size)
+        return None
+
+    # -- forward -----------------------------------------------------------------------------
+    def _resized(self, im):
+        Image, _ = _pil()
+        resample = getattr(Image.Resampling, self.resample.upper())
+        w, h = im.size
+        if self.fit == "shorter":
+            # torchvision's Resize(int) rule: shorter side -> size, longer side truncated.
+            s = int(self.size)
+            nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+            return im.resize((nw, nh), resample)
+        th, tw = _pair(self.size)
+        if self.fit == "exact":
+            return im.resize((tw, th), resample)
+        scale = min(tw / w, th / h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = Image.new(im.mode, (tw, th), self.pad if im.mode == "L" else (self.pad,) * 3)
+        canvas.paste(im.resize((nw, nh), resample), ((tw - nw) // 2, (th - nh) // 2))
+        return canvas
+
+    def _cropped(self, a: np.ndarray) -> np.ndarray:
+        if self.crop is None:
+            return a
+        ch, cw = _pair(self.crop)
+        h, w = a.shape[:2]
+        if h < ch or w < cw:  # torchvision's CenterCrop pads small images with zeros
+            ph, pw = max(ch - h, 0), max(cw - w, 0)
+            pads = [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)] + [(0, 0)] * (a.ndim - 2)
+            a = np.pad(a, pads)
+            h, w = a.shape[:2]
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        return a[top:top + ch, left:left + cw]
+
+    def to_input(self, image: Any) -> np.ndarray:
+        """PIL image or uint8/float array (HxW or HxWxC; floats in 0..1) -> float32 [1, ...]."""
+        im = _as_pil(image)
+        im = _to_mode(im, "L" if self.channels == "L" else "RGB")
+        a = self._cropped(np.asarray(self._resized(im), dtype=np.uint8))
+        a = a.astype(np.float32)
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if self.channels == "BGR":
+            a = a[:, :, ::-1]
+        a = a * np.float32(self.value_range / 255.0)
+        a = (a - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if self.layout == "NCHW":
+            a = a.transpose(2, 0, 1)
+        return np.ascontiguousarray(a[None], dtype=np.float32)
+
+    # -- backward ----------------------------------------------------------------------------
+    def _channel_shape(self) -> tuple[int, ...]:
+        n = self.num_channels
+        return (1, n, 1, 1) if self.layout == "NCHW" else (1, 1, 1, n)
+
+    def black(self) -> np.ndarray:
+        """Pixel value 0 in the model's input space: (0 - mean) / std, shaped to broadcast
+        against a [1, ...] input ([1,C,1,1] for NCHW, [1,1,1,C] for NHWC)."""
+        m = np.asarray(self.mean, np.float32).reshape(self._channel_shape())
+        s = np.asarray(self.std, np.float32).reshape(self._channel_shape())
+        return (np.float32(0.0) - m) / s
+
+    def to_pixels(self, array: np.ndarray) -> np.ndarray:
+        """Model input ([1,...] or without the batch dim) -> uint8 HxWx3 RGB for display."""
+        a = np.asarray(array, dtype=np.float32)
+        if a.ndim == 4:
+            if a.shape[0] != 1:
+                raise UsageError(f"to_pixels takes one image, got a batch of {a.shape[0]}")
+            a = a[0]
+        if a.ndim != 3:
+            raise UsageError(f"to_pixels expects a 3-D or [1, ...] 4-D array, got shape {a.shape}")
+        if self.layout == "NCHW":
+            a = a.transpose(1, 2, 0)
+        if a.shape[2] != self.num_channels:
+            raise UsageError(f"expected {self.num_channels} channel(s) in {self.layout}, got shape "
+                             f"{np.shape(array)}")
+        a = a * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
+        a = a * np.float32(255.0 / self.value_range)
+        if self.channels == "BGR":
+            a = a[:, :, ::-1]
+        elif self.channels == "L":
+            a = np.repeat(a, 3, axis=2)
+        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+# -- loading -----------------------------------------------------------------------------------
+def _as_pil(image: Any):
+    Image, _ = _pil()
+    if isinstance(image, Image.Image):
+        return image
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise InputError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {a.shape}")
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype == np.uint16:
+        a = np.rint(a / 257.0).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)  # skimage convention: 0..1
+    elif a.dtype != np.uint8:
+        raise InputError(f"unsupported image array dtype {a.dtype}; use uint8, uint16 or float")
+    return Image.fromarray(np.ascontiguousarray(a))
+
+
+def _to_mode(im, mode: str):
+    """Any Pillow mode -> "RGB" or "L": transparency composited on white, high bit depths scaled
+    (not clipped) to 8 bits."""
+    Image, _ = _pil()
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        # 16-bit files (PNG, TIFF) -> 0..65535; "I"/"F" from other sources may already be 8-bit.
+        if im.mode.startswith("I;16") or a.max(initial=0) > 255:
+            a = a / 257.0
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        im = canvas.convert("RGB")
+    if im.mode != mode:
+        im = im.convert(mode)
+    return im
+
+
+def open_image(path: str | os.PathLike, mode: str = "RGB"):
+    """Read an image file upright (EXIF orientation applied) as a Pillow image in `mode`
+    ("RGB" or "L"). Every failure is an InputError naming the file."""
+    Image, ImageOps = _pil()
+    name = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            # EXIF/ICC quirks in real photos are not the user's problem; the bomb check still
+            # raises (DecompressionBombError is an exception, not a warning).
+            warnings.simplefilter("ignore", UserWarning)
+            with Image.open(name) as im:
+                im.load()  # decode now: truncated files fail here, inside the try
+                im = ImageOps.exif_transpose(im)
+                return _to_mode(im, mode)
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a directory, not an image") from None
+    except PermissionError:
+        raise InputError(f"{name}: permission denied") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{name}: image too large for Pillow's decompression-bomb limit "
+                         f"(Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {e}") from None
+    except Image.UnidentifiedImageError:
+        raise InputError(f"{name}: not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncated/corrupt data as OSError (and SyntaxError/ValueError in some
+        # decoders): say so in one line.
+        raise InputError(f"{name}: cannot decode image ({e})") from None
+
+
+def load_image(path: str | os.PathLike, prep: Preprocessing) -> np.ndarray:
+    """Read a file and preprocess it: float32 [1, ...] model input."""
+    return prep.to_input(open_image(path, "L" if prep.channels == "L" else "RGB"))
+
+
+__all__ = ["Preprocessing", "open_image", "load_image"]
