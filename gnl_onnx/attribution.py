@@ -102,6 +102,7 @@ def attribution_model(model: str | os.PathLike | onnx.ModelProto, method: str = 
     source = load_model(model)
     x = choose_input(source.graph, input)
     selected = select_output(source, output, output_name)
+    n_classes = (GraphBuilder(selected).shape(selected.graph.output[0].name) or [None])[-1]
     vjp = vjp_model(selected, rule=spec.rule, gate=gate, input=x)
     report = vjp_report(vjp)
     graph = vjp.graph
@@ -168,7 +169,9 @@ def attribution_model(model: str | os.PathLike | onnx.ModelProto, method: str = 
     del graph.value_info[:]  # shapes of the renamed batch changed; the runtime infers them again
     topological_sort(graph)
     info = {"method": method, "rule": spec.rule, "gate": gate, "output": output, "input": x,
-            "gated": report["gated"], "summary": spec.summary, "bytes_per_row": row_bytes}
+            "gated": report["gated"], "summary": spec.summary, "bytes_per_row": row_bytes,
+            "classes": n_classes if isinstance(n_classes, int) else None,
+            "image_shape": [d.dim_value if d.HasField("dim_value") else None for d in image_type.tensor_type.shape.dim]}
     kept = [p for p in vjp.metadata_props if p.key != "gnl_onnx.vjp"]
     del vjp.metadata_props[:]
     vjp.metadata_props.extend(kept)

@@ -63,7 +63,7 @@ class Explainer:
     def __init__(self, model, method: str = "gnl_ig", steps: int = 32, baseline="zeros",
                  integration: str = "gausslegendre", providers=None, memory_budget="2GB",
                  gate: str = "paper", output: str = "logit", input: str | None = None,
-                 black=None, layout: str | None = None, noise_level: float = 0.15, seed: int = 0,
+                 output_name: str | None = None, black=None, layout: str | None = None, noise_level: float = 0.15, seed: int = 0,
                  threads: int | None = None):
         self.spec = get_method(method)
         if not isinstance(steps, (int, np.integer)) or steps < 1 or steps > MAX_STEPS:
@@ -74,7 +74,8 @@ class Explainer:
         self.baseline, self.black, self.layout = baseline, black, layout
         self.noise_level, self.seed = noise_level, seed
         self.budget = parse_bytes(memory_budget)
-        self.model = attribution_model(model, method=method, gate=gate, output=output, input=input)
+        self.model = attribution_model(model, method=method, gate=gate, output=output, input=input,
+                                       output_name=output_name)
         self.info = attribution_info(self.model)
         self.row_bytes = self.info["bytes_per_row"]
         if self.budget < 2 * self.row_bytes:
@@ -102,9 +103,14 @@ class Explainer:
         images = np.ascontiguousarray(images, dtype=np.float32)
         if not np.all(np.isfinite(images)):
             raise UsageError("the images contain NaN or infinite values")
+        self._check_shape(images)
         n = images.shape[0]
         targets = np.full(n, -1, np.int64) if target is None else np.broadcast_to(
             np.asarray(target, np.int64), (n,)).copy()
+        classes = self.info["classes"]
+        if classes and np.any(targets >= classes):
+            raise UsageError(f"target {int(targets.max())} is out of range: the model has {classes} classes "
+                             f"(0 to {classes - 1}); a negative target means the top-1 class")
         baseline_name = self.baseline if isinstance(self.baseline, str) else "array"
         baselines = make_baseline(self.baseline if self.spec.path == "line" else "zeros", images,
                                   black=self.black, layout=self.layout, seed=self.seed)
@@ -139,6 +145,13 @@ class Explainer:
                            baseline_name if self.spec.path == "line" else "none", self.steps,
                            self.integration if self.spec.path == "line" else "none", self.provider,
                            time.perf_counter() - start, delta, self.info["gated"])
+
+    def _check_shape(self, images):
+        expected = self.info["image_shape"]
+        if images.ndim != len(expected) or any(e is not None and e != d for e, d in zip(expected[1:], images.shape[1:])):
+            shown = "x".join("?" if d is None else str(d) for d in expected[1:])
+            raise UsageError(f"the model takes images of shape (N, {shown.replace('x', ', ')}), got "
+                             f"{tuple(images.shape)}; resize/crop them to fit (or use a preset)")
 
     def _noise(self, rng, images, steps):
         if self.spec.path != "noise":

@@ -10,14 +10,11 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .errors import InputError, UsageError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from PIL import Image as _PILImage
 
 _LAYOUTS = ("NCHW", "NHWC")
 _CHANNELS = ("RGB", "BGR", "L")

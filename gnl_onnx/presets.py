@@ -21,10 +21,15 @@ class Preset(NamedTuple):
 
 
 def _lite(size: int) -> Preprocessing:
-    # The Lite weights come from TensorFlow's EfficientNet-Lite, evaluated with a centre crop of
-    # size/(size+32) of the shorter side, i.e. resize the shorter side to size+32 then crop size.
-    # The PyTorch port's weights expect ImageNet mean/std (checked on the skimage photos).
-    return Preprocessing(size=size + 32, crop=(size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    # The Lite weights are TensorFlow's EfficientNet-Lite checkpoints converted as they are
+    # (efficientnet-lite-pytorch), so they expect TF's Lite preprocessing: the centre
+    # size/(size+32) of the shorter side resized bicubically to size (here: resize the shorter
+    # side to size+32, then crop), and inception-style [-1, 1] inputs (x - 127) / 128, chosen by
+    # TF for post-quantization. Checked against the weights themselves: over the skimage/sklearn
+    # photos the stem conv's output variance is 0.86x the stem BatchNorm's running variance with
+    # 127/128, but 4.3x with ImageNet mean/std (tests/test_real_models.py keeps this check).
+    return Preprocessing(size=size + 32, crop=(size, size), mean=(127.0,), std=(128.0,),
+                         value_range=255.0, resample="bicubic")
 
 
 PRESETS: dict[str, Preset] = {

@@ -1,0 +1,202 @@
+"""The gnl-onnx command line: flags become API calls, errors become one line and an exit code
+(0 done, 1 the model or a check failed, 2 bad usage or input). No logic of its own."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import GnlOnnxError, ModelError, UnsupportedModelError, UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """Explain what an image CNN looks at, from its ONNX file.
+
+  gnl-onnx inspect model.onnx                       what the model is and what will be gated
+  gnl-onnx explain model.onnx cat.jpg --preset imagenet --out results/
+  gnl-onnx convert model.onnx -o model_gnlig.onnx   an ONNX model computing GNL-IG itself
+  gnl-onnx demo                                     EfficientNet-Lite0 on real photos, as HTML
+"""
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.run(args)
+    except UnsupportedModelError as e:
+        print(f"gnl-onnx: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except (UsageError, ModelError) as e:
+        print(f"gnl-onnx: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except GnlOnnxError as e:
+        print(f"gnl-onnx: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("gnl-onnx: interrupted; finished results are kept, nothing half-written", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .attribution import METHODS
+
+    parser = argparse.ArgumentParser(prog="gnl-onnx", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def model_args(p):
+        p.add_argument("model", help="path of the .onnx file")
+        p.add_argument("--input", help="the image input's name, when the model has several float inputs")
+        p.add_argument("--output-name", help="the output to explain, when the model has several")
+
+    def method_args(p, default="gnl_ig"):
+        p.add_argument("--method", default=default, choices=sorted(METHODS),
+                       help=f"attribution method (default {default}; see README)")
+        p.add_argument("--gate", default="paper", choices=["paper", "all"],
+                       help="guided methods: gate Relu/MaxPool/Clip/LeakyRelu/PRelu (paper) or every "
+                            "non-linear unit (all)")
+        p.add_argument("--output", default="logit", choices=["logit", "prob", "logprob"],
+                       help="what is explained: the pre-softmax logit (default), the probability or "
+                            "the log-probability of the target class")
+
+    p = commands.add_parser("inspect", help="inputs, outputs, ops, gated units, unsupported ops")
+    model_args(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=run_inspect)
+
+    p = commands.add_parser("convert", help="write an ONNX model that computes the attribution")
+    model_args(p)
+    method_args(p)
+    p.add_argument("-o", "--out", required=True, help="where to write the attribution model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(run=run_convert)
+
+    p = commands.add_parser("explain", help="heatmaps for images: PNGs, raw .npy and a JSON summary")
+    model_args(p)
+    method_args(p)
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--out", required=True, help="output folder")
+    explain_args(p)
+    p.set_defaults(run=run_explain)
+
+    p = commands.add_parser("demo", help="EfficientNet-Lite0 on real photos: GNL-IG beside IG, as HTML")
+    p.add_argument("--out", default="gnl-onnx-demo", help="output folder (default gnl-onnx-demo)")
+    p.add_argument("--steps", type=int, default=32, help="integration steps (default 32)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+    p.set_defaults(run=run_demo)
+    return parser
+
+
+def explain_args(p):
+    from .presets import PRESETS
+
+    p.add_argument("--steps", type=int, default=32, help="integration steps (default 32)")
+    p.add_argument("--baseline", default="zeros", choices=["zeros", "black", "blur", "noise"],
+                   help="what the path starts from (default zeros in the model's input space; black "
+                        "is pixel value 0 after preprocessing)")
+    p.add_argument("--integration", default="gausslegendre",
+                   choices=["gausslegendre", "left", "right", "middle", "trapezoid"])
+    p.add_argument("--target", type=int, default=None, help="class to explain (default: top-1)")
+    p.add_argument("--memory-budget", default="2GB", help="memory for one run, e.g. 2GB (default)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="preprocessing and class names of a known model")
+    p.add_argument("--size", type=int, nargs="+", help="resize: shorter side (one number) or H W")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="centre crop after resizing")
+    p.add_argument("--mean", type=float, nargs="+", help="per-channel mean (in the --value-range scale)")
+    p.add_argument("--std", type=float, nargs="+", help="per-channel std")
+    p.add_argument("--value-range", type=float, choices=[1.0, 255.0], help="pixel 255 becomes 1.0 or 255.0")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"])
+    p.add_argument("--channels", choices=["RGB", "BGR", "L"])
+
+
+def run_inspect(args) -> int:
+    from .inspection import inspect_model
+
+    report = inspect_model(args.model, args.input, args.output_name)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"opset {report['opset']}")
+        print("inputs:  " + "; ".join(report["inputs"]))
+        print("outputs: " + "; ".join(report["outputs"]))
+        print("ops:     " + ", ".join(f"{op} {n}" for op, n in report["ops"].items()))
+        print(f"explains {report['output']} with respect to {report['input']}")
+        gated = ", ".join(f"{op} {n}" for op, n in report["gated_paper"].items()) or "none"
+        print(f"gated by guided methods (gate=paper): {gated}")
+        extra = ", ".join(f"{op} {n}" for op, n in report["gated_all_extra"].items())
+        if extra:
+            print(f"also gated with gate=all: {extra}")
+        for op, nodes in report["unsupported"].items():
+            print(f"UNSUPPORTED {op}: {len(nodes)} node(s), e.g. {nodes[0]}")
+    return EXIT_FAILED if report["unsupported"] else EXIT_OK
+
+
+def run_convert(args) -> int:
+    from .attribution import attribution_info, attribution_model
+    from .report import atomic_write
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite to replace it")
+    model = attribution_model(args.model, method=args.method, gate=args.gate, output=args.output,
+                              input=args.input, output_name=args.output_name)
+    atomic_write(out, model.SerializeToString())
+    info = attribution_info(model)
+    print(f"wrote {out} ({args.method}: {info['summary']}; {len(info['gated'])} units gated)")
+    print(FEEDING.format(image=info["input"], path=out))
+    return EXIT_OK
+
+
+FEEDING = """feed it with any ONNX Runtime (Python shown):
+  import numpy as np, onnxruntime as ort
+  s = ort.InferenceSession("{path}")
+  alphas, weights = np.polynomial.legendre.leggauss(32); alphas = (alphas + 1) / 2; weights /= 2
+  attribution, scores, target = s.run(None, {{
+      "{image}": images,                                  # float32, the model's own layout
+      "baseline": np.zeros((1, 1, 1, 1), np.float32),    # same rank as the images, broadcast
+      "target": np.full(len(images), -1, np.int64),      # -1: explain the top-1 class
+      "alphas": alphas.astype(np.float32), "weights": weights.astype(np.float32),
+      "noise": np.zeros((1, 1, 1, 1, 1), np.float32)}})   # SmoothGrad: [S, N, ...] Gaussian noise
+  (gradient-type methods: alphas = weights = [1.0])"""
+
+
+def preprocessing_from(args):
+    from .images import Preprocessing
+    from .presets import get_preset
+
+    preset = get_preset(args.preset) if args.preset else None
+    base = preset.preprocessing if preset else None
+    fields = {"size": args.size and (args.size[0] if len(args.size) == 1 else tuple(args.size[:2])),
+              "crop": args.crop and tuple(args.crop), "mean": args.mean and tuple(args.mean),
+              "std": args.std and tuple(args.std), "value_range": args.value_range,
+              "layout": args.layout, "channels": args.channels}
+    given = {k: v for k, v in fields.items() if v is not None}
+    if base is None:
+        if "size" not in given:
+            raise UsageError("say how to prepare the images: --preset NAME, or at least --size")
+        return Preprocessing(**given), None
+    from dataclasses import replace
+
+    return replace(base, **given), preset
+
+
+def run_explain(args) -> int:
+    from .pipeline import explain_files
+
+    prep, preset = preprocessing_from(args)
+    return explain_files(args.model, args.images, Path(args.out), prep, preset, args)
+
+
+def run_demo(args) -> int:
+    from .pipeline import run_demo as demo
+
+    return demo(Path(args.out), args.steps, args.overwrite)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
