@@ -27,7 +27,7 @@ def _pil():
     try:
         from PIL import Image, ImageOps
     except ImportError as e:  # pragma: no cover - exercised only without Pillow
-        raise InputError("reading images needs Pillow: pip install 'gnl-onnx[images]'") from e
+        raise InputError("reading images needs Pillow: pip install pillow matplotlib (dependencies of gnl-onnx)") from e
     return Image, ImageOps
 
 

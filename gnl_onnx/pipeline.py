@@ -194,8 +194,8 @@ def run_demo(out: Path, steps: int = 32, overwrite: bool = False) -> int:
                                 Panel(ig["files"]["overlay"], "IG", ig["baseline"],
                                       note=f"delta {ig.get('convergence_delta', 0):.2g}")]))
     html_page(rows, page, title="gnl-onnx demo: EfficientNet-Lite0, GNL-IG and IG",
-              notes=[f"{steps} Gauss-Legendre steps, baseline zeros (the mean colour in the model's "
-                     "normalized input space); red supports the class, blue speaks against it.",
+              notes=[f"{steps} Gauss-Legendre steps, baseline zeros (0 in the model's normalized input "
+                     "space: mid grey for EfficientNet-Lite); red supports the class, blue speaks against it.",
                      f"provider: {runs['ig'][0]['provider'] if runs['ig'] else '?'}"])
     for r in runs["gnl_ig"]:
         print(f"  {Path(r['image']).name}: {r['label']} ({r['target']}), p={r['probability']:.2f}")

@@ -29,7 +29,7 @@ def _pil_image():
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover
-        raise InputError("writing PNG reports needs Pillow: pip install 'gnl-onnx[images]'") from e
+        raise InputError("writing PNG reports needs Pillow: pip install pillow matplotlib (dependencies of gnl-onnx)") from e
     return Image
 
 
@@ -37,7 +37,7 @@ def _colormap(name: str):
     try:
         import matplotlib
     except ImportError as e:  # pragma: no cover
-        raise InputError("colour maps need matplotlib: pip install 'gnl-onnx[images]'") from e
+        raise InputError("colour maps need matplotlib: pip install pillow matplotlib (dependencies of gnl-onnx)") from e
     return matplotlib.colormaps[name]
 
 

@@ -1,0 +1,1 @@
+"""Model builders and ONNX export helpers used by the tests and tools."""

