@@ -1,6 +1,12 @@
-"""gnl-onnx: explain image CNNs from any framework by rewriting their ONNX graphs."""
-from .errors import GnlOnnxError, ModelError, UnsupportedModelError, UsageError
+"""gnl-onnx: explain image CNNs from any framework by rewriting their ONNX graphs.
+
+The public API, shared by every method: vjp_model (the backward-graph primitive),
+attribution_model (one ONNX model per method), Explainer (the runtime)."""
+from .attribution import METHODS, attribution_model
+from .errors import GnlOnnxError, InputError, ModelError, UnsupportedModelError, UsageError
+from .explain import Explainer, Explanation
 from .vjp import vjp_model, vjp_report
 
-__all__ = ["vjp_model", "vjp_report", "GnlOnnxError", "ModelError", "UnsupportedModelError", "UsageError"]
+__all__ = ["vjp_model", "vjp_report", "attribution_model", "Explainer", "Explanation", "METHODS",
+           "GnlOnnxError", "InputError", "ModelError", "UnsupportedModelError", "UsageError"]
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import GnlOnnxError, ModelError, UnsupportedModelError, UsageError
+from .errors import GnlOnnxError, InputError, ModelError, UnsupportedModelError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     except UnsupportedModelError as e:
         print(f"gnl-onnx: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except (UsageError, ModelError) as e:
+    except (UsageError, InputError, ModelError) as e:
         print(f"gnl-onnx: {e}", file=sys.stderr)
         return EXIT_USAGE
     except GnlOnnxError as e:
