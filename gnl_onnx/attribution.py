@@ -25,6 +25,7 @@ from .vjp import vjp_model, vjp_report
 
 METADATA_KEY = "gnl_onnx.attribution"
 OUTPUT_KINDS = ("logit", "prob", "logprob")
+MAX_GAUSS_LEGENDRE_STEPS = 1024
 INPUT_NAMES = ("baseline", "target", "alphas", "weights", "noise")
 OUTPUT_NAMES = ("attribution", "scores", "target_used")
 
@@ -111,17 +112,21 @@ def attribution_model(model: str | os.PathLike | onnx.ModelProto, method: str = 
     if image_type.tensor_type.elem_type != TensorProto.FLOAT:
         raise UsageError("attribution models are built for float32 image inputs")
 
+    if x in INPUT_NAMES + OUTPUT_NAMES:
+        raise UsageError(f"the model's image input is named '{x}', a name the attribution model gives to "
+                         "another input or output; rename the model's input")
     # Free the public names: the model's own values keep working under fresh names.
     builder = GraphBuilder(vjp)
+    renamed = {}
     for public in INPUT_NAMES + OUTPUT_NAMES:
-        if builder.has_name(public) and public != x:
-            rename_value(graph, public, builder.fresh(public))
+        if builder.has_name(public):
+            renamed[public] = builder.fresh(public)
+            rename_value(graph, public, renamed[public])
     points, seed, scores_all, grads_all = (builder.fresh(n) for n in
                                            ("points", "seed", "scores_all", "grads_all"))
     rename_value(graph, x, points)
-    rename_value(graph, report["seed"], seed)
-    rename_value(graph, report["output"], scores_all)
-    rename_value(graph, report["gradient"], grads_all)
+    for old, new in ((report["seed"], seed), (report["output"], scores_all), (report["gradient"], grads_all)):
+        rename_value(graph, renamed.get(old, old), new)
     del graph.input[:]
     del graph.output[:]
     rank = len(image_type.tensor_type.shape.dim)
@@ -207,6 +212,9 @@ def path_points(steps: int, rule: str = "gausslegendre") -> tuple[np.ndarray, np
         raise UsageError(f"steps must be at least 1 (got {steps})")
     k = np.arange(steps, dtype=np.float64)
     if rule == "gausslegendre":
+        if steps > MAX_GAUSS_LEGENDRE_STEPS:  # numpy's leggauss builds a steps x steps matrix
+            raise UsageError(f"Gauss-Legendre takes at most {MAX_GAUSS_LEGENDRE_STEPS} steps (its error is "
+                             "already tiny there); use integration 'middle' or 'trapezoid' for more")
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         alphas, weights = (nodes + 1) / 2, weights / 2
     elif rule in ("left", "right", "middle"):

@@ -176,6 +176,10 @@ def preprocessing_from(args):
               "std": args.std and tuple(args.std), "value_range": args.value_range,
               "layout": args.layout, "channels": args.channels}
     given = {k: v for k, v in fields.items() if v is not None}
+    if isinstance(given.get("size"), tuple) and (base is None or base.fit == "shorter"):
+        given["fit"] = "exact"  # two numbers: resize to exactly H x W
+    elif isinstance(given.get("size"), int):
+        given["fit"] = "shorter"
     if base is None:
         if "size" not in given:
             raise UsageError("say how to prepare the images: --preset NAME, or at least --size")

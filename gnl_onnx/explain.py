@@ -2,6 +2,7 @@
 into chunks that fit a memory budget, and reports what ran."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -117,12 +118,11 @@ class Explainer:
         per_run, steps_per_run = self.chunks(n)
         attributions = np.zeros_like(images)
         scores = None
-        rng = np.random.default_rng(self.seed)
         for lo in range(0, n, per_run):
             part = slice(lo, min(n, lo + per_run))
             for s in range(0, self.steps, steps_per_run):
                 steps = slice(s, min(self.steps, s + steps_per_run))
-                noise = self._noise(rng, images[part], steps.stop - steps.start)
+                noise = self._noise(images[part], lo, steps)
                 attribution, part_scores, used = self._run(images[part], baselines[part], targets[part],
                                                            self.alphas[steps], self.weights[steps], noise)
                 attributions[part] += attribution
@@ -153,12 +153,18 @@ class Explainer:
             raise UsageError(f"the model takes images of shape (N, {shown.replace('x', ', ')}), got "
                              f"{tuple(images.shape)}; resize/crop them to fit (or use a preset)")
 
-    def _noise(self, rng, images, steps):
+    def _noise(self, images, first_image, steps: slice):
+        """SmoothGrad's noise for these images and steps; each (image, step) draws from its own
+        seeded stream, so results do not depend on how the work is chunked."""
         if self.spec.path != "noise":
             return None
-        axes = tuple(range(1, images.ndim))
-        spread = images.max(axis=axes, keepdims=True) - images.min(axis=axes, keepdims=True)
-        return (rng.standard_normal((steps,) + images.shape) * (self.noise_level * spread)).astype(np.float32)
+        noise = np.empty((steps.stop - steps.start,) + images.shape, np.float32)
+        for i, image in enumerate(images):
+            spread = float(image.max() - image.min())
+            for k, step in enumerate(range(steps.start, steps.stop)):
+                rng = np.random.default_rng([self.seed, first_image + i, step])
+                noise[k, i] = rng.standard_normal(image.shape) * (self.noise_level * spread)
+        return noise
 
     def _run(self, images, baselines, targets, alphas, weights, noise):
         if noise is None:
@@ -169,9 +175,10 @@ class Explainer:
 
 
 def _human(n: int) -> str:
+    """A size that parse_bytes reads back as at least n (rounded up, never down)."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+            return f"{n}{unit}" if unit == "B" else f"{math.ceil(n * 10) / 10:.1f}{unit}"
         n /= 1024
     return str(n)
 

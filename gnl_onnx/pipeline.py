@@ -53,8 +53,6 @@ def explain_files(model, images: list[str], out: Path, prep, preset, args) -> in
     for b in bad:
         print(f"skipped {b['image']}: {b['error']}")
     print(f"summary: {out / 'summary.json'}")
-    if bad and not records:
-        raise InputError(bad[0]["error"] if len(bad) == 1 else f"none of the {len(bad)} images could be read")
     return 1 if bad else 0
 
 
@@ -77,16 +75,19 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
         existing.append(out / summary_name)
     if existing and not overwrite:
         raise UsageError(f"{existing[0]} exists (and {len(existing) - 1} more); pass --overwrite to replace")
-    explainer = Explainer(model, method=method, steps=steps, baseline=baseline, integration=integration,
-                          memory_budget=memory_budget, gate=gate, output=output, input=input,
-                          black=prep.black(), layout=prep.layout, output_name=output_name)
-    names = class_names(preset) if preset else None
     loaded, bad = [], []
     for i, path in enumerate(images):
         try:
             loaded.append((i, load_image(path, prep)))
         except InputError as e:
             bad.append({"image": str(path), "error": str(e)})
+    if not loaded:  # nothing to explain: write nothing
+        raise InputError(bad[0]["error"] if len(bad) == 1 else f"none of the {len(bad)} images could be read "
+                         f"(first: {bad[0]['error']})")
+    explainer = Explainer(model, method=method, steps=steps, baseline=baseline, integration=integration,
+                          memory_budget=memory_budget, gate=gate, output=output, input=input,
+                          black=prep.black(), layout=prep.layout, output_name=output_name)
+    names = class_names(preset) if preset else None
     records = []
     bar = _progress(len(loaded), method)
     for lo in range(0, len(loaded), BATCH):

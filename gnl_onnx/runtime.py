@@ -36,8 +36,9 @@ def make_session(model, providers=None, threads: int | None = None):
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    chosen = choose_providers(providers)
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=choose_providers(providers))
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=chosen)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own unrelated classes
         raise GnlOnnxError(f"ONNX Runtime could not load the model: {str(e).splitlines()[0][:300]}") from None
     return session, session.get_providers()[0]
