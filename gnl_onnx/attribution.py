@@ -59,9 +59,9 @@ def get_method(name: str) -> Method:
 
 
 def select_output(model: onnx.ModelProto, kind: str = "logit", name: str | None = None) -> onnx.ModelProto:
-    """A copy of the model whose only output is the value to explain: the logits in front of a
-    final Softmax/LogSoftmax (or the output itself when there is none), their softmax, or their
-    log-softmax."""
+    """A copy of the model whose only output is the value to explain, as [N, classes]: the logits
+    in front of a final Softmax/LogSoftmax (or the output itself when there is none), their
+    softmax, or their log-softmax. Heads shaped [N, classes, 1, 1] are flattened first."""
     if kind not in OUTPUT_KINDS:
         raise UsageError(f"unknown output '{kind}'; choose one of {', '.join(OUTPUT_KINDS)}")
     model = load_model(model)
@@ -72,6 +72,13 @@ def select_output(model: onnx.ModelProto, kind: str = "logit", name: str | None 
     logits = producer.input[0] if ending else y
     axis = next((a.i for a in producer.attribute if a.name == "axis"), -1) if ending else -1
     builder = GraphBuilder(model)
+    source_outputs = list(graph.output)
+    declared = next(o for o in source_outputs if o.name == y).type.tensor_type
+    shape = builder.shape(logits)
+    if shape is not None and len(shape) != 2:  # e.g. a 1x1-conv head: classes are all non-batch values
+        logits, ending, axis = builder.op("Flatten", logits, axis=1, name="class_scores"), None, -1
+        classes = int(np.prod(shape[1:])) if all(isinstance(d, int) for d in shape[1:]) else None
+        shape = (shape[0], classes)
     if kind == "logit":
         chosen = logits
     elif kind == ("prob" if ending == "Softmax" else "logprob") and ending:
@@ -81,9 +88,11 @@ def select_output(model: onnx.ModelProto, kind: str = "logit", name: str | None 
     else:
         chosen = builder.op("Softmax" if kind == "prob" else "LogSoftmax", logits, axis=axis,
                             name="probabilities" if kind == "prob" else "log_probabilities")
-    declared = next(o for o in graph.output if o.name == y)
     del graph.output[:]
-    graph.output.append(helper.make_value_info(chosen, declared.type))
+    if shape is None:  # unknown to shape inference: keep the declared output's type
+        graph.output.append(helper.make_value_info(chosen, next(o for o in source_outputs if o.name == y).type))
+    else:
+        graph.output.append(helper.make_tensor_value_info(chosen, declared.elem_type, list(shape)))
     prune(graph)
     return model
 

@@ -16,6 +16,7 @@ DESCRIPTION = """Explain what an image CNN looks at, from its ONNX file.
   gnl-onnx inspect model.onnx                       what the model is and what will be gated
   gnl-onnx explain model.onnx cat.jpg --preset imagenet --out results/
   gnl-onnx convert model.onnx -o model_gnlig.onnx   an ONNX model computing GNL-IG itself
+  gnl-onnx evaluate model.onnx *.jpg --preset imagenet --out eval/   which method is most faithful
   gnl-onnx demo                                     EfficientNet-Lite0 on real photos, as HTML
 """
 
@@ -44,6 +45,7 @@ def main(argv=None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .attribution import METHODS
+    from .evaluate import ALL_METHODS as EVALUATED
 
     parser = argparse.ArgumentParser(prog="gnl-onnx", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +85,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     explain_args(p)
     p.set_defaults(run=run_explain)
+
+    p = commands.add_parser("evaluate", help="deletion and insertion AUC of methods on images, against a "
+                            "random floor: which method is most faithful to this model")
+    model_args(p)
+    p.add_argument("images", nargs="*", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--images", dest="image_dir", metavar="DIR", help="also every image file in this folder")
+    p.add_argument("--methods", default=",".join(EVALUATED),
+                   help=f"comma-separated methods; 'random' is the floor (default {','.join(EVALUATED)})")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--curve-steps", type=int, default=28,
+                   help="deletion/insertion steps: ceil(H*W / steps) pixels each (default 28, as RISE)")
+    p.add_argument("--reduce", default="sum", choices=["sum", "abs_sum"],
+                   help="per-pixel importance: signed sum over channels (default) or sum of absolute values")
+    p.add_argument("--deletion-substrate", default="zeros", choices=["zeros", "black", "mean", "blur"],
+                   help="what deleted pixels become (default zeros in the model's input space, as RISE)")
+    p.add_argument("--insertion-substrate", default="blur", choices=["zeros", "black", "mean", "blur"],
+                   help="what insertion starts from (default blur: Gaussian, kernel 11, sigma 5, as RISE)")
+    p.add_argument("--batch-size", type=int, default=16, help="perturbed images per ONNX Runtime call")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random floor and of SmoothGrad's noise")
+    p.add_argument("--gate", default="paper", choices=["paper", "all"], help="guided methods: which units gate")
+    p.add_argument("--output", default="logit", choices=["logit", "prob", "logprob"],
+                   help="what the methods explain (the curves always track the probability)")
+    explain_args(p)
+    p.set_defaults(run=run_evaluate)
 
     p = commands.add_parser("demo", help="EfficientNet-Lite0 on real photos: GNL-IG beside IG, as HTML")
     p.add_argument("--out", default="gnl-onnx-demo", help="output folder (default gnl-onnx-demo)")
@@ -194,6 +220,22 @@ def run_explain(args) -> int:
 
     prep, preset = preprocessing_from(args)
     return explain_files(args.model, args.images, Path(args.out), prep, preset, args)
+
+
+def run_evaluate(args) -> int:
+    from .evaluate import evaluate_files, find_images, parse_methods
+
+    methods = parse_methods(args.methods)  # a bad name fails before anything is loaded
+    images = find_images(args.images, args.image_dir)
+    prep, _ = preprocessing_from(args)
+    return evaluate_files(args.model, images, Path(args.out), prep, methods, overwrite=args.overwrite,
+                          steps=args.steps, curve_steps=args.curve_steps, reduce=args.reduce,
+                          baseline=args.baseline, integration=args.integration, target=args.target,
+                          gate=args.gate, output=args.output, memory_budget=args.memory_budget,
+                          input=args.input, output_name=args.output_name,
+                          deletion_substrate=args.deletion_substrate,
+                          insertion_substrate=args.insertion_substrate, batch_size=args.batch_size,
+                          seed=args.seed)
 
 
 def run_demo(args) -> int:

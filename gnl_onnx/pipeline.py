@@ -14,7 +14,7 @@ from .errors import GnlOnnxError, InputError, UsageError
 BATCH = 8  # images per Explainer call: the Explainer still splits steps to the memory budget
 
 
-def _progress(total: int, description: str):
+def progress(total: int, description: str):
     try:
         from tqdm import tqdm
     except ImportError:  # the bar is a comfort, not a requirement
@@ -22,7 +22,7 @@ def _progress(total: int, description: str):
     return tqdm(total=total, desc=description, unit="image", leave=False, disable=None)
 
 
-def _prepare_folder(out: Path) -> None:
+def prepare_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -66,7 +66,7 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
     from .presets import class_names
     from .report import atomic_write, heatmap_png, overlay_png, reduce_channels
 
-    _prepare_folder(out)
+    prepare_folder(out)
     stems = _stems(images)
     planned = {i: {kind: out / f"{stem}.{method}.{kind}" for kind in ("heatmap.png", "overlay.png", "npy")}
                for i, stem in enumerate(stems)}
@@ -89,7 +89,7 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
                           black=prep.black(), layout=prep.layout, output_name=output_name)
     names = class_names(preset) if preset else None
     records = []
-    bar = _progress(len(loaded), method)
+    bar = progress(len(loaded), method)
     for lo in range(0, len(loaded), BATCH):
         batch = loaded[lo:lo + BATCH]
         result = explainer.explain(np.concatenate([a for _, a in batch]), target)
@@ -176,7 +176,7 @@ def run_demo(out: Path, steps: int = 32, overwrite: bool = False) -> int:
     registry = _registry()
     model = registry.get_model("efficientnet-lite0")
     preset = get_preset(registry.preset_name("efficientnet-lite0"))
-    _prepare_folder(out)
+    prepare_folder(out)
     page = out / "index.html"
     if page.exists() and not overwrite:
         raise UsageError(f"{page} exists; pass --overwrite to replace the demo's results")

@@ -1,0 +1,342 @@
+"""Which attribution method is most faithful to this model on these images? Every method explains
+every image; each attribution is scored by deletion and insertion (gnl_onnx.metrics), a random
+attribution gives the floor, and the results are summarised per method (mean +- standard error),
+written as CSV, JSON, a text table and a PNG of the mean curves, atomically, never over existing
+files unless asked."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, UsageError
+from .metrics import (BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE, Scorer, auc,
+                      perturbation_curve, random_attribution, ranking, reduce_to_pixels)
+
+RANDOM = "random"
+ALL_METHODS = ("gradient", "input_x_gradient", "ig", "guided_backprop", "smoothgrad", "gnl_ig", RANDOM)
+SUBSTRATE_NAMES = ("zeros", "black", "mean", "blur")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+BATCH = 8  # images per Explainer call; the Explainer still splits steps to the memory budget
+FILES = {"csv": "evaluation.csv", "json": "evaluation.json", "table": "evaluation.txt",
+         "curves": "evaluation_curves.png"}
+
+
+def parse_methods(text) -> list[str]:
+    """'gnl_ig,ig,random' (or a list) -> the method names, checked, duplicates dropped."""
+    from .attribution import METHODS
+
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text)]
+    names = [m for m in dict.fromkeys(names) if m]
+    if not names:
+        raise UsageError("no methods given; e.g. --methods gnl_ig,ig,random")
+    unknown = [m for m in names if m != RANDOM and m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(list(METHODS) + [RANDOM])}")
+    return names
+
+
+@dataclass
+class MethodSummary:
+    method: str
+    images: int
+    steps: int | None           # attribution steps (None for random)
+    deletion: float             # mean deletion AUC (lower is better)
+    deletion_se: float          # its standard error (NaN for one image)
+    insertion: float            # mean insertion AUC (higher is better)
+    insertion_se: float
+    deletion_curve: np.ndarray  # mean curves, curve_steps + 1 points
+    insertion_curve: np.ndarray
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "images": self.images, "steps": self.steps,
+                "deletion_auc_mean": self.deletion, "deletion_auc_se": _finite(self.deletion_se),
+                "insertion_auc_mean": self.insertion, "insertion_auc_se": _finite(self.insertion_se),
+                "deletion_curve_mean": self.deletion_curve.tolist(),
+                "insertion_curve_mean": self.insertion_curve.tolist()}
+
+
+@dataclass
+class Evaluation:
+    config: dict
+    records: list[dict] = field(default_factory=list)  # one per (image, method)
+    summaries: dict[str, MethodSummary] = field(default_factory=dict)
+
+    def table(self) -> str:
+        c = self.config
+        lines = [(f"deletion: substrate {c['deletion_substrate']} (lower is better); insertion: substrate "
+                  f"{c['insertion_substrate']} (higher is better); {c['curve_steps']} curve steps; per-pixel "
+                  f"{c['reduce']}; baseline {c['baseline']}"),
+                 f"{'method':<18}{'deletion AUC':>20}{'insertion AUC':>20}{'images':>8}{'steps':>7}"]
+        for s in sorted(self.summaries.values(), key=lambda s: s.deletion):
+            lines.append(f"{s.method:<18}{_pm(s.deletion, s.deletion_se):>20}{_pm(s.insertion, s.insertion_se):>20}"
+                         f"{s.images:>8}{'-' if s.steps is None else s.steps:>7}")
+        return "\n".join(lines)
+
+    def recommendation(self) -> str:
+        """One line: the method with the lowest mean deletion AUC, its margin over the next one
+        and whether that margin exceeds their combined standard errors sqrt(se1^2 + se2^2)."""
+        ranked = sorted((s for s in self.summaries.values() if s.method != RANDOM), key=lambda s: s.deletion)
+        floor = self.summaries.get(RANDOM)
+        if not ranked:
+            return "recommendation: none: only the random floor was evaluated"
+        best = ranked[0]
+        head = (f"recommendation: {best.method} is the most faithful method for this model and these "
+                f"{best.images} image(s) (lowest mean deletion AUC {best.deletion:.4f})")
+        runner = ranked[1] if len(ranked) > 1 else floor
+        if runner is None:
+            return head + "; it was the only method evaluated, so there is no margin to judge"
+        margin = runner.deletion - best.deletion
+        combined = math.sqrt(best.deletion_se ** 2 + runner.deletion_se ** 2)
+        if not math.isfinite(combined):
+            verdict = "which cannot be weighed against standard errors from a single image"
+        elif margin > combined:
+            verdict = f"which exceeds their combined standard errors ({combined:.4f})"
+        else:
+            verdict = f"which does not exceed their combined standard errors ({combined:.4f}): not a clear winner"
+        line = f"{head}; its margin over {runner.method} ({runner.deletion:.4f}) is {margin:.4f}, {verdict}"
+        if floor is not None and runner is not floor and best.deletion >= floor.deletion:
+            line += f"; it does not beat the random floor ({floor.deletion:.4f})"
+        return line
+
+    def as_dict(self) -> dict:
+        return {"config": self.config, "summary": [s.as_dict() for s in self.summaries.values()],
+                "recommendation": self.recommendation(), "images": self.records}
+
+
+def _finite(v):
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def _pm(mean: float, se: float) -> str:
+    return f"{mean:.4f} ± {se:.4f}" if math.isfinite(se) else f"{mean:.4f} ± n/a"
+
+
+def _substrate(name, black):
+    if isinstance(name, str) and name == "black":
+        if black is None:
+            raise UsageError("the black substrate needs the model's preprocessing (mean/std): give a preset "
+                             "or mean/std, or use zeros")
+        return np.asarray(black, np.float32)
+    if isinstance(name, str) and name not in SUBSTRATE_NAMES:
+        raise UsageError(f"unknown substrate '{name}'; choose one of {', '.join(SUBSTRATE_NAMES)}")
+    return name
+
+
+def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: int = CURVE_STEPS,
+             reduce: str = "sum", baseline="zeros", black=None, layout: str | None = None,
+             integration: str = "gausslegendre", target=None, gate: str = "paper", output: str = "logit",
+             memory_budget="2GB", input: str | None = None, output_name: str | None = None,
+             deletion_substrate=DELETION_SUBSTRATE, insertion_substrate=INSERTION_SUBSTRATE,
+             batch_size: int = BATCH_SIZE, seed: int = 0, names=None, progress=None) -> Evaluation:
+    """Explain `images` (float32 [N, ...], the model's input) with every method and score each
+    attribution by deletion and insertion. Every method explains the same class per image: the
+    model's top-1 (or `target`), the class whose probability the curves track. "random" is a
+    random attribution (seeded per image), the floor. `progress(n)` is called after each image."""
+    from .explain import Explainer
+
+    methods = parse_methods(methods)
+    if reduce not in ("sum", "abs_sum"):
+        raise UsageError(f"reduce must be 'sum' or 'abs_sum', got {reduce!r}")
+    if not isinstance(curve_steps, (int, np.integer)) or curve_steps < 1:
+        raise UsageError(f"curve steps must be a positive integer (got {curve_steps!r})")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise UsageError(f"batch size must be a positive integer (got {batch_size!r})")
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise UsageError(f"expected a batch of images [N, C, H, W] or [N, H, W, C], got shape {images.shape}")
+    n = len(images)
+    names = list(names) if names is not None else [str(i) for i in range(n)]
+    deletion_substrate = _substrate(deletion_substrate, black)
+    insertion_substrate = _substrate(insertion_substrate, black)
+    scorer = Scorer(model, input=input, output_name=output_name)
+    probabilities = scorer.probabilities(images, batch_size)
+    if target is None:
+        targets = probabilities.argmax(axis=1)
+    else:
+        targets = np.broadcast_to(np.asarray(target, np.int64), (n,)).copy()
+        if np.any(targets < 0) or np.any(targets >= probabilities.shape[1]):
+            raise UsageError(f"target {target} is out of range: the model has {probabilities.shape[1]} classes")
+    config = {"model": str(model) if not hasattr(model, "SerializeToString") else "(in memory)",
+              "methods": methods, "steps": steps, "curve_steps": int(curve_steps), "reduce": reduce,
+              "baseline": baseline if isinstance(baseline, str) else "array", "integration": integration,
+              "gate": gate, "output": output,
+              "deletion_substrate": deletion_substrate if isinstance(deletion_substrate, str) else "black",
+              "insertion_substrate": insertion_substrate if isinstance(insertion_substrate, str) else "black",
+              "seed": seed, "provider": scorer.provider}
+    evaluation = Evaluation(config)
+    curves: dict[str, dict[str, list]] = {}
+    for method in methods:
+        explainer = None
+        if method != RANDOM:
+            explainer = Explainer(model, method=method, steps=steps, baseline=baseline, integration=integration,
+                                  memory_budget=memory_budget, gate=gate, output=output, input=input,
+                                  black=black, layout=layout, output_name=output_name, seed=seed)
+        per = curves.setdefault(method, {"deletion": [], "insertion": []})
+        for lo in range(0, n, BATCH):
+            part = slice(lo, min(n, lo + BATCH))
+            start = time.perf_counter()
+            if explainer is None:
+                attributions = np.stack([random_attribution(images.shape[1:], (seed, i))
+                                         for i in range(part.start, part.stop)])
+            else:
+                attributions = explainer.explain(images[part], targets[part]).attributions
+            seconds = (time.perf_counter() - start) / (part.stop - part.start)
+            for j, i in enumerate(range(part.start, part.stop)):
+                image = images[i:i + 1]
+                order = ranking(reduce_to_pixels(attributions[j:j + 1], layout, reduce))
+                row = {}
+                for mode, substrate in (("deletion", deletion_substrate), ("insertion", insertion_substrate)):
+                    curve = perturbation_curve(scorer, image, order, substrate, curve_steps, mode, batch_size,
+                                               int(targets[i]), layout)
+                    per[mode].append(curve)
+                    row[mode] = curve
+                evaluation.records.append({
+                    "image": names[i], "method": method, "target": int(targets[i]),
+                    "probability": float(probabilities[i, targets[i]]),
+                    "deletion_auc": auc(row["deletion"]), "insertion_auc": auc(row["insertion"]),
+                    "steps": None if explainer is None else explainer.steps,
+                    "attribution_seconds": round(seconds, 4),
+                    "deletion_curve": row["deletion"].tolist(), "insertion_curve": row["insertion"].tolist()})
+                if progress is not None:
+                    progress(1)
+        evaluation.summaries[method] = _summarize(method, per, None if explainer is None else explainer.steps)
+    return evaluation
+
+
+def _summarize(method: str, per: dict, steps) -> MethodSummary:
+    deletion = np.array([auc(c) for c in per["deletion"]])
+    insertion = np.array([auc(c) for c in per["insertion"]])
+
+    def se(v):
+        return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+    return MethodSummary(method, len(deletion), steps, float(deletion.mean()), se(deletion), float(insertion.mean()),
+                         se(insertion), np.mean(per["deletion"], axis=0), np.mean(per["insertion"], axis=0))
+
+
+# -- files -----------------------------------------------------------------------------------------
+def find_images(paths, folder=None) -> list[str]:
+    """The image files named, then those in `folder` (by suffix, sorted)."""
+    found = [str(p) for p in paths or []]
+    if folder is not None:
+        d = Path(folder)
+        if not d.is_dir():
+            raise UsageError(f"{d}: no such folder of images")
+        inside = sorted(str(p) for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not inside:
+            raise InputError(f"{d}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
+        found += inside
+    if not found:
+        raise UsageError("no images: name image files or give a folder with --images DIR")
+    return found
+
+
+def write_csv(evaluation: Evaluation, path: Path) -> Path:
+    from .report import atomic_write
+
+    columns = ["image", "method", "target", "probability", "deletion_auc", "insertion_auc", "steps",
+               "attribution_seconds"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns + ["curve_steps", "reduce", "baseline", "deletion_substrate", "insertion_substrate"])
+    c = evaluation.config
+    for r in evaluation.records:
+        writer.writerow([r[k] for k in columns] + [c["curve_steps"], c["reduce"], c["baseline"],
+                                                    c["deletion_substrate"], c["insertion_substrate"]])
+    return atomic_write(path, buffer.getvalue())
+
+
+def plot_curves(evaluation: Evaluation, path: Path) -> Path:
+    """Mean deletion and insertion curves per method, one panel each (Agg canvas: no GUI, no global
+    pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .report import atomic_write
+
+    figure = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(figure)
+    c = evaluation.config
+    for k, mode in enumerate(("deletion", "insertion")):
+        ax = figure.add_subplot(1, 2, k + 1)
+        for s in evaluation.summaries.values():
+            curve = s.deletion_curve if mode == "deletion" else s.insertion_curve
+            value = s.deletion if mode == "deletion" else s.insertion
+            ax.plot(np.linspace(0, 1, len(curve)), curve, label=f"{s.method} ({value:.3f})",
+                    linestyle="--" if s.method == RANDOM else "-", color="grey" if s.method == RANDOM else None)
+        verb = "removed" if mode == "deletion" else "inserted"
+        better = "lower" if mode == "deletion" else "higher"
+        ax.set_title(f"{mode} (substrate {c[mode + '_substrate']}; AUC, {better} is better)")
+        ax.set_xlabel(f"fraction of pixels {verb}")
+        ax.set_ylabel("probability of the target class")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)  # probabilities: the same scale for every model
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+
+
+def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, overwrite: bool = False, **options):
+    """Evaluate image files; write FILES into `out`. Returns (evaluation, unreadable images, files)."""
+    from .images import load_image
+    from .pipeline import prepare_folder, progress
+    from .report import atomic_write
+
+    methods = parse_methods(methods)
+    out = Path(out)
+    planned = {k: out / name for k, name in FILES.items()}
+    existing = [p for p in planned.values() if p.exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{existing[0]} exists (and {len(existing) - 1} more); pass --overwrite to replace")
+    loaded, names, bad = [], [], []
+    for path in images:
+        try:
+            loaded.append(load_image(path, prep))
+            names.append(str(path))
+        except InputError as e:
+            bad.append({"image": str(path), "error": str(e)})
+    if not loaded:
+        raise InputError(bad[0]["error"] if len(bad) == 1 else f"none of the {len(bad)} images could be read "
+                         f"(first: {bad[0]['error']})")
+    shapes = {a.shape for a in loaded}
+    if len(shapes) > 1:
+        raise UsageError(f"the images came out in different shapes {sorted(shapes)}; give --crop or --size H W "
+                         "so that every image fits the model")
+    prepare_folder(out)
+    bar = progress(len(methods) * len(loaded), "evaluate")
+    try:
+        evaluation = evaluate(model, np.concatenate(loaded), methods, black=prep.black(), layout=prep.layout,
+                              names=names, progress=bar.update if bar is not None else None, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    evaluation.config["skipped"] = bad
+    write_csv(evaluation, planned["csv"])
+    atomic_write(planned["json"], json.dumps(evaluation.as_dict(), indent=2))
+    atomic_write(planned["table"], evaluation.table() + "\n" + evaluation.recommendation() + "\n")
+    plot_curves(evaluation, planned["curves"])
+    return evaluation, bad, planned
+
+
+def evaluate_files(model, images, out: Path, prep, methods, overwrite=False, **options) -> int:
+    """The `gnl-onnx evaluate` command: evaluate, print the table and the recommendation; 0 done,
+    1 some images could not be read."""
+    evaluation, bad, files = evaluate_to_folder(model, images, out, prep, methods, overwrite, **options)
+    print(evaluation.table())
+    for b in bad:
+        print(f"skipped {b['image']}: {b['error']}")
+    print(f"wrote {', '.join(str(p) for p in files.values())}")
+    print(evaluation.recommendation())
+    return 1 if bad else 0
+
+
+__all__ = ["ALL_METHODS", "Evaluation", "MethodSummary", "evaluate", "evaluate_files", "evaluate_to_folder",
+           "find_images", "parse_methods"]
