@@ -106,27 +106,35 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
 
 
 def export_path(arch: str, exporter: str = "legacy", size: int | None = None,
-                cache_dir: str | os.PathLike | None = None, seed: int = SEED) -> pathlib.Path:
+                cache_dir: str | os.PathLike | None = None, seed: int = SEED,
+                optimize: bool = True) -> pathlib.Path:
     _check_arch(arch)
     size = SIZES[arch] if size is None else int(size)
     tv = re.sub(r"[^A-Za-z0-9.]", "_", torch.__version__)
-    name = f"{arch}-{exporter}-{size}px-seed{seed}-r{RECIPE}-torch{tv}.onnx"
+    raw = "" if optimize else "-raw"
+    name = f"{arch}-{exporter}{raw}-{size}px-seed{seed}-r{RECIPE}-torch{tv}.onnx"
     return cache_root(cache_dir) / name
 
 
 def export(arch: str, exporter: str = "legacy", size: int | None = None,
-           cache_dir: str | os.PathLike | None = None, seed: int = SEED) -> pathlib.Path:
+           cache_dir: str | os.PathLike | None = None, seed: int = SEED,
+           optimize: bool = True) -> pathlib.Path:
     """Export build(arch, seed) to ONNX (batch dim dynamic) and return the file path.
 
     The file is reused when present; it is written under a temporary name and moved into place
     with os.replace, so an interrupted export never leaves a truncated file behind.
     Graph input is "input" (legacy) or "x" (dynamo: the forward argument's name); output is
     "logits" (legacy) or whatever the dynamo exporter names it.
+
+    optimize=False keeps what both exporters otherwise fold away, as graphs from other tools
+    often arrive: BatchNormalization nodes after convolutions (legacy: TrainingMode.PRESERVE
+    on the eval-mode module), and for dynamo also the raw Shape/Expand/CastLike chains
+    (optimize=False).
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; use one of {EXPORTERS}")
     size = SIZES[arch] if size is None else int(size)
-    path = export_path(arch, exporter, size, cache_dir, seed)
+    path = export_path(arch, exporter, size, cache_dir, seed, optimize)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,11 +151,14 @@ def export(arch: str, exporter: str = "legacy", size: int | None = None,
                     model, (x,), tmp, dynamo=False, opset_version=17,
                     input_names=["input"], output_names=["logits"],
                     dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                    training=(torch.onnx.TrainingMode.EVAL if optimize
+                              else torch.onnx.TrainingMode.PRESERVE),
                 )
             else:
                 torch.onnx.export(
                     model, (x,), tmp, dynamo=True, opset_version=18, external_data=False,
                     dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False,
+                    optimize=optimize,
                 )
         os.replace(tmp, path)
     finally:
@@ -156,5 +167,14 @@ def export(arch: str, exporter: str = "legacy", size: int | None = None,
     return path
 
 
-__all__ = ["ARCHS", "EXPORTERS", "SIZES", "SEED", "build", "default_size", "export",
-           "export_path", "cache_root"]
+__all__ = [
+    "ARCHS",
+    "EXPORTERS",
+    "SEED",
+    "SIZES",
+    "build",
+    "cache_root",
+    "default_size",
+    "export",
+    "export_path",
+]
