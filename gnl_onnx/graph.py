@@ -34,13 +34,14 @@ class Constants(dict):
         return set(self._protos) | set(super().keys())
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with large initializers turned into typed inputs: shape inference needs their
     shapes, not their bytes, and copying the bytes dominated the cost."""
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    graph = skeleton.graph
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    graph = light.graph
+    graph.name = model.graph.name or "graph"
     graph.node.extend(model.graph.node)
     graph.input.extend(model.graph.input)
     graph.output.extend(model.graph.output)
@@ -51,7 +52,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
             graph.initializer.append(t)
         elif t.name not in declared:
             graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return skeleton
+    return light
 
 
 @dataclass
@@ -151,7 +152,7 @@ class GraphBuilder:
     def refresh_types(self) -> None:
         """Re-read types and shapes from shape inference (after normalization changes)."""
         try:
-            inferred = onnx.shape_inference.infer_shapes(_skeleton(self.model), data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(skeleton(self.model), data_prop=True)
         except Exception:  # shape inference is advisory; rules fall back to run-time shapes
             inferred = self.model
         g = inferred.graph

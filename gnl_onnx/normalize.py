@@ -8,7 +8,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import ModelError, UnsupportedModelError
-from .graph import GraphBuilder, drop_unused_initializers, prune
+from .graph import GraphBuilder, drop_unused_initializers, prune, skeleton
 from .runtime import onnxruntime
 
 TARGET_OPSET = 18
@@ -43,12 +43,24 @@ def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return copy
+    # Convert the graph without the weights' bytes (copying them dominated the cost), then put
+    # the weights back: the converter adds constants but never rewrites existing initializers.
+    weights = [t for t in model.graph.initializer if np.prod(t.dims) > 64]
+    declared = {i.name for i in model.graph.input}
     try:
-        converted = onnx.version_converter.convert_version(model, TARGET_OPSET)
+        converted = onnx.version_converter.convert_version(skeleton(model), TARGET_OPSET)
     except Exception as e:  # the converter raises bare RuntimeErrors with C++ messages
         raise ModelError(f"could not upgrade the model from opset {version} to {TARGET_OPSET} "
                          f"({str(e).strip().splitlines()[0][:200]}); re-export it at opset {TARGET_OPSET}") from None
-    converted.ir_version = max(converted.ir_version, 8)
+    moved = {t.name for t in weights} - declared
+    inputs = [i for i in converted.graph.input if i.name not in moved]
+    del converted.graph.input[:]
+    converted.graph.input.extend(inputs)
+    converted.graph.initializer.extend(weights)
+    converted.ir_version = max(model.ir_version, 8)
+    converted.metadata_props.extend(model.metadata_props)
+    for field_ in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(converted, field_, getattr(model, field_))
     return converted
 
 

@@ -303,6 +303,7 @@ case("batchnorm_op9", [node("BatchNormalization", ["X", "s", "bb", "mu", "var"],
 
 # ---------------------------------------------------------------- Cast
 case("cast_same_type", lambda elem: [node("Cast", ["X"], to=elem)], normal(2, 3))
+case("castlike_same_type", lambda elem: [node("CastLike", ["X", "X"])], normal(2, 3))
 # Ops in the brief's list the engine does not differentiate yet: filled in from the engine's answers
 # (strict xfail, so the day a rule lands the marker must go).
 NO_RULE_YET: set[str] = set()

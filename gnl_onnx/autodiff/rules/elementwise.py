@@ -108,3 +108,9 @@ def where(g, node, dy):
     y = node.outputs[0]
     return [None, g.unbroadcast(g.op("Where", condition, dy, zero), a, y),
             g.unbroadcast(g.op("Where", condition, zero, dy), b, y)]
+
+
+@rule("CastLike")
+def cast_like(g, node, dy):
+    # the second input only lends its type
+    return [g.op("Cast", dy, to=g.elem_type(node.inputs[0]) or g.float_type), None]
