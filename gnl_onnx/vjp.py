@@ -29,23 +29,24 @@ def vjp_model(model: str | os.PathLike | onnx.ModelProto, rule: str = "plain", g
     proto = normalize(proto)
     value_types = {v.name: v.type for v in (*proto.graph.input, *proto.graph.output)}
     seed, grad = f"{y}_grad", f"{x}_grad"
-    builder = GraphBuilder(proto, float_type=value_types[x].tensor_type.elem_type)
+    float_type = value_types[x].tensor_type.elem_type
+    builder = GraphBuilder(proto, float_type=float_type)
     for name in (seed, grad):
-        if builder.fresh(name) != name:  # fresh() also reserves the name
+        if builder.has_name(name):
             raise ModelError(f"the model already has a value named '{name}'; rename it before converting")
     path, active = differentiable_path(builder, x, y)
     check_supported(builder, path, y)
     check_differentiable(builder, x, y, active)
     batch = (builder.shape(x) or [None])[0]
     if has_unknown_dims(builder, active, batch if isinstance(batch, str) else None):
+        # measure what shape inference could not derive; known shapes may fold shape arithmetic
         probe_shapes(proto, x, sorted(active))
-        if fold_constants(proto):  # shapes now known may turn shape arithmetic into constants
-            prune(proto.graph)
-            builder = GraphBuilder(proto, float_type=value_types[x].tensor_type.elem_type)
-            builder.reserve(seed), builder.reserve(grad)
-            path, active = differentiable_path(builder, x, y)
-        else:
-            builder.refresh_types()
+        fold_constants(proto)
+        prune(proto.graph)
+        builder = GraphBuilder(proto, float_type=float_type)
+        path, active = differentiable_path(builder, x, y)
+    builder.reserve(seed)
+    builder.reserve(grad)
     proto.graph.input.append(helper.make_value_info(seed, value_types[y]))
     dx, gated = backpropagate(builder, path, active, x, y, seed, policy)
     proto.graph.node.append(helper.make_node("Identity", [dx], [grad], name=builder.fresh("input_gradient")))
