@@ -337,3 +337,24 @@ def caffe_style_cnn(rng: np.random.Generator, hw: int = 8, classes: int = 5) -> 
     model = make_model(nodes, [("data", np.float32, ["N", 3, hw, hw])], [("prob", np.float32, ["N", classes])],
                        p, opset=8, ir_version=3, initializers_as_inputs=True)
     return model, p
+
+
+def relu_cnn(seed=0, hw=16, classes=5):
+    """Conv-Relu-MaxPool-Conv-Relu-GlobalAveragePool-Gemm, NCHW 3 x hw x hw input "image",
+    output "logits", dynamic batch: a small real CNN for the CLI and metrics tests."""
+    node = helper.make_node
+    f32 = np.float32
+    rng = np.random.default_rng(seed)
+    p = {"w1": rng.normal(size=(6, 3, 3, 3)) * 0.5, "b1": rng.normal(size=6) * 0.1,
+         "w2": rng.normal(size=(8, 6, 3, 3)) * 0.4, "b2": rng.normal(size=8) * 0.3 + 0.5,
+         "w3": rng.normal(size=(classes, 8)) * 0.5, "b3": rng.normal(size=classes) * 0.1}
+    p = {k: np.asarray(v, f32) for k, v in p.items()}
+    nodes = [node("Conv", ["image", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv1"),
+             node("Relu", ["c1"], ["r1"], name="relu1"),
+             node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool1"),
+             node("Conv", ["p1", "w2", "b2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv2"),
+             node("Relu", ["c2"], ["r2"], name="relu2"),
+             node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+             node("Flatten", ["g"], ["f"], name="flatten"),
+             node("Gemm", ["f", "w3", "b3"], ["logits"], transB=1, name="fc")]
+    return make_model(nodes, [("image", f32, ["N", 3, hw, hw])], [("logits", f32, ["N", classes])], p)

@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper
-from onnx_builders import make_model
+from onnx_builders import make_model, relu_cnn
 from PIL import Image
 
 from gnl_onnx import Explainer
@@ -29,21 +29,7 @@ node = helper.make_node
 
 
 def small_cnn():
-    """Conv-Relu-MaxPool-Conv-Relu-GlobalAveragePool-Gemm, fixed 3x16x16 NCHW input, dynamic batch."""
-    rng = np.random.default_rng(0)
-    p = {"w1": rng.normal(size=(6, 3, 3, 3)) * 0.5, "b1": rng.normal(size=6) * 0.1,
-         "w2": rng.normal(size=(8, 6, 3, 3)) * 0.4, "b2": rng.normal(size=8) * 0.3 + 0.5,
-         "w3": rng.normal(size=(CLASSES, 8)) * 0.5, "b3": rng.normal(size=CLASSES) * 0.1}
-    p = {k: np.asarray(v, F32) for k, v in p.items()}
-    nodes = [node("Conv", ["image", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv1"),
-             node("Relu", ["c1"], ["r1"], name="relu1"),
-             node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool1"),
-             node("Conv", ["p1", "w2", "b2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv2"),
-             node("Relu", ["c2"], ["r2"], name="relu2"),
-             node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
-             node("Flatten", ["g"], ["f"], name="flatten"),
-             node("Gemm", ["f", "w3", "b3"], ["logits"], transB=1, name="fc")]
-    return make_model(nodes, [("image", F32, ["N", 3, HW, HW])], [("logits", F32, ["N", CLASSES])], p)
+    return relu_cnn(0, HW, CLASSES)
 
 
 def custom_op_model():
