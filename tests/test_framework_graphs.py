@@ -13,14 +13,13 @@ Checked in float32 on onnxruntime, as users run them:
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import onnx
 import pytest
 
 import gnl_onnx
-from onnx_builders import (caffe_style_cnn, fd_directional, keras_style_cnn, kink_probe, loss, ort_session)
+from onnx_builders import (caffe_style_cnn, fd_directional, keras_style_cnn, kink_probe, ort_session)
 
 CLASSES = 5
 

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     for method in ("gnl_ig", "ig"):
         explainer = Explainer(path, method=method, steps=args.steps, memory_budget=args.memory_budget,
                               threads=args.threads)
-        seconds = median_seconds(lambda: explainer.explain(images), args.repeat) / args.batch
+        seconds = median_seconds(lambda e=explainer: e.explain(images), args.repeat) / args.batch
         results[method] = {"s_per_image": seconds, "ratio_to_floor": seconds / floor,
                            "chunks": list(explainer.chunks(args.batch))}
         print(f"  {method:<18} {seconds:9.3f} s/image   {seconds / floor:5.2f} x floor   "
