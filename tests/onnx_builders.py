@@ -358,3 +358,15 @@ def relu_cnn(seed=0, hw=16, classes=5):
              node("Flatten", ["g"], ["f"], name="flatten"),
              node("Gemm", ["f", "w3", "b3"], ["logits"], transB=1, name="fc")]
     return make_model(nodes, [("image", f32, ["N", 3, hw, hw])], [("logits", f32, ["N", classes])], p)
+
+
+def run_cli(capfd, *argv):
+    """Run `gnl-onnx argv...` in-process: (exit code, stdout, stderr)."""
+    from gnl_onnx.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out, err = capfd.readouterr()
+    return code, out, err

@@ -17,10 +17,10 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 from onnx_builders import make_model, relu_cnn
+from onnx_builders import run_cli as cli
 from PIL import Image
 
 from gnl_onnx import Explainer
-from gnl_onnx.cli import main
 
 F32 = np.float32
 HW, CLASSES = 16, 5
@@ -48,16 +48,6 @@ def files(tmp_path_factory):
     Image.fromarray(rng.integers(0, 256, (30, 18, 3), dtype=np.uint8)).save(d / "other.png")
     (d / "notes.png").write_text("this is not an image\n")
     return d
-
-
-def cli(capfd, *argv):
-    """Run `gnl-onnx argv...` in-process: (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        code = e.code
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 def one_error_line(err: str) -> str:

@@ -17,11 +17,11 @@ import onnx
 import pytest
 from onnx import helper
 from onnx_builders import make_model, relu_cnn
+from onnx_builders import run_cli as cli
 from PIL import Image
 
 from gnl_onnx import Explainer, UsageError
 from gnl_onnx.baselines import gaussian_blur
-from gnl_onnx.cli import main
 from gnl_onnx.evaluate import Evaluation, MethodSummary, evaluate
 from gnl_onnx.metrics import (Scorer, auc, cascading_randomization, chunk_size, deletion_score, insertion_score,
                               make_substrate, perturbation_curve, random_attribution, randomize_layers, rankdata,
@@ -395,15 +395,6 @@ def files(tmp_path_factory):
     Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(d / "photos" / "a.png")
     Image.fromarray(rng.integers(0, 256, (9, 8, 3), dtype=np.uint8)).save(d / "photos" / "b.png")
     return d
-
-
-def cli(capfd, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        code = e.code
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 PREP = ["--size", str(H), str(W)]  # resize to exactly 8 x 8

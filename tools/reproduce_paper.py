@@ -392,6 +392,19 @@ def versions() -> dict:
     return v
 
 
+def reuse_or_measure(path, settings, label, fresh, compute):
+    """A result saved by an earlier run with the same settings, or a new one, saved atomically."""
+    if path.is_file() and not fresh:
+        saved = json.loads(path.read_text())
+        if saved.get("settings") == settings:
+            log(f"{label}: reusing {path}")
+            return saved["result"]
+    log(f"{label}: measuring")
+    result = compute()
+    atomic_write(path, json.dumps({"settings": settings, "result": result}))
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--networks", default=",".join(NETWORKS[:-1]) + ",fashion-mnist",
@@ -433,31 +446,14 @@ def main(argv=None) -> int:
             log(f"fashion-mnist skipped: {why}")
             skipped[network] = why
             continue
-        path = out / f"{network}.json"
-        if path.is_file() and not args.fresh:
-            saved = json.loads(path.read_text())
-            if saved.get("settings") == settings:
-                log(f"{network}: reusing {path}")
-                results[network] = saved["result"]
-                continue
-        log(f"{network}: measuring")
-        result = measure(network, args)
-        atomic_write(path, json.dumps({"settings": settings, "result": result}))
-        results[network] = result
+        results[network] = reuse_or_measure(out / f"{network}.json", settings, network, args.fresh,
+                                            lambda n=network: measure(n, args))
     for network in [n.strip() for n in args.sanity_networks.split(",") if n.strip()]:
         if network not in NETWORKS or network == "fashion-mnist":
             continue
-        path = out / f"sanity_{network}.json"
-        sset = dict(settings, sanity_images=args.sanity_images)
-        if path.is_file() and not args.fresh:
-            saved = json.loads(path.read_text())
-            if saved.get("settings") == sset:
-                log(f"sanity {network}: reusing {path}")
-                sanity_results[network] = saved["result"]
-                continue
-        log(f"sanity {network}: measuring")
-        sanity_results[network] = sanity(network, args)
-        atomic_write(path, json.dumps({"settings": sset, "result": sanity_results[network]}))
+        sanity_results[network] = reuse_or_measure(
+            out / f"sanity_{network}.json", dict(settings, sanity_images=args.sanity_images),
+            f"sanity {network}", args.fresh, lambda n=network: sanity(n, args))
     meta = {"command": "python tools/reproduce_paper.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "settings": settings, "threads": args.threads, "versions": versions(),
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
