@@ -135,11 +135,13 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
              integration: str = "gausslegendre", target=None, gate: str = "paper", output: str = "logit",
              memory_budget="2GB", input: str | None = None, output_name: str | None = None,
              deletion_substrate=DELETION_SUBSTRATE, insertion_substrate=INSERTION_SUBSTRATE,
-             batch_size: int = BATCH_SIZE, seed: int = 0, names=None, progress=None) -> Evaluation:
+             batch_size: int = BATCH_SIZE, seed: int = 0, names=None, progress=None, providers=None,
+             threads: int | None = None) -> Evaluation:
     """Explain `images` (float32 [N, ...], the model's input) with every method and score each
     attribution by deletion and insertion. Every method explains the same class per image: the
     model's top-1 (or `target`), the class whose probability the curves track. "random" is a
-    random attribution (seeded per image), the floor. `progress(n)` is called after each image."""
+    random attribution (seeded per image), the floor. `progress(n)` is called after each image.
+    `providers` and `threads` go to every ONNX Runtime session (default: CUDA when present, all cores)."""
     from .explain import Explainer
 
     methods = parse_methods(methods)
@@ -156,7 +158,7 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
     names = list(names) if names is not None else [str(i) for i in range(n)]
     deletion_substrate = _substrate(deletion_substrate, black)
     insertion_substrate = _substrate(insertion_substrate, black)
-    scorer = Scorer(model, input=input, output_name=output_name)
+    scorer = Scorer(model, input=input, output_name=output_name, providers=providers, threads=threads)
     probabilities = scorer.probabilities(images, batch_size)
     if target is None:
         targets = probabilities.argmax(axis=1)
@@ -178,7 +180,8 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         if method != RANDOM:
             explainer = Explainer(model, method=method, steps=steps, baseline=baseline, integration=integration,
                                   memory_budget=memory_budget, gate=gate, output=output, input=input,
-                                  black=black, layout=layout, output_name=output_name, seed=seed)
+                                  black=black, layout=layout, output_name=output_name, seed=seed,
+                                  providers=providers, threads=threads)
         per = curves.setdefault(method, {"deletion": [], "insertion": []})
         for lo in range(0, n, BATCH):
             part = slice(lo, min(n, lo + BATCH))
