@@ -130,6 +130,62 @@ def _substrate(name, black):
     return name
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How every attribution is scored: shared by all methods and images of an evaluation (and of
+    an audit). Substrates are names or arrays, already checked (see scoring)."""
+    curve_steps: int = CURVE_STEPS
+    reduce: str = "sum"
+    layout: str | None = None
+    batch_size: int = BATCH_SIZE
+    deletion_substrate: object = DELETION_SUBSTRATE
+    insertion_substrate: object = INSERTION_SUBSTRATE
+
+    def config(self) -> dict:
+        """The settings as evaluation.config states them (substrate arrays come from "black")."""
+        return {"curve_steps": int(self.curve_steps), "reduce": self.reduce,
+                "deletion_substrate": _substrate_name(self.deletion_substrate),
+                "insertion_substrate": _substrate_name(self.insertion_substrate)}
+
+
+def _substrate_name(substrate) -> str:
+    return substrate if isinstance(substrate, str) else "black"
+
+
+def scoring(curve_steps: int = CURVE_STEPS, reduce: str = "sum", layout: str | None = None,
+            batch_size: int = BATCH_SIZE, deletion_substrate=DELETION_SUBSTRATE,
+            insertion_substrate=INSERTION_SUBSTRATE, black=None) -> Scoring:
+    """Checked Scoring settings; "black" substrates become arrays (they need the preprocessing's black)."""
+    if reduce not in ("sum", "abs_sum"):
+        raise UsageError(f"reduce must be 'sum' or 'abs_sum', got {reduce!r}")
+    if not isinstance(curve_steps, (int, np.integer)) or curve_steps < 1:
+        raise UsageError(f"curve steps must be a positive integer (got {curve_steps!r})")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise UsageError(f"batch size must be a positive integer (got {batch_size!r})")
+    return Scoring(int(curve_steps), reduce, layout, int(batch_size), _substrate(deletion_substrate, black),
+                   _substrate(insertion_substrate, black))
+
+
+def attribute(explainer, images, targets, random_keys, seed: int = 0) -> np.ndarray:
+    """One method's attributions of `images` for `targets`: the Explainer's, or with explainer None
+    the random floor, standard normal values seeded by (seed, key) for each image's key."""
+    if explainer is None:
+        return np.stack([random_attribution(images.shape[1:], (seed, key)) for key in random_keys])
+    return explainer.explain(images, targets).attributions
+
+
+def score_curves(scorer, images, attributions, targets, scoring: Scoring) -> list[dict[str, np.ndarray]]:
+    """The deletion and insertion curves of each image's attribution, tracking its target's probability."""
+    curves = []
+    for i in range(len(images)):
+        order = ranking(reduce_to_pixels(attributions[i:i + 1], scoring.layout, scoring.reduce))
+        curves.append({mode: perturbation_curve(scorer, images[i:i + 1], order, substrate, scoring.curve_steps,
+                                                mode, scoring.batch_size, int(targets[i]), scoring.layout)
+                       for mode, substrate in (("deletion", scoring.deletion_substrate),
+                                               ("insertion", scoring.insertion_substrate))})
+    return curves
+
+
 def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: int = CURVE_STEPS,
              reduce: str = "sum", baseline="zeros", black=None, layout: str | None = None,
              integration: str = "gausslegendre", target=None, gate: str = "paper", output: str = "logit",
@@ -145,19 +201,12 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
     from .explain import Explainer
 
     methods = parse_methods(methods)
-    if reduce not in ("sum", "abs_sum"):
-        raise UsageError(f"reduce must be 'sum' or 'abs_sum', got {reduce!r}")
-    if not isinstance(curve_steps, (int, np.integer)) or curve_steps < 1:
-        raise UsageError(f"curve steps must be a positive integer (got {curve_steps!r})")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise UsageError(f"batch size must be a positive integer (got {batch_size!r})")
+    settings = scoring(curve_steps, reduce, layout, batch_size, deletion_substrate, insertion_substrate, black)
     images = np.ascontiguousarray(images, dtype=np.float32)
     if images.ndim != 4:
         raise UsageError(f"expected a batch of images [N, C, H, W] or [N, H, W, C], got shape {images.shape}")
     n = len(images)
     names = list(names) if names is not None else [str(i) for i in range(n)]
-    deletion_substrate = _substrate(deletion_substrate, black)
-    insertion_substrate = _substrate(insertion_substrate, black)
     scorer = Scorer(model, input=input, output_name=output_name, providers=providers, threads=threads)
     probabilities = scorer.probabilities(images, batch_size)
     if target is None:
@@ -167,12 +216,9 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         if np.any(targets < 0) or np.any(targets >= probabilities.shape[1]):
             raise UsageError(f"target {target} is out of range: the model has {probabilities.shape[1]} classes")
     config = {"model": str(model) if not hasattr(model, "SerializeToString") else "(in memory)",
-              "methods": methods, "steps": steps, "curve_steps": int(curve_steps), "reduce": reduce,
+              "methods": methods, "steps": steps, **settings.config(),
               "baseline": baseline if isinstance(baseline, str) else "array", "integration": integration,
-              "gate": gate, "output": output,
-              "deletion_substrate": deletion_substrate if isinstance(deletion_substrate, str) else "black",
-              "insertion_substrate": insertion_substrate if isinstance(insertion_substrate, str) else "black",
-              "seed": seed, "provider": scorer.provider}
+              "gate": gate, "output": output, "seed": seed, "provider": scorer.provider}
     evaluation = Evaluation(config)
     curves: dict[str, dict[str, list]] = {}
     for method in methods:
@@ -186,21 +232,12 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         for lo in range(0, n, BATCH):
             part = slice(lo, min(n, lo + BATCH))
             start = time.perf_counter()
-            if explainer is None:
-                attributions = np.stack([random_attribution(images.shape[1:], (seed, i))
-                                         for i in range(part.start, part.stop)])
-            else:
-                attributions = explainer.explain(images[part], targets[part]).attributions
+            attributions = attribute(explainer, images[part], targets[part], range(part.start, part.stop), seed)
             seconds = (time.perf_counter() - start) / (part.stop - part.start)
-            for j, i in enumerate(range(part.start, part.stop)):
-                image = images[i:i + 1]
-                order = ranking(reduce_to_pixels(attributions[j:j + 1], layout, reduce))
-                row = {}
-                for mode, substrate in (("deletion", deletion_substrate), ("insertion", insertion_substrate)):
-                    curve = perturbation_curve(scorer, image, order, substrate, curve_steps, mode, batch_size,
-                                               int(targets[i]), layout)
-                    per[mode].append(curve)
-                    row[mode] = curve
+            for i, row in zip(range(part.start, part.stop),
+                              score_curves(scorer, images[part], attributions, targets[part], settings)):
+                per["deletion"].append(row["deletion"])
+                per["insertion"].append(row["insertion"])
                 evaluation.records.append({
                     "image": names[i], "method": method, "target": int(targets[i]),
                     "probability": float(probabilities[i, targets[i]]),
@@ -210,11 +247,12 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
                     "deletion_curve": row["deletion"].tolist(), "insertion_curve": row["insertion"].tolist()})
                 if progress is not None:
                     progress(1)
-        evaluation.summaries[method] = _summarize(method, per, None if explainer is None else explainer.steps)
+        evaluation.summaries[method] = summarize(method, per, None if explainer is None else explainer.steps)
     return evaluation
 
 
-def _summarize(method: str, per: dict, steps) -> MethodSummary:
+def summarize(method: str, per: dict, steps) -> MethodSummary:
+    """Mean AUCs with standard errors and mean curves of one method; per: {"deletion": [curves], "insertion": [curves]}."""
     deletion = np.array([auc(c) for c in per["deletion"]])
     insertion = np.array([auc(c) for c in per["insertion"]])
 
