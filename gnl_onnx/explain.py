@@ -103,7 +103,8 @@ class Explainer:
         start = time.perf_counter()
         images = np.ascontiguousarray(images, dtype=np.float32)
         if not np.all(np.isfinite(images)):
-            raise UsageError("the images contain NaN or infinite values")
+            bad = int(np.count_nonzero(~np.isfinite(images)))
+            raise UsageError(f"the images contain {bad} NaN or infinite values; give finite pixel values")
         self._check_shape(images)
         n = images.shape[0]
         targets = np.full(n, -1, np.int64) if target is None else np.broadcast_to(
@@ -115,6 +116,8 @@ class Explainer:
         baseline_name = self.baseline if isinstance(self.baseline, str) else "array"
         baselines = make_baseline(self.baseline if self.spec.path == "line" else "zeros", images,
                                   black=self.black, layout=self.layout, seed=self.seed)
+        if not np.all(np.isfinite(baselines)):
+            raise UsageError("the baseline contains NaN or infinite values; give a finite baseline")
         per_run, steps_per_run = self.chunks(n)
         attributions = np.zeros_like(images)
         scores = None
@@ -149,9 +152,14 @@ class Explainer:
     def _check_shape(self, images):
         expected = self.info["image_shape"]
         if images.ndim != len(expected) or any(e is not None and e != d for e, d in zip(expected[1:], images.shape[1:])):
-            shown = "x".join("?" if d is None else str(d) for d in expected[1:])
-            raise UsageError(f"the model takes images of shape (N, {shown.replace('x', ', ')}), got "
-                             f"{tuple(images.shape)}; resize/crop them to fit (or use a preset)")
+            shown = ", ".join("?" if d is None else str(d) for d in expected[1:])
+            if len(expected) != 4:  # image files always become [1, C, H, W] or [1, H, W, C]
+                hint = (f"its input has rank {len(expected)}, not the 4 of an image batch; give it arrays "
+                        "of that shape through the Python API")
+            else:
+                hint = ("resize/crop them to fit (or use a preset), and match its channels (3 for RGB/BGR, "
+                        "1 for L) and layout (NCHW or NHWC)")
+            raise UsageError(f"the model takes images of shape (N, {shown}), got {tuple(images.shape)}; {hint}")
 
     def _noise(self, images, first_image, steps: slice):
         """SmoothGrad's noise for these images and steps; each (image, step) draws from its own

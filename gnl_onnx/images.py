@@ -80,8 +80,8 @@ class Preprocessing:
         # Accept one value for all channels (e.g. mean=(127.0,)) but store one per channel.
         for field in ("mean", "std"):
             v = tuple(float(x) for x in np.atleast_1d(getattr(self, field)))
-            if len(v) == 1:
-                v = v * n
+            if len(v) == 1 or (n == 1 and len(set(v)) == 1):  # one value for all (the defaults for "L" too)
+                v = v[:1] * n
             if len(v) != n:
                 raise UsageError(f"{field} has {len(v)} values for {n} channel(s)")
             object.__setattr__(self, field, v)
@@ -234,9 +234,10 @@ def open_image(path: str | os.PathLike, mode: str = "RGB"):
     name = os.fspath(path)
     try:
         with warnings.catch_warnings():
-            # EXIF/ICC quirks in real photos are not the user's problem; the bomb check still
-            # raises (DecompressionBombError is an exception, not a warning).
+            # EXIF/ICC quirks in real photos are not the user's problem. Pillow only warns between
+            # MAX_IMAGE_PIXELS and twice that: honour the limit itself.
             warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(name) as im:
                 im.load()  # decode now: truncated files fail here, inside the try
                 im = ImageOps.exif_transpose(im)
@@ -247,9 +248,10 @@ def open_image(path: str | os.PathLike, mode: str = "RGB"):
         raise InputError(f"{name}: is a directory, not an image") from None
     except PermissionError:
         raise InputError(f"{name}: permission denied") from None
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{name}: image too large for Pillow's decompression-bomb limit "
-                         f"(Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {e}") from None
+                         f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {e}; downscale it, or raise "
+                         "that limit from Python if you trust the file") from None
     except Image.UnidentifiedImageError:
         raise InputError(f"{name}: not an image file Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:

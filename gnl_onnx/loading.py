@@ -1,6 +1,7 @@
 """Read a model safely and find the image input and the explained output."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from .errors import ModelError, UsageError
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                onnx.TensorProto.BFLOAT16)
+PROTOBUF_LIMIT = 2 << 30  # one serialized ModelProto (and so one in-memory model) stays under 2 GB
+MAX_INPUT_ELEMENTS = 1 << 30  # fixed dims of one input beyond this (4 GiB of float32) are no image
 
 
 def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -24,36 +27,76 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
             raise ModelError(f"{path}: no such model file; give the path of an .onnx file")
         try:
             proto = onnx.load_model(str(path), load_external_data=False)
-        except (DecodeError, ValueError, RuntimeError) as e:
+        except (DecodeError, ValueError, RuntimeError, OSError) as e:
             raise ModelError(f"{path}: not a readable ONNX model ({e.__class__.__name__}); "
                              "re-export it or check the file was fully copied") from None
+        if not proto.graph.node and not proto.graph.input:
+            raise ModelError(f"{path}: no ONNX graph in this file (empty, or another format); "
+                             "give the .onnx file the exporter wrote")
         _load_external_data(proto, path.parent.resolve())
     if not proto.graph.node:
         raise ModelError("the model's graph has no nodes; export the model again")
     try:
         onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ModelError(f"the model is not valid ONNX: {first}") from None
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
+        raise ModelError(f"the model is not valid ONNX: {first}; re-export it") from None
+    _check_input_dims(proto.graph)
     return proto
+
+
+def _check_input_dims(graph: onnx.GraphProto) -> None:
+    """Declared sizes must be usable: no empty or negative dims, nothing absurdly large (every
+    later step, memory planning included, trusts them)."""
+    for value in graph_inputs(graph):
+        dims = value.type.tensor_type.shape.dim
+        fixed = [d.dim_value for d in dims if d.HasField("dim_value")]
+        shown = "[" + ", ".join(d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?")
+                                for d in dims) + "]"
+        if any(d <= 0 for d in fixed):
+            raise ModelError(f"input '{value.name}' declares shape {shown}, with an empty or negative "
+                             "dimension; re-export the model with the real image size (or a named "
+                             "dimension for the batch)")
+        if math.prod(fixed) > MAX_INPUT_ELEMENTS:
+            raise ModelError(f"input '{value.name}' declares shape {shown}, over {MAX_INPUT_ELEMENTS:,} "
+                             "values: not an image size; re-export the model with the real image size")
 
 
 def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
     """Load tensors stored beside the model, refusing any location outside the model's folder."""
     from onnx.external_data_helper import _get_all_tensors, uses_external_data, load_external_data_for_tensor
 
-    for tensor in _get_all_tensors(proto):
-        if not uses_external_data(tensor):
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+    external = [t for t in _get_all_tensors(proto) if uses_external_data(t)]
+    total = proto.ByteSize()
+    for tensor in external:
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
         target = (folder / location).resolve()
+        if not location:
+            raise ModelError(f"tensor '{tensor.name}' keeps its data in an external file but names none; "
+                             "re-export the model")
         if not target.is_relative_to(folder):
             raise ModelError(f"tensor '{tensor.name}' points to external data outside the model's "
                              f"folder ({location}); refusing to read it")
         if not target.is_file():
             raise ModelError(f"tensor '{tensor.name}' needs external data file '{location}', which is "
                              f"missing; keep it beside the model")
-        load_external_data_for_tensor(tensor, str(folder))
+        try:
+            total += int(info["length"]) if "length" in info else target.stat().st_size
+        except ValueError:
+            raise ModelError(f"tensor '{tensor.name}' has a damaged external data length "
+                             f"({info['length']!r}); re-export the model") from None
+    if total > PROTOBUF_LIMIT:  # checked before reading a byte of it
+        raise ModelError(f"the model with its external data is {total / (1 << 30):.1f} GB; gnl-onnx builds the "
+                         "backward graph as one in-memory ONNX model, which protobuf limits to 2 GB, so "
+                         "models this large are not supported: explain a smaller model")
+    for tensor in external:
+        try:
+            load_external_data_for_tensor(tensor, str(folder))
+        except (ValueError, OSError, RuntimeError, onnx.checker.ValidationError) as e:
+            first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+            raise ModelError(f"cannot read the external data of tensor '{tensor.name}' ({first}); "
+                             "copy the weight file beside the model again") from None
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
 

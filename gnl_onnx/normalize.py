@@ -3,6 +3,8 @@ nodes, constants folded (shape arithmetic included where shapes are static), Bat
 folded into its Conv or written as Mul + Add, and Identity/Dropout removed."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -15,6 +17,14 @@ TARGET_OPSET = 18
 MAX_FOLDED_BYTES = 64 << 20  # larger computed constants stay computed at run time
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                     "Multinomial", "Bernoulli"}
+HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+# Ops that compute on integer codes: rounding is flat, so there is no gradient to take.
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+                 "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"}
+
+
+class PrecisionNote(UserWarning):
+    """The model was converted to another precision before differentiation."""
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -25,10 +35,15 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a canonical copy of a checked model (the argument is left untouched)."""
     model = upgrade_opset(model)
     _name_nodes(model.graph)
+    if half_to_float(model):
+        warnings.warn("the model computes in float16; gnl-onnx converted it to float32, so the attribution "
+                      "is computed in float32 (the model's float16 weights are kept exactly)", PrecisionNote,
+                      stacklevel=2)
     _remove_passthrough(model.graph)
     for _ in range(4):  # folding can reveal shapes, which can reveal more folding
         if not fold_constants(model):
             break
+    _refuse_quantized(model.graph)
     _match_clip_bound_types(model)
     fold_batchnorm(model)
     prune(model.graph)
@@ -62,6 +77,46 @@ def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     for field_ in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(converted, field_, getattr(model, field_))
     return converted
+
+
+def half_to_float(model: onnx.ModelProto) -> bool:
+    """Rewrite a float16/bfloat16 graph (or its half parts) in float32: initializers, constant
+    tensors, Cast targets, declared types. ONNX Runtime has few half kernels on the CPU and half
+    gradients lose most of their digits; every float16 value is exact in float32. Returns whether
+    anything was half."""
+    graph = model.graph
+    changed = False
+    for tensor in graph.initializer:
+        if tensor.data_type in HALF_TYPES:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
+            changed = True
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in HALF_TYPES:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32),
+                                                        attr.t.name))
+                changed = True
+            elif attr.type == onnx.AttributeProto.INT and attr.name in ("to", "dtype") and attr.i in HALF_TYPES:
+                attr.i = onnx.TensorProto.FLOAT
+                changed = True
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.type.tensor_type.elem_type in HALF_TYPES:
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+            changed = True
+    return changed
+
+
+def _refuse_quantized(graph: onnx.GraphProto) -> None:
+    """Weight-only quantization folds away (DequantizeLinear of constants); what remains computes
+    on integer codes."""
+    quantized: dict[str, list[str]] = {}
+    for node in graph.node:
+        if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+            quantized.setdefault(node.op_type, []).append(node.name)
+    if quantized:
+        raise UnsupportedModelError(quantized, hint="quantized (int8/uint8) graphs have no gradient, since "
+                                    "rounding to integer codes is flat; explain the float model this one was "
+                                    "quantized from")
 
 
 def _match_clip_bound_types(model: onnx.ModelProto) -> None:
