@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 from .errors import GnlOnnxError, InputError, ModelError, UnsupportedModelError, UsageError
@@ -27,8 +30,12 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers live
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _note  # notes (e.g. float16 computed in float32) as one line each
+            return args.run(args)
     except UnsupportedModelError as e:
         print(f"gnl-onnx: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -38,9 +45,36 @@ def main(argv=None) -> int:
     except GnlOnnxError as e:
         print(f"gnl-onnx: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("gnl-onnx: interrupted; finished results are kept, nothing half-written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print("gnl-onnx: " + ("terminated" if isinstance(e, Terminated) else "interrupted")
+              + "; finished results are kept, nothing half-written", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+    except MemoryError:
+        print("gnl-onnx: out of memory; lower --memory-budget, or explain fewer or smaller images", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as e:  # the file system refused: unwritable folder, disk full, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"gnl-onnx: cannot use{where}: {e.strerror or e}; check the path, its permissions and free space "
+              "(or choose another --out)", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the program is so that it unwinds like Ctrl-C: atomic writes remove
+    their temporary files and finished results stay."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated()
+
+
+def _note(message, category, filename, lineno, file=None, line=None):
+    print(f"gnl-onnx: note: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}",
+          file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
