@@ -20,6 +20,7 @@ DESCRIPTION = """Explain what an image CNN looks at, from its ONNX file.
   gnl-onnx explain model.onnx cat.jpg --preset imagenet --out results/
   gnl-onnx convert model.onnx -o model_gnlig.onnx   an ONNX model computing GNL-IG itself
   gnl-onnx evaluate model.onnx *.jpg --preset imagenet --out eval/   which method is most faithful
+  gnl-onnx check model.onnx --images digits/ --preset mnist --reference ref.npz   CI checks (exit 1: failed)
   gnl-onnx demo                                     EfficientNet-Lite0 on real photos, as HTML
 """
 
@@ -143,6 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the methods explain (the curves always track the probability)")
     explain_args(p)
     p.set_defaults(run=run_evaluate)
+
+    p = commands.add_parser("check", help="CI checks of a model version: gradient rules, finite differences, IG "
+                            "completeness, randomization sanity, drift from a reference; exit 1 when one fails")
+    model_args(p)
+    method_args(p, default="ig")
+    p.add_argument("--images", nargs="+", metavar="IMAGE",
+                   help="image files or folders (default: seeded random inputs; drift and references need images)")
+    p.add_argument("--checks", default="supported,gradient,completeness,randomization,drift",
+                   help="comma-separated checks to run (default: all)")
+    p.add_argument("--reference", metavar="REF", help="check drift against this reference (.npz)")
+    p.add_argument("--save-reference", metavar="REF", help="also write the images' attributions as a reference")
+    p.add_argument("--config", metavar="FILE",
+                   help="thresholds file, TOML with a [thresholds] table (default: gnl-onnx-check.toml beside the model)")
+    p.add_argument("--threshold", action="append", metavar="NAME=VALUE",
+                   help="set one threshold, e.g. gradient_max_error=0.1 (repeatable; overrides the config)")
+    p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and directions")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads per session (default: all cores)")
+    explain_args(p)
+    p.set_defaults(run=run_check)
 
     p = commands.add_parser("demo", help="EfficientNet-Lite0 on real photos: GNL-IG beside IG, as HTML")
     p.add_argument("--out", default="gnl-onnx-demo", help="output folder (default gnl-onnx-demo)")
@@ -270,6 +292,20 @@ def run_evaluate(args) -> int:
                           deletion_substrate=args.deletion_substrate,
                           insertion_substrate=args.insertion_substrate, batch_size=args.batch_size,
                           seed=args.seed)
+
+
+def run_check(args) -> int:
+    from .check import check_files, load_thresholds, parse_checks, parse_threshold_flags
+
+    checks = parse_checks(args.checks)
+    thresholds, config = load_thresholds(args.model, args.config, parse_threshold_flags(args.threshold))
+    prep = preprocessing_from(args)[0] if args.images else None
+    return check_files(args.model, args.images, prep, checks, reference=args.reference,
+                       save_reference=args.save_reference, junit=args.junit, json_path=args.json,
+                       overwrite=args.overwrite, thresholds=thresholds, config=config, method=args.method,
+                       steps=args.steps, baseline=args.baseline, integration=args.integration, gate=args.gate,
+                       output=args.output, target=args.target, input=args.input, output_name=args.output_name,
+                       memory_budget=args.memory_budget, seed=args.seed, threads=args.threads)
 
 
 def run_demo(args) -> int:
