@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("images", nargs="*", help="image files (JPEG, PNG, ...)")
     p.add_argument("--images", dest="image_dir", metavar="DIR", help="also every image file in this folder")
+    p.add_argument("--dataset", choices=["photos", "documents", "mnist", "fashion-mnist"],
+                   help="also a real image set that installs offline (photos: ImageNet photographs; documents: "
+                        "pages rotated 0/90/180/270; mnist; fashion-mnist: Debian's dataset-fashion-mnist); its "
+                        "images are saved as PNGs in OUT/dataset/ with their labels")
+    p.add_argument("--limit", type=int, help="at most this many --dataset images (default 100 for mnist and "
+                                             "fashion-mnist, all for the others)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads per session (default: all cores)")
     p.add_argument("--methods", default=",".join(EVALUATED),
                    help=f"comma-separated methods; 'random' is the floor (default {','.join(EVALUATED)})")
     p.add_argument("--out", required=True, help="output folder")
@@ -282,8 +289,13 @@ def run_evaluate(args) -> int:
     from .evaluate import evaluate_files, find_images, parse_methods
 
     methods = parse_methods(args.methods)  # a bad name fails before anything is loaded
-    images = find_images(args.images, args.image_dir)
     prep, _ = preprocessing_from(args)
+    named = list(args.images)
+    if args.dataset:
+        named += save_dataset(args.dataset, args.limit, args.seed, Path(args.out) / "dataset", args.overwrite)
+    elif args.limit is not None:
+        raise UsageError("--limit applies to --dataset only")
+    images = find_images(named, args.image_dir)
     return evaluate_files(args.model, images, Path(args.out), prep, methods, overwrite=args.overwrite,
                           steps=args.steps, curve_steps=args.curve_steps, reduce=args.reduce,
                           baseline=args.baseline, integration=args.integration, target=args.target,
@@ -291,7 +303,28 @@ def run_evaluate(args) -> int:
                           input=args.input, output_name=args.output_name,
                           deletion_substrate=args.deletion_substrate,
                           insertion_substrate=args.insertion_substrate, batch_size=args.batch_size,
-                          seed=args.seed)
+                          seed=args.seed, threads=args.threads)
+
+
+def save_dataset(name: str, limit, seed: int, folder: Path, overwrite: bool) -> list[str]:
+    """Write a named image set as lossless PNGs plus labels.csv into `folder`; their paths."""
+    from .evaluate import FILES
+    from .pipeline import prepare_folder
+    from .report import atomic_write, image_png
+
+    taken = [p for p in [folder / "labels.csv", *(folder.parent / f for f in FILES.values())] if p.exists()]
+    if taken and not overwrite:  # checked before anything is written
+        raise UsageError(f"{taken[0]} exists; pass --overwrite to replace it")
+    try:
+        from gnl_onnx_models.datasets import load_dataset
+    except ImportError:
+        raise UsageError("--dataset needs the bundled data: pip install 'gnl-onnx[demo]'") from None
+    samples = load_dataset(name, limit, seed)
+    prepare_folder(folder)
+    paths = [image_png(s.pixels, folder / f"{s.name}.png") for s in samples]
+    atomic_write(folder / "labels.csv", "image,label\n" + "".join(f"{p.name},{'' if s.label is None else s.label}\n"
+                                                    for p, s in zip(paths, samples)))
+    return [str(p) for p in paths]
 
 
 def run_check(args) -> int:

@@ -46,12 +46,17 @@ PRESETS: dict[str, Preset] = {
     # on a grayscale image with white strokes on black (MNIST's own polarity).
     "mnist": Preset(Preprocessing(size=(28, 28), fit="exact", mean=(0.1307,), std=(0.3081,),
                                   channels="L"), "mnist"),
+    # models/fashion_mnist.py: the Fashion-MNIST CNN trained here, on the training split's mean/std.
+    "fashion-mnist": Preset(Preprocessing(size=(28, 28), fit="exact", mean=(0.2860,), std=(0.3530,),
+                                          channels="L"), "fashion-mnist"),
 }
 
 # occular_deskew: class k means "the page is rotated ANGLES[k] = (0, 90, 180, 270)[k] degrees
 # clockwise".
 ORIENTATION_CLASSES = ["0", "90", "180", "270"]
 MNIST_CLASSES = [str(d) for d in range(10)]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
 
 
 def get_preset(name: str) -> Preset:
@@ -83,6 +88,8 @@ def class_names(source: str | Preset | None) -> list[str] | None:
         return list(ORIENTATION_CLASSES)
     if source == "mnist":
         return list(MNIST_CLASSES)
+    if source == "fashion-mnist":
+        return list(FASHION_CLASSES)
     return None
 
 

@@ -48,7 +48,21 @@ MODELS: dict[str, ModelSpec] = {
         name="mnist", preset="mnist", packages="digit-recognizer-py torch",
         description="digit-recognizer-py MNIST CNN (Conv, Relu, MaxPool, Gemm), MIT",
         export=_export.export_mnist),
+    "fashion-mnist": ModelSpec(
+        name="fashion-mnist", preset="fashion-mnist", packages="torch, and Debian's dataset-fashion-mnist",
+        description="small VGG-style CNN (Conv, Relu, MaxPool, Gemm) trained here on Fashion-MNIST (a few CPU "
+                    "minutes on first use)",
+        export=lambda path: _fashion_export(path)),
 }
+
+
+def _fashion_export(path: pathlib.Path) -> None:
+    import sys
+
+    from .fashion_mnist import export
+
+    print("training the Fashion-MNIST CNN (first use only; a few minutes)", file=sys.stderr)
+    export(path, log=lambda *a: print(*a, file=sys.stderr))
 
 
 def _spec(name: str) -> ModelSpec:

