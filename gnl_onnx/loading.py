@@ -39,7 +39,7 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300].rstrip(".")
         raise ModelError(f"the model is not valid ONNX: {first}; re-export it") from None
     _check_input_dims(proto.graph)
     return proto

@@ -242,6 +242,8 @@ def _evaluate(node, known, builder, opsets) -> dict | None:
     inputs = [name for name in node.input if name]
     if not all(name in known for name in inputs):
         return None
+    if node.op_type == "DequantizeLinear":  # weight-only quantization; the reference has it from opset 19 only
+        return _dequantize(node, known)
     from onnx.reference import ReferenceEvaluator
 
     feeds = {name: known[name] for name in inputs}
@@ -260,6 +262,21 @@ def _evaluate(node, known, builder, opsets) -> dict | None:
     if sum(v.nbytes for v in values.values()) > MAX_FOLDED_BYTES:
         return None
     return values
+
+
+def _dequantize(node, known) -> dict | None:
+    """(x - zero_point) * scale, per tensor or per axis, as ONNX Runtime computes it."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("block_size"):
+        return None
+    x, scale = known[node.input[0]], known[node.input[1]]
+    zero = known[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros((), np.int64)
+    if scale.ndim == 1 and x.ndim > 0:
+        per_axis = [1] * x.ndim
+        per_axis[attrs.get("axis", 1)] = -1
+        scale, zero = scale.reshape(per_axis), zero.reshape(per_axis)
+    value = (x.astype(np.float64) - zero.astype(np.float64)) * scale.astype(np.float64)
+    return {node.output[0]: value.astype(scale.dtype)}
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> None:
