@@ -10,7 +10,7 @@ import numpy as np
 
 from .attribution import METHODS, attribution_info, attribution_model, get_method, path_points
 from .baselines import make_baseline
-from .errors import UsageError
+from .errors import GnlOnnxError, UsageError
 from .runtime import make_session
 
 MAX_STEPS = 100_000
@@ -179,7 +179,12 @@ class Explainer:
             noise = np.zeros((1,) * (images.ndim + 1), np.float32)
         feed = {self.input_name: images, "baseline": baselines, "target": targets, "alphas": alphas,
                 "weights": weights, "noise": noise}
-        return self.session.run(["attribution", "scores", "target_used"], feed)
+        try:
+            return self.session.run(["attribution", "scores", "target_used"], feed)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own unrelated classes
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise GnlOnnxError(f"ONNX Runtime failed while computing the attribution ({first}); if the model "
+                               "runs on its own, please report this with the model") from None
 
 
 def _human(n: int) -> str:

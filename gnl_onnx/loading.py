@@ -30,6 +30,7 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         except (DecodeError, ValueError, RuntimeError, OSError) as e:
             raise ModelError(f"{path}: not a readable ONNX model ({e.__class__.__name__}); "
                              "re-export it or check the file was fully copied") from None
+        _check_text(proto)
         if not proto.graph.node and not proto.graph.input:
             raise ModelError(f"{path}: no ONNX graph in this file (empty, or another format); "
                              "give the .onnx file the exporter wrote")
@@ -43,6 +44,29 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise ModelError(f"the model is not valid ONNX: {first}; re-export it") from None
     _check_input_dims(proto.graph)
     return proto
+
+
+def _check_text(message, where: str = "") -> None:
+    """protobuf reads proto2 strings without checking them: a damaged file can hold names that are
+    not UTF-8, which fail later, far from the cause. (Bytes fields, the weights, are not touched.)"""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field in message.DESCRIPTOR.fields:
+        if field.type not in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_STRING):
+            continue
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if not repeated and field.type == FieldDescriptor.TYPE_MESSAGE and not message.HasField(field.name):
+            continue
+        try:
+            values = getattr(message, field.name)
+        except UnicodeDecodeError:
+            values = b""
+        for value in (values if repeated else [values]):
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                _check_text(value, f"{where}{field.name}.")
+            elif isinstance(value, bytes):
+                raise ModelError(f"the model's {where}{field.name} is not UTF-8 text; the file is damaged: "
+                                 "re-export it or copy it again")
 
 
 def _check_input_dims(graph: onnx.GraphProto) -> None:

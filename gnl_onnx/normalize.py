@@ -215,7 +215,11 @@ def _static_part_of_shape(node, partial, known) -> dict | None:
     if not all(i in known for i in node.input[1:] if i):
         return None
     if node.op_type == "Gather":
-        picked = dims[known[node.input[1]]]
+        try:
+            picked = dims[known[node.input[1]]]
+        except IndexError:
+            raise ModelError(f"node '{node.name}' reads dimension {known[node.input[1]]} of a {len(dims)}-D "
+                             "shape; the model is broken: re-export it") from None
     else:
         starts, ends = known[node.input[1]], known[node.input[2]]
         steps = known[node.input[4]] if len(node.input) > 4 and node.input[4] else [1]
@@ -361,15 +365,20 @@ def probe_shapes(model: onnx.ModelProto, x: str, names) -> None:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     np_type = helper.tensor_dtype_to_np_dtype(declared.elem_type)
     rng = np.random.default_rng(0)
     shapes, types = [], []
-    for batch in ((1, 2) if dims[0] is None else (dims[0],)):
-        feed = rng.standard_normal([batch] + dims[1:]).astype(np_type)
-        values = session.run(wanted, {x: feed})
-        shapes.append([v.shape for v in values])
-        types = [helper.np_dtype_to_tensor_dtype(v.dtype) for v in values]
+    try:  # the checker passed, but only running it proves a model computes (e.g. Reshape sizes)
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        for batch in ((1, 2) if dims[0] is None else (dims[0],)):
+            feed = rng.standard_normal([batch] + dims[1:]).astype(np_type)
+            values = session.run(wanted, {x: feed})
+            shapes.append([v.shape for v in values])
+            types = [helper.np_dtype_to_tensor_dtype(v.dtype) for v in values]
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own unrelated classes
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ModelError(f"the model fails when run on an input of its declared shape ({first}); it is "
+                         "broken: re-export it") from None
     infos = {v.name: v for v in model.graph.value_info}
     for i, name in enumerate(wanted):
         observed = [s[i] for s in shapes]
