@@ -317,7 +317,7 @@ class ModelChecker:
     Attributions of the chosen method are computed once and shared by randomization, drift and
     the reference."""
 
-    def __init__(self, model, images=None, names=None, preprocessing=None, method: str = "gnl_ig",
+    def __init__(self, model, images=None, names=None, preprocessing=None, method: str = "ig",
                  steps: int = 32, baseline: str = "zeros", integration: str = "gausslegendre",
                  gate: str = "paper", output: str = "logit", target: int | None = None,
                  input: str | None = None, output_name: str | None = None, thresholds: Thresholds | None = None,
