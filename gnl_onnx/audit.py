@@ -18,12 +18,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
 import uuid
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -114,7 +117,7 @@ def list_images(source: str) -> tuple[str, list[tuple[str, str]]]:
 
 def read_labels(path) -> dict[str, int]:
     """A CSV file with the header "image,label": the image's id (its path relative to --images, or
-    just its file name) and its true class index."""
+    just its file name) and its true class index (blank: unlabelled)."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -123,7 +126,8 @@ def read_labels(path) -> dict[str, int]:
     labels = {}
     for line, row in enumerate(rows, start=2):
         try:
-            labels[row["image"].strip()] = int(row["label"])
+            if row["label"].strip():
+                labels[row["image"].strip()] = int(row["label"])
         except (KeyError, AttributeError, TypeError, ValueError):
             raise InputError(f"{path}, line {line}: expected a CSV with the header image,label and rows like "
                              "'cat_001.png,281' (the image's path relative to --images, its class index)") from None
@@ -407,17 +411,21 @@ def _run_ray(rows, settings, source, batch_size, workers, gpus_per_worker, cpus_
 
     context = DataContext.get_current()
     context.enable_progress_bars = False  # the audit shows its own
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # failures come back as one line, below
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
     # CUDA named explicitly on GPU workers: without onnxruntime-gpu this fails instead of running on the CPU
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpus_per_worker else settings["providers"]
-    results = dataset.map_batches(
-        AuditWorker, batch_size=batch_size, batch_format="numpy",
-        fn_constructor_kwargs={"settings": settings, "source": source, "providers": providers,
-                               "threads": max(1, int(cpus_per_worker))},
-        # two batches in flight per actor: it never idles, and a killed actor loses at most these
-        compute=ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
-        num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
-        max_restarts=-1, max_task_retries=3)  # a dead actor is replaced and its batch retried
+    with warnings.catch_warnings():
+        # Ray Data restarts a dead actor and retries its batches, by default forever; 3 retries
+        # end a run whose batch kills every worker. Ray 2.60 has no named parameter for it.
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+        results = dataset.map_batches(
+            AuditWorker, batch_size=batch_size, batch_format="numpy",
+            fn_constructor_kwargs={"settings": settings, "source": source, "providers": providers,
+                                   "threads": max(1, int(cpus_per_worker))},
+            # two batches in flight per actor: it never idles, and a killed actor loses at most these
+            compute=ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
+            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None, max_task_retries=3)
     # streaming: batches arrive as they finish, with back-pressure up the pipeline, and are
     # written before the next is taken, so nothing has to fit in memory at once
     for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
@@ -487,9 +495,12 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
         raise UsageError(f"engine must be 'local' or 'ray', got {engine!r}")
     need_pyarrow()
     ray = need_ray() if engine == "ray" else None
-    if gpus_per_worker and engine != "ray":
-        raise UsageError("--gpus-per-worker is for --engine ray; the local engine uses CUDA by itself when "
-                         "onnxruntime-gpu sees a GPU")
+    if engine != "ray":
+        given = [flag for flag, value in (("--address", address), ("--workers", workers),
+                                          ("--gpus-per-worker", gpus_per_worker)) if value]
+        if given:
+            raise UsageError(f"{', '.join(given)} are for --engine ray; add --engine ray (the local engine uses "
+                             "CUDA by itself when onnxruntime-gpu sees a GPU)")
     if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
         raise UsageError(f"steps must be an integer from 1 to {MAX_STEPS} (got {steps!r})")
     for name, value in (("workers", workers), ("images per batch", images_per_batch)):
@@ -567,14 +578,26 @@ def _run_ray_started(ray, address, rows, settings, root, methods, model, workers
         except GnlOnnxError:
             raise
         except Exception as e:  # noqa: BLE001 - Ray wraps worker failures in its own classes
-            cause = getattr(e, "cause", None) or e
-            if isinstance(cause, GnlOnnxError):
-                raise cause from None
-            raise GnlOnnxError(f"the Ray run failed: {str(cause).strip().splitlines()[-1][:300]}; finished "
+            ours = _our_error(e)
+            if ours is not None:
+                raise ours from None
+            raise GnlOnnxError(f"the Ray run failed: {str(e).strip().splitlines()[-1][:300]}; finished "
                                "batches are kept: rerun the same command to resume") from None
     finally:
         if started:
             ray.shutdown()
+
+
+def _our_error(error: BaseException):
+    """The GnlOnnxError a worker raised, rebuilt from Ray's wrapper (which keeps only the worker's
+    traceback as text); None when it was something else."""
+    from . import errors
+
+    found = re.findall(r"gnl_onnx\.errors\.(\w+): (.+)", str(error))
+    kind = getattr(errors, found[-1][0], None) if found else None
+    if not (isinstance(kind, type) and issubclass(kind, GnlOnnxError)) or kind is errors.UnsupportedModelError:
+        return GnlOnnxError(found[-1][1]) if found else None
+    return kind(found[-1][1])
 
 
 def _progress(total: int):

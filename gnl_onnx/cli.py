@@ -21,6 +21,7 @@ DESCRIPTION = """Explain what an image CNN looks at, from its ONNX file.
   gnl-onnx convert model.onnx -o model_gnlig.onnx   an ONNX model computing GNL-IG itself
   gnl-onnx evaluate model.onnx *.jpg --preset imagenet --out eval/   which method is most faithful
   gnl-onnx check model.onnx --images digits/ --preset mnist --reference ref.npz   CI checks (exit 1: failed)
+  gnl-onnx audit model.onnx --images DIR --preset imagenet --out audit/ [--engine ray]   a whole data set
   gnl-onnx demo                                     EfficientNet-Lite0 on real photos, as HTML
 """
 
@@ -173,12 +174,56 @@ def build_parser() -> argparse.ArgumentParser:
     explain_args(p)
     p.set_defaults(run=run_check)
 
+    p = commands.add_parser("audit", help="a whole data set: every image x method, deletion/insertion, as Parquet; "
+                            "locally or on Ray; a rerun resumes")
+    model_args(p)
+    p.add_argument("--images", required=True, metavar="DIR-or-URI",
+                   help="folder of images (searched recursively) or any path Ray Data reads (s3://, gs://, ...); "
+                        "an image's id is its path relative to it")
+    p.add_argument("--labels", metavar="CSV",
+                   help="true labels: a CSV file with the header image,label and rows like digit_0001.png,7 (the "
+                        "image id or file name, the class index); adds a label column and the top-1 accuracy")
+    p.add_argument("--methods", default=",".join(EVALUATED),
+                   help=f"comma-separated methods; 'random' is the floor (default {','.join(EVALUATED)})")
+    p.add_argument("--out", required=True, help="output folder: results.parquet, summary.json, evaluation.txt, "
+                                                "evaluation_curves.png, parts/, attributions/; rerun to resume")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process; ray: Ray Data actors (pip install 'gnl-onnx[ray]')")
+    p.add_argument("--address", help="Ray cluster to join: auto (a running 'ray start') or ray://HOST:10001 "
+                                     "(default: start a local Ray instance)")
+    p.add_argument("--workers", type=int, help="Ray actors (default: one per --gpus-per-worker GPUs, else one per "
+                                               "CPU of the cluster)")
+    p.add_argument("--gpus-per-worker", type=float, default=0,
+                   help="GPUs per Ray actor; each then runs ONNX Runtime on CUDA (needs onnxruntime-gpu)")
+    p.add_argument("--images-per-batch", type=int,
+                   help="images per batch (default: what the memory budget holds, at most 64)")
+    p.add_argument("--threads", type=int, help="local engine: ONNX Runtime threads per session (default: all cores)")
+    metric_args(p)
+    explain_args(p)
+    p.set_defaults(run=run_audit)
+
     p = commands.add_parser("demo", help="EfficientNet-Lite0 on real photos: GNL-IG beside IG, as HTML")
     p.add_argument("--out", default="gnl-onnx-demo", help="output folder (default gnl-onnx-demo)")
     p.add_argument("--steps", type=int, default=32, help="integration steps (default 32)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.set_defaults(run=run_demo)
     return parser
+
+
+def metric_args(p):
+    p.add_argument("--curve-steps", type=int, default=28,
+                   help="deletion/insertion steps: ceil(H*W / steps) pixels each (default 28, as RISE)")
+    p.add_argument("--reduce", default="sum", choices=["sum", "abs_sum"],
+                   help="per-pixel importance: signed sum over channels (default) or sum of absolute values")
+    p.add_argument("--deletion-substrate", default="zeros", choices=["zeros", "black", "mean", "blur"],
+                   help="what deleted pixels become (default zeros in the model's input space, as RISE)")
+    p.add_argument("--insertion-substrate", default="blur", choices=["zeros", "black", "mean", "blur"],
+                   help="what insertion starts from (default blur: Gaussian, kernel 11, sigma 5, as RISE)")
+    p.add_argument("--batch-size", type=int, default=16, help="perturbed images per ONNX Runtime call")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random floor and of SmoothGrad's noise")
+    p.add_argument("--gate", default="paper", choices=["paper", "all"], help="guided methods: which units gate")
+    p.add_argument("--output", default="logit", choices=["logit", "prob", "logprob"],
+                   help="what the methods explain (the curves always track the probability)")
 
 
 def explain_args(p):
@@ -339,6 +384,22 @@ def run_check(args) -> int:
                        steps=args.steps, baseline=args.baseline, integration=args.integration, gate=args.gate,
                        output=args.output, target=args.target, input=args.input, output_name=args.output_name,
                        memory_budget=args.memory_budget, seed=args.seed, threads=args.threads)
+
+
+def run_audit(args) -> int:
+    from .audit import audit_files
+    from .evaluate import parse_methods
+
+    methods = parse_methods(args.methods)  # a bad name fails before anything is loaded
+    prep, _ = preprocessing_from(args)
+    return audit_files(args.model, args.images, Path(args.out), prep, methods, engine=args.engine,
+                       address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                       labels=args.labels, overwrite=args.overwrite, images_per_batch=args.images_per_batch,
+                       steps=args.steps, curve_steps=args.curve_steps, reduce=args.reduce, baseline=args.baseline,
+                       integration=args.integration, target=args.target, gate=args.gate, output=args.output,
+                       memory_budget=args.memory_budget, input=args.input, output_name=args.output_name,
+                       deletion_substrate=args.deletion_substrate, insertion_substrate=args.insertion_substrate,
+                       batch_size=args.batch_size, seed=args.seed, threads=args.threads)
 
 
 def run_demo(args) -> int:
