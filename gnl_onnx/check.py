@@ -467,13 +467,17 @@ class ModelChecker:
             feed = {self.input_name: x.astype(dtype), names["seed"]: seed.reshape(raw.shape)}
             grad = backward.run([names["gradient"]], feed)[0].astype(np.float64)
             directions = rng.standard_normal((t.gradient_directions,) + x.shape[1:]) * spread
-            analytic = np.array([np.sum(grad[0] * v) for v in directions])
             steps = FD_STEPS[precision]
             points = np.concatenate([x + s * h * v[None] for h in steps for v in directions for s in (1, -1)])
-            values = self._scores(forward, points.astype(dtype), target).reshape(len(steps), len(directions), 2)
-            numeric = (values[..., 0] - values[..., 1]) / (2 * np.asarray(steps)[:, None])
+            points = points.astype(dtype)
+            # <grad, x+ - x-> along the step really taken after rounding to the model's precision
+            taken = points[0::2].astype(np.float64) - points[1::2]
+            analytic = (taken.reshape(len(taken), -1) @ grad[0].ravel()).reshape(len(steps), len(directions))
+            values = self._scores(forward, points, target).reshape(len(steps), len(directions), 2)
+            twice_h = 2 * np.asarray(steps)[:, None]
+            numeric, analytic = (values[..., 0] - values[..., 1]) / twice_h, analytic / twice_h
             scale = float(np.sqrt(np.mean(numeric[len(steps) // 2] ** 2)))
-            gap = np.min(np.abs(numeric - analytic[None]), axis=0).max()
+            gap = np.min(np.abs(numeric - analytic), axis=0).max()
             error = gap / scale if scale > 0 else (0.0 if gap == 0 else math.inf)
             per_input.append(error)
             worst = max(worst, error)
