@@ -399,9 +399,10 @@ def _batches(rows: list[dict], size: int):
         yield {k: np.array([r[k] for r in part], dtype=object) for k in ("image", "path", "methods")}
 
 
-def _run_local(rows, settings, source, batch_size, threads, write):
+def _run_local(rows, settings, source, images_per_batch, threads, write):
     worker = AuditWorker(settings, source, settings["providers"], threads)
-    for batch in _batches(rows, batch_size):
+    row_bytes = max((e.row_bytes for e in worker.explainers.values() if e is not None), default=None)
+    for batch in _batches(rows, images_per_batch or batch_images(row_bytes, settings, len(rows), 1)):
         write(worker(batch))
 
 
@@ -445,20 +446,26 @@ def _worker_count(ray, workers, gpus_per_worker, cpus_per_worker) -> int:
     return max(1, int(resources.get("CPU", 1) // cpus_per_worker))
 
 
-def batch_images(model, methods, settings, pending: int, workers: int) -> int:
+def row_bytes(model, settings) -> int | None:
+    """Memory of one image at one step in an attribution run (None when only random is asked)."""
+    from .attribution import attribution_info, attribution_model
+
+    method = next((m for m in settings["methods"] if m != RANDOM), None)
+    if method is None:
+        return None
+    return attribution_info(attribution_model(model, method=method, gate=settings["gate"], output=settings["output"],
+                                              input=settings["input"], output_name=settings["output_name"]))[
+        "bytes_per_row"]
+
+
+def batch_images(row_bytes: int | None, settings, pending: int, workers: int) -> int:
     """Images per batch: as many as one ONNX Runtime run of all steps holds within the memory
     budget, at most MAX_BATCH, and small enough that every worker gets about 4 batches."""
-    from .attribution import attribution_info, attribution_model
     from .explain import parse_bytes
 
     fit = MAX_BATCH
-    method = next((m for m in methods if m != RANDOM), None)
-    if method is not None:
-        info = attribution_info(attribution_model(model, method=method, gate=settings["gate"],
-                                                  output=settings["output"], input=settings["input"],
-                                                  output_name=settings["output_name"]))
-        rows = parse_bytes(settings["memory_budget"]) // info["bytes_per_row"]
-        fit = max(1, rows // (settings["steps"] + 1))
+    if row_bytes:
+        fit = max(1, parse_bytes(settings["memory_budget"]) // row_bytes // (settings["steps"] + 1))
     return int(max(1, min(fit, MAX_BATCH, math.ceil(pending / (4 * workers)))))
 
 
@@ -544,10 +551,9 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
 
         try:
             if engine == "local":
-                size = images_per_batch or batch_images(model, methods, settings, len(rows), 1)
-                _run_local(rows, settings, root, size, threads, write)
+                _run_local(rows, settings, root, images_per_batch, threads, write)
             else:
-                _run_ray_started(ray, address, rows, settings, root, methods, model, workers, gpus_per_worker,
+                _run_ray_started(ray, address, rows, settings, root, model, workers, gpus_per_worker,
                                  cpus_per_worker, images_per_batch, write)
         finally:
             if bar is not None:
@@ -560,7 +566,7 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
                        time.perf_counter() - start)
 
 
-def _run_ray_started(ray, address, rows, settings, root, methods, model, workers, gpus_per_worker,
+def _run_ray_started(ray, address, rows, settings, root, model, workers, gpus_per_worker,
                      cpus_per_worker, images_per_batch, write):
     """Connect to (or start) Ray, run, and stop Ray again if this call started it."""
     started = not ray.is_initialized()
@@ -572,7 +578,7 @@ def _run_ray_started(ray, address, rows, settings, root, methods, model, workers
                              "with 'ray start --head' or pass --address of a running cluster") from None
     try:
         count = _worker_count(ray, workers, gpus_per_worker, cpus_per_worker)
-        size = images_per_batch or batch_images(model, methods, settings, len(rows), count)
+        size = images_per_batch or batch_images(row_bytes(model, settings), settings, len(rows), count)
         try:
             _run_ray(rows, settings, root, size, count, gpus_per_worker, cpus_per_worker, write)
         except GnlOnnxError:

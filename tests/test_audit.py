@@ -75,8 +75,8 @@ def same_results(a: dict, b: dict):
     """Equal keys and equal numbers (bit for bit: ONNX Runtime's CPU kernels give each image the same
     result in any batch), timings aside."""
     assert a.keys() == b.keys()
-    for key in a:
-        left = {k: v for k, v in a[key].items() if k != "attribution_seconds"}
+    for key, row in a.items():
+        left = {k: v for k, v in row.items() if k != "attribution_seconds"}
         right = {k: v for k, v in b[key].items() if k != "attribution_seconds"}
         assert left == right, key
 
@@ -134,7 +134,7 @@ def test_local_results_against_direct_onnxruntime_and_ig_completeness(model, dig
 
 def test_local_scores_are_those_of_the_saved_attributions_and_of_evaluate(model, digits, local):
     root, _, truth = digits
-    out, result, results = local
+    out, _, results = local
     scorer = Scorer(model)
     for image_id in sorted(truth)[::7]:  # a few images suffice: every row went through the same code
         image = load_image(root / image_id, PREP)
@@ -235,7 +235,7 @@ def test_killed_run_resumes_where_it_stopped(model, digits, local, tmp_path):
 
 # ------------------------------------------------------------------------------ the command line
 def test_cli_refuses_other_settings_in_the_same_out_and_ray_flags_without_ray(model, digits, tmp_path, capfd):
-    root, csv, _ = digits
+    root = digits[0]
     out = tmp_path / "audit"
     base = ["audit", model, "--images", root, "--preset", "mnist", "--out", out, "--methods", "random"]
     code, stdout, err = cli(capfd, *base)
