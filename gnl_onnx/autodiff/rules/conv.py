@@ -27,9 +27,33 @@ def explicit_pads(auto_pad, in_sizes, kernel, strides, dilations, pads):
     return list(pads[:n]), list(pads[n:])
 
 
+def transposed_kernel(g, weight, group):
+    """Conv weights [Cout, Cin/g, *k] -> the weights of the transposed convolution written as a
+    Conv: [Cin, Cout/g, *k], each group's in/out channels swapped and the kernel flipped. Built from
+    ops on the weight, which ONNX Runtime folds once at session start when the weight is constant."""
+    shape = g.constants[weight].shape if weight in g.constants else g.static_shape(weight, "Conv weight")
+    if len(shape) < 3 or shape[0] % group:
+        raise UnsupportedModelError({f"Conv with weights of shape {list(shape)} and group {group}": [weight]})
+    cout, cin_g, kernel = shape[0], shape[1], list(shape[2:])
+    w = g.op("Reshape", weight, g.ints([group, cout // group, cin_g, *kernel]))
+    w = g.op("Transpose", w, perm=[0, 2, 1, *range(3, 3 + len(kernel))])
+    w = g.op("Reshape", w, g.ints([group * cin_g, cout // group, *kernel]))
+    axes = list(range(2, 2 + len(kernel)))
+    return g.op("Slice", w, g.ints([-1] * len(axes)), g.ints([-(2 ** 62)] * len(axes)), g.ints(axes),
+                g.ints([-1] * len(axes)))
+
+
 def spread_back(g, dy, weight, in_sizes, out_sizes, kernel, strides, dilations, begin, group=1):
     """Transpose of a strided, dilated, padded sliding window with weights `weight`: map dy (spatial
     sizes out_sizes) back to the unpadded input (spatial sizes in_sizes)."""
+    if all(s == 1 for s in strides):
+        # Stride 1: a Conv with the transposed kernel. ONNX Runtime runs Conv in its blocked NCHWc
+        # layout (and depthwise Conv with a dedicated kernel), ConvTranspose not.
+        pad_begin = [(k - 1) * d - b for k, d, b in zip(kernel, dilations, begin)]
+        pad_end = [i - o + b for i, o, b in zip(in_sizes, out_sizes, begin)]
+        if min(pad_begin + pad_end) >= 0:
+            return g.op("Conv", dy, transposed_kernel(g, weight, group), kernel_shape=list(kernel),
+                        dilations=list(dilations), group=group, pads=pad_begin + pad_end)
     spans = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out_sizes, strides, kernel, dilations)]
     crop_begin = list(begin)
     crop_end = [span - b - size for span, b, size in zip(spans, begin, in_sizes)]  # < 0: pad zeros
