@@ -278,3 +278,19 @@ def test_unreadable_image_is_reported_and_retried(model, digits, tmp_path, capfd
     assert [f["image"] for f in summary["failed"]] == ["broken.png"]
     code, stdout, _ = cli(capfd, *argv)  # the failed image is tried again, the others are not
     assert code == 1 and "0 results computed now, 3 reused" in stdout
+
+
+def test_images_from_a_non_local_filesystem(model, digits, local, tmp_path, monkeypatch):
+    """--images as a URI: listed and read through a pyarrow filesystem other than the local one
+    (here a SubTreeFileSystem over the digits, standing in for s3:// or gs://)."""
+    import pyarrow.fs
+
+    import gnl_onnx.audit
+
+    remote = pyarrow.fs.SubTreeFileSystem(str(digits[0]), pyarrow.fs.LocalFileSystem())
+    monkeypatch.setattr(gnl_onnx.audit, "filesystem", lambda source: (remote, ""))
+    result = audit(model, "remote://digits", tmp_path / "audit", PREP, ["gnl_ig"], steps=STEPS, progress=False)
+    assert result.computed == N_DIGITS and not result.failed
+    got = rows(tmp_path / "audit")
+    expected = {k: {**v, "label": None} for k, v in local[2].items() if k in got}  # no labels file this time
+    same_results(got, expected)
