@@ -221,7 +221,7 @@ class AuditWorker:
             probabilities = self.scorer.probabilities(images, s["batch_size"])
             targets = (probabilities.argmax(axis=1) if s["target"] is None
                        else np.full(len(images), s["target"], np.int64))
-            if np.any(targets >= probabilities.shape[1]):
+            if np.any((targets < 0) | (targets >= probabilities.shape[1])):
                 raise UsageError(f"target {s['target']} is out of range: the model has {probabilities.shape[1]} "
                                  "classes")
             for method in s["methods"]:
@@ -569,6 +569,11 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
 def _run_ray_started(ray, address, rows, settings, root, model, workers, gpus_per_worker,
                      cpus_per_worker, images_per_batch, write):
     """Connect to (or start) Ray, run, and stop Ray again if this call started it."""
+    from .loading import load_model
+
+    # the actors get the model itself through the object store: only the images need to be
+    # reachable from every node (and a broken model fails here, before any actor starts)
+    settings = {**settings, "model": load_model(model)}
     started = not ray.is_initialized()
     if started:
         try:
@@ -578,7 +583,7 @@ def _run_ray_started(ray, address, rows, settings, root, model, workers, gpus_pe
                              "with 'ray start --head' or pass --address of a running cluster") from None
     try:
         count = _worker_count(ray, workers, gpus_per_worker, cpus_per_worker)
-        size = images_per_batch or batch_images(row_bytes(model, settings), settings, len(rows), count)
+        size = images_per_batch or batch_images(row_bytes(settings["model"], settings), settings, len(rows), count)
         try:
             _run_ray(rows, settings, root, size, count, gpus_per_worker, cpus_per_worker, write)
         except GnlOnnxError:
