@@ -1,96 +1,329 @@
-"""Time GNL-IG and IG against the floor of 2 x steps x one forward pass, on one machine, in one run.
+"""Speed and memory of gnl-onnx's ig and gnl_ig beside Captum and Zennit on the same network, images
+and step count, in one process and one run, with ONNX Runtime's plain forward pass as the floor.
 
-    python tools/bench.py --model efficientnet-lite0 --batch 1 --steps 32
-    python tools/bench.py --model resnet50 --batch 1 --steps 32      (torchvision, random weights)
-    python tools/bench.py --model path/to/model.onnx --size 224
+    python tools/bench.py                                   # the default plan (about 30 min, 2 cores)
+    python tools/bench.py --models resnet50 --batches 1 --steps 32 --repeat 1
+    python tools/bench.py --device cuda --json out/bench_cuda.json   (onnxruntime-gpu + torch CUDA)
 
-Prints seconds per image for each method, ONNX Runtime's forward time per image (at the batch the
-attribution runs, steps x images), and the ratio to the floor; --json FILE writes the same figures.
-Times are medians over --repeat runs after one warm-up."""
+Per (model, images, steps) it prints seconds per image, images per second, peak memory while the
+method ran (process RSS; on CUDA also the device memory the method allocated), the ratio of
+gnl-onnx to the best Captum setting and to Zennit, and the ratio to the floor 2 x steps x one
+forward pass (ONNX Runtime, measured at the batch the attribution runs). Captum's
+IntegratedGradients uses its default Gauss-Legendre rule with internal_batch_size tuned (8, 16, 32:
+the fastest is kept); Zennit is IntegratedGradients over its GuidedBackprop composite (the nearest
+peer of GNL-IG; it gates nn.ReLU only). Models: torchvision resnet50, vgg16 and mobilenet_v2 with
+random weights (the ONNX files are exports of exactly those modules) and the real EfficientNet-Lite0,
+all at their native 224 x 224 (Lite0: 224). Times are medians over --repeat runs after a warm-up.
+"""
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import pathlib
 import platform
 import statistics
 import sys
+import threading
 import time
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODELS = ("resnet50", "vgg16", "mobilenet_v2", "efficientnet-lite0")
+CAPTUM_BATCHES = (8, 16, 32)
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def model_path(name: str, size: int) -> pathlib.Path:
-    if pathlib.Path(name).is_file():
-        return pathlib.Path(name)
-    from models import registry
-
-    if name in registry.MODELS:
-        return registry.get_model(name)
-    from models import torchvision_zoo
-
-    return torchvision_zoo.export(name, "legacy", size=size)
+# -- memory ----------------------------------------------------------------------------------------
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
 
 
-def median_seconds(function, repeat: int) -> float:
-    function()  # warm-up: session arenas, first-run allocations
+class PeakMemory:
+    """Samples the process RSS every 2 ms while a method runs (and resets torch's CUDA peak):
+    peak is the highest RSS seen, added the growth over the RSS at the start."""
+
+    def __init__(self, cuda: bool = False):
+        self.cuda = cuda
+
+    def __enter__(self):
+        gc.collect()
+        self.start = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.cuda_start = torch.cuda.memory_allocated()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+        self.cuda_peak = None
+        if self.cuda:
+            import torch
+
+            self.cuda_peak = torch.cuda.max_memory_allocated() - self.cuda_start
+        return False
+
+
+def gpu_used_bytes() -> int | None:
+    """Device memory in use on GPU 0 (nvidia-smi), for ONNX Runtime's CUDA arena, which torch cannot see."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return int(out.strip().splitlines()[0]) << 20
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def timed(function, repeat: int, warmup) -> list[float]:
+    warmup()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="efficientnet-lite0")
-    parser.add_argument("--size", type=int, default=224, help="image size for torchvision models")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--memory-budget", default="4GB")
-    parser.add_argument("--json", help="also write the figures here")
-    args = parser.parse_args(argv)
+# -- the networks ----------------------------------------------------------------------------------
+def networks(name: str):
+    """(ONNX path, the same network as a torch module in eval mode)."""
+    if name == "efficientnet-lite0":
+        from models.export import _load_efficientnet_lite
+        from models.registry import get_model
 
-    import onnx
+        return get_model(name), _load_efficientnet_lite(0)
+    from models import torchvision_zoo
+
+    return torchvision_zoo.export(name, "legacy", size=224), torchvision_zoo.build(name).eval()
+
+
+# -- methods ---------------------------------------------------------------------------------------
+def bench_config(name, path, module, images, steps, args, providers, device) -> dict:
+    import torch
 
     from gnl_onnx import Explainer
     from gnl_onnx.runtime import make_session
 
-    path = model_path(args.model, args.size)
-    forward_model = onnx.load(str(path))
-    session, provider = make_session(forward_model, threads=args.threads)
-    dims = session.get_inputs()[0].shape[1:]
-    if not all(isinstance(d, int) for d in dims):
-        raise SystemExit(f"the model's image size is not fixed ({dims}); export it with a fixed size")
-    shape = [args.batch] + dims
-    images = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    rows = args.batch * args.steps
-    big = np.repeat(images, args.steps, axis=0)
-    name = session.get_inputs()[0].name
-    forward = median_seconds(lambda: session.run(None, {name: big}), args.repeat) / rows
-    floor = 2 * args.steps * forward
-    results = {"model": str(args.model), "batch": args.batch, "steps": args.steps, "provider": provider,
-               "threads": args.threads, "forward_s_per_image": forward, "floor_s_per_image": floor,
-               "machine": f"{platform.machine()} {os.cpu_count()} cores", "python": platform.python_version()}
-    print(f"{args.model}: batch {args.batch}, {args.steps} steps, {provider}")
-    print(f"  forward            {forward * 1e3:9.2f} ms/image   (at batch {rows})")
-    print(f"  floor 2*steps*fwd  {floor:9.3f} s/image")
+    n = len(images)
+    rows = {}
+
+    def record(label, run, warmup, **extra):
+        with PeakMemory(cuda=device == "cuda") as memory:
+            try:
+                times = timed(run, args.repeat, warmup)
+            except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
+                rows[label] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+                print(f"    {label:<26} failed: {rows[label]['error']}", flush=True)
+                return None
+        seconds = statistics.median(times) / n
+        rows[label] = {"s_per_image": seconds, "images_per_s": 1 / seconds,
+                       "peak_rss_mb": memory.peak / 2**20, "rss_growth_mb": (memory.peak - memory.start) / 2**20,
+                       **extra}
+        if memory.cuda_peak is not None:
+            rows[label]["cuda_peak_mb"] = memory.cuda_peak / 2**20
+        print(f"    {label:<26} {seconds:9.3f} s/image {1 / seconds:8.2f} images/s   peak RSS "
+              f"{memory.peak / 2**20:7.0f} MB", flush=True)
+        return seconds
+
+    # the floor: ONNX Runtime's forward pass over the rows one attribution runs (images x steps)
+    session, provider = make_session(__import__("onnx").load(str(path)), providers, args.threads)
+    x_name = session.get_inputs()[0].name
+    chunk = images[:1].repeat(min(n * steps, args.forward_rows), axis=0)
+    forward = statistics.median(timed(lambda: session.run(None, {x_name: chunk}), args.repeat,
+                                      lambda: session.run(None, {x_name: chunk}))) / len(chunk)
+    del session
+    floor = 2 * steps * forward
+    result = {"model": name, "images": n, "steps": steps, "provider": provider, "forward_s_per_image": forward,
+              "floor_s_per_image": floor, "methods": rows}
+    print(f"  {name}: {n} image(s), {steps} steps, {provider}; forward {forward * 1e3:.2f} ms/image, "
+          f"floor {floor:.3f} s/image", flush=True)
+
     for method in ("gnl_ig", "ig"):
-        explainer = Explainer(path, method=method, steps=args.steps, memory_budget=args.memory_budget,
-                              threads=args.threads)
-        seconds = median_seconds(lambda e=explainer: e.explain(images), args.repeat) / args.batch
-        results[method] = {"s_per_image": seconds, "ratio_to_floor": seconds / floor,
-                           "chunks": list(explainer.chunks(args.batch))}
-        print(f"  {method:<18} {seconds:9.3f} s/image   {seconds / floor:5.2f} x floor   "
-              f"(images, steps per run: {explainer.chunks(args.batch)})")
+        explainer = Explainer(path, method=method, steps=steps, memory_budget=args.memory_budget,
+                              threads=args.threads, providers=providers)
+        warm = Explainer(path, method=method, steps=2, threads=args.threads, providers=providers)
+        seconds = record(f"gnl-onnx {method}", lambda e=explainer: e.explain(images),
+                         lambda e=explainer, w=warm: warm_once(e, w, images),
+                         chunks=list(explainer.chunks(n)))
+        if seconds:
+            rows[f"gnl-onnx {method}"]["ratio_to_floor"] = seconds / floor
+            if device == "cuda":
+                rows[f"gnl-onnx {method}"]["gpu_used_mb"] = (gpu_used_bytes() or 0) / 2**20
+        del explainer, warm
+        gc.collect()
+
+    torch_device = torch.device(device)
+    module = module.to(torch_device)
+    inputs = torch.from_numpy(images).to(torch_device)
+    with torch.no_grad():
+        targets = module(inputs).argmax(1)
+
+    from captum.attr import IntegratedGradients
+
+    ig = IntegratedGradients(module)
+    best = None
+    for batch in args.captum_batches:
+        def run(b=batch):
+            ig.attribute(inputs, baselines=inputs * 0, target=targets, n_steps=steps, internal_batch_size=b)
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        def warm(b=batch):
+            ig.attribute(inputs[:1], baselines=inputs[:1] * 0, target=targets[:1], n_steps=min(steps, b),
+                         internal_batch_size=b)
+
+        seconds = record(f"captum ig (batch {batch})", run, warm)
+        if seconds and (best is None or seconds < rows[best]["s_per_image"]):
+            best = f"captum ig (batch {batch})"
+    result["captum_best"] = best
+
+    try:
+        from zennit.attribution import IntegratedGradients as ZennitIG
+        from zennit.composites import GuidedBackprop
+
+        def zennit_run(k=inputs, t=targets, s=steps):
+            one_hot = torch.nn.functional.one_hot(t, num_classes=1000).to(k.dtype)
+            with ZennitIG(module, composite=GuidedBackprop(), n_iter=s) as attributor:
+                attributor(k, one_hot)
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        record("zennit ig+guided", zennit_run, lambda: zennit_run(inputs[:1], targets[:1], 2))
+    except ImportError:
+        rows["zennit ig+guided"] = {"error": "zennit is not installed (pip install zennit)"}
+
+    for method in ("gnl-onnx gnl_ig", "gnl-onnx ig"):
+        ours = rows.get(method, {}).get("s_per_image")
+        if ours is None:
+            continue
+        if best:
+            rows[method]["speedup_vs_captum_best"] = rows[best]["s_per_image"] / ours
+            rows[method]["rss_vs_captum_best"] = rows[method]["peak_rss_mb"] / rows[best]["peak_rss_mb"]
+        zennit = rows.get("zennit ig+guided", {}).get("s_per_image")
+        if zennit:
+            rows[method]["speedup_vs_zennit"] = zennit / ours
+    module.to("cpu")
+    return result
+
+
+def warm_once(explainer, warm, images):
+    """Warm the session and allocator with a 2-step run, then one image through the real one."""
+    warm.explain(images[:1])
+    explainer.explain(images[:1])
+
+
+# -- report ----------------------------------------------------------------------------------------
+def table(results: list[dict]) -> str:
+    lines = ["| model | images | steps | method | s/image | images/s | x floor | vs best Captum | vs Zennit "
+             "| peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for label, m in r["methods"].items():
+            if "error" in m:
+                lines.append(f"| {r['model']} | {r['images']} | {r['steps']} | {label} | failed: {m['error']} "
+                             "| | | | | |")
+                continue
+            best = " (best)" if label == r.get("captum_best") else ""
+            lines.append(
+                f"| {r['model']} | {r['images']} | {r['steps']} | {label}{best} | {m['s_per_image']:.3f} | "
+                f"{m['images_per_s']:.2f} | {_f(m.get('ratio_to_floor'))} | {_f(m.get('speedup_vs_captum_best'))}"
+                f" | {_f(m.get('speedup_vs_zennit'))} | {m['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def _f(v):
+    return "" if v is None else f"{v:.2f}x"
+
+
+def summary(results: list[dict]) -> dict:
+    """Geometric mean over models of gnl_ig's speed-up on Captum's best, per (images, steps)."""
+    out = {}
+    for r in results:
+        m = r["methods"].get("gnl-onnx gnl_ig", {})
+        if "speedup_vs_captum_best" in m:
+            out.setdefault(f"{r['images']} image(s), {r['steps']} steps", []).append(m["speedup_vs_captum_best"])
+    return {k: {"geomean_speedup": float(np.exp(np.mean(np.log(v)))), "min": min(v), "models": len(v)}
+            for k, v in out.items()}
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    found = {}
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "torch", "torchvision", "captum", "zennit"):
+        try:
+            found[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return found
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--batches", default="1,8", help="images per call (comma-separated)")
+    p.add_argument("--steps", default="32,128", help="integration steps (comma-separated)")
+    p.add_argument("--skip", default="vgg16:8:128,vgg16:1:128,vgg16:8:32",
+                   help="model:images:steps configurations left out (the slowest; default keeps the run "
+                        "near 30 minutes on 2 cores); '' for none")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime and torch threads (default 2)")
+    p.add_argument("--captum-batches", default=",".join(map(str, CAPTUM_BATCHES)))
+    p.add_argument("--memory-budget", default="2GB", help="gnl-onnx's budget; it picks the step chunk itself")
+    p.add_argument("--forward-rows", type=int, default=32, help="batch of the floor's forward measurement")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    args.captum_batches = [int(b) for b in args.captum_batches.split(",")]
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    providers = ["CUDAExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
+    skip = {tuple(s.split(":")) for s in args.skip.split(",") if s}
+    started = time.perf_counter()
+    results = []
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        path, module = networks(name)
+        for batch in [int(b) for b in args.batches.split(",")]:
+            images = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+            for steps in [int(s) for s in args.steps.split(",")]:
+                if (name, str(batch), str(steps)) in skip:
+                    continue
+                results.append(bench_config(name, path, module, images, steps, args, providers, args.device))
+    report = {"results": results, "summary": summary(results), "versions": versions(),
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": args.device,
+                          "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None},
+              "threads": args.threads, "command": "python tools/bench.py " + " ".join(sys.argv[1:] if argv is None
+                                                                                    else argv),
+              "seconds": round(time.perf_counter() - started, 1)}
+    print(table(results))
+    for k, v in report["summary"].items():
+        print(f"gnl_ig vs best Captum IG, {k}: geometric mean {v['geomean_speedup']:.2f}x over {v['models']} "
+              f"models (lowest {v['min']:.2f}x)")
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
+        from gnl_onnx.report import atomic_write
+
+        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.json, json.dumps(report, indent=1))
     return 0
 
 

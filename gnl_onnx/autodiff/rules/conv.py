@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 from ...errors import UnsupportedModelError
 from . import rule
@@ -29,12 +31,17 @@ def explicit_pads(auto_pad, in_sizes, kernel, strides, dilations, pads):
 
 def transposed_kernel(g, weight, group):
     """Conv weights [Cout, Cin/g, *k] -> the weights of the transposed convolution written as a
-    Conv: [Cin, Cout/g, *k], each group's in/out channels swapped and the kernel flipped. Built from
-    ops on the weight, which ONNX Runtime folds once at session start when the weight is constant."""
-    shape = g.constants[weight].shape if weight in g.constants else g.static_shape(weight, "Conv weight")
+    Conv: [Cin, Cout/g, *k], each group's in/out channels swapped and the kernel flipped. Built in
+    numpy when the weight is a constant (ONNX Runtime does not always fold the ops), else from ops."""
+    known = g.constants.get(weight)
+    shape = known.shape if known is not None else g.static_shape(weight, "Conv weight")
     if len(shape) < 3 or shape[0] % group:
         raise UnsupportedModelError({f"Conv with weights of shape {list(shape)} and group {group}": [weight]})
     cout, cin_g, kernel = shape[0], shape[1], list(shape[2:])
+    if known is not None:
+        w = known.reshape(group, cout // group, cin_g, *kernel).swapaxes(1, 2)
+        w = w.reshape(group * cin_g, cout // group, *kernel)[(slice(None), slice(None)) + (slice(None, None, -1),) * len(kernel)]
+        return g.const(np.ascontiguousarray(w), dtype=known.dtype, name=f"{weight}_transposed")
     w = g.op("Reshape", weight, g.ints([group, cout // group, cin_g, *kernel]))
     w = g.op("Transpose", w, perm=[0, 2, 1, *range(3, 3 + len(kernel))])
     w = g.op("Reshape", w, g.ints([group * cin_g, cout // group, *kernel]))
