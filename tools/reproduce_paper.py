@@ -364,7 +364,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-images", type=int, default=8, help="bundled photos per Lite model (and per --images)")
     p.add_argument("--images", help="an extra folder of photos for the Lite models (no labels)")
     p.add_argument("--mnist", type=int, default=100, help="MNIST and Fashion-MNIST images (each)")
-    p.add_argument("--sanity-networks", default="mnist,orientation")
+    p.add_argument("--sanity-networks", default="mnist,orientation,fashion-mnist")
     p.add_argument("--sanity-images", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per session")
     p.add_argument("--seed", type=int, default=0)
