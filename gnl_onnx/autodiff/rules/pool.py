@@ -39,7 +39,11 @@ def average_pool(g, node, dy):
 @rule("GlobalAveragePool")
 def global_average_pool(g, node, dy):
     x = node.inputs[0]
-    area = int(np.prod(g.static_dims(x, range(2, g.rank(x)), node.op)))
+    rank = g.rank(x)
+    if rank is None or rank < 3:
+        raise UnsupportedModelError({f"{node.op} (unknown rank)": [node.name]},
+                                    hint="export the model with a fixed image size")
+    area = int(np.prod(g.static_dims(x, range(2, rank), node.op)))
     return [g.op("Expand", g.op("Mul", dy, g.const(1.0 / area)), g.runtime_shape(x))]
 
 
