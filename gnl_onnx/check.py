@@ -376,7 +376,8 @@ class ModelChecker:
         if default is not None and self.target is None and np.array_equal(default.target, targets):
             return default  # the top-1 classes are the ones asked for: nothing new to explain
         if key not in self._explanations:
-            self._explanations[key] = self._explainer(method).explain(inputs, self.target if targets is None else targets)
+            chosen = self.target if targets is None else targets
+            self._explanations[key] = self._explainer(method).explain(inputs, chosen)
         return self._explanations[key]
 
     def _inputs(self) -> tuple[np.ndarray, str]:
@@ -386,7 +387,8 @@ class ModelChecker:
         if self._random_inputs is None:
             from .loading import graph_inputs
 
-            dims = next(i for i in graph_inputs(self.source.graph) if i.name == self.input_name).type.tensor_type.shape.dim
+            image_input = next(i for i in graph_inputs(self.source.graph) if i.name == self.input_name)
+            dims = image_input.type.tensor_type.shape.dim
             shape = [d.dim_value if d.HasField("dim_value") else None for d in dims][1:]
             if not shape or any(d is None for d in shape):
                 raise UsageError("the model's input shape is not fixed, so random inputs cannot be made; "
@@ -606,7 +608,8 @@ class ModelChecker:
         result = self._explain(self.method, self.images)
         header = {"format": REFERENCE_FORMAT, "model_sha256": self.model_sha256,
                   "model": str(self.path) if self.path else "(in memory)",
-                  "image_sha256": [array_sha256(a) for a in self.images], "image_hash_of": "preprocessed float32 pixels",
+                  "image_sha256": [array_sha256(a) for a in self.images],
+                  "image_hash_of": "preprocessed float32 pixels",
                   "image_names": self.names, **self.settings(), "targets": result.target.tolist(),
                   "predicted": result.scores.argmax(axis=1).tolist(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                                time.gmtime())}
@@ -701,5 +704,6 @@ def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 __all__ = ["CHECKS", "CheckReport", "CheckResult", "Measure", "ModelChecker", "Reference", "Thresholds",
-           "array_sha256", "as_float64", "check_files", "check_model", "load_reference", "load_thresholds", "parse_checks",
+           "array_sha256", "as_float64", "check_files", "check_model", "load_reference", "load_thresholds",
+           "parse_checks",
            "parse_threshold_flags"]

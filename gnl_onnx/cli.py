@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="REF", help="check drift against this reference (.npz)")
     p.add_argument("--save-reference", metavar="REF", help="also write the images' attributions as a reference")
     p.add_argument("--config", metavar="FILE",
-                   help="thresholds file, TOML with a [thresholds] table (default: gnl-onnx-check.toml beside the model)")
+                   help="thresholds file, TOML with a [thresholds] table (default: gnl-onnx-check.toml beside "
+                        "the model)")
     p.add_argument("--threshold", action="append", metavar="NAME=VALUE",
                    help="set one threshold, e.g. gradient_max_error=0.1 (repeatable; overrides the config)")
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")

@@ -252,7 +252,8 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
 
 
 def summarize(method: str, per: dict, steps) -> MethodSummary:
-    """Mean AUCs with standard errors and mean curves of one method; per: {"deletion": [curves], "insertion": [curves]}."""
+    """Mean AUCs with standard errors and mean curves of one method; per: {"deletion": [curves],
+    "insertion": [curves]}."""
     deletion = np.array([auc(c) for c in per["deletion"]])
     insertion = np.array([auc(c) for c in per["insertion"]])
 

@@ -64,7 +64,8 @@ class Explainer:
     def __init__(self, model, method: str = "gnl_ig", steps: int = 32, baseline="zeros",
                  integration: str = "gausslegendre", providers=None, memory_budget="2GB",
                  gate: str = "paper", output: str = "logit", input: str | None = None,
-                 output_name: str | None = None, black=None, layout: str | None = None, noise_level: float = 0.15, seed: int = 0,
+                 output_name: str | None = None, black=None, layout: str | None = None, noise_level: float = 0.15,
+                 seed: int = 0,
                  threads: int | None = None):
         self.spec = get_method(method)
         if not isinstance(steps, (int, np.integer)) or steps < 1 or steps > MAX_STEPS:
@@ -151,7 +152,8 @@ class Explainer:
 
     def _check_shape(self, images):
         expected = self.info["image_shape"]
-        if images.ndim != len(expected) or any(e is not None and e != d for e, d in zip(expected[1:], images.shape[1:])):
+        mismatch = any(e is not None and e != d for e, d in zip(expected[1:], images.shape[1:]))
+        if images.ndim != len(expected) or mismatch:
             shown = ", ".join("?" if d is None else str(d) for d in expected[1:])
             if len(expected) != 4:  # image files always become [1, C, H, W] or [1, H, W, C]
                 hint = (f"its input has rank {len(expected)}, not the 4 of an image batch; give it arrays "

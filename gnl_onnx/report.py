@@ -29,7 +29,8 @@ def _pil_image():
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover
-        raise InputError("writing PNG reports needs Pillow: pip install pillow matplotlib (dependencies of gnl-onnx)") from e
+        raise InputError("writing PNG reports needs Pillow: pip install pillow matplotlib (dependencies of "
+                         "gnl-onnx)") from e
     return Image
 
 

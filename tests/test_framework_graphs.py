@@ -290,9 +290,11 @@ def test_guided_differs_from_plain_and_reports_its_gates(fw):
 
 
 def test_batch_dim_stays_dynamic(fw):
-    dims = [fw["plain_model"].graph.input[0].type.tensor_type.shape.dim[0],
-            next(i for i in fw["plain_model"].graph.input if i.name == fw["y_name"] + "_grad").type.tensor_type.shape.dim[0],
-            next(o for o in fw["plain_model"].graph.output if o.name == fw["x_name"] + "_grad").type.tensor_type.shape.dim[0]]
+    graph = fw["plain_model"].graph
+    seed = next(i for i in graph.input if i.name == fw["y_name"] + "_grad")
+    grad = next(o for o in graph.output if o.name == fw["x_name"] + "_grad")
+    dims = [graph.input[0].type.tensor_type.shape.dim[0], seed.type.tensor_type.shape.dim[0],
+            grad.type.tensor_type.shape.dim[0]]
     assert all(not d.HasField("dim_value") for d in dims), dims
     for sess in (fw["plain"], fw["guided"]):
         y3, g3 = _vjp(fw, sess, fw["x3"], fw["seed3"])

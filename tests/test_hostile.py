@@ -273,7 +273,8 @@ def test_float16_model_is_explained_in_float32(which, method):
         got = Explainer(halves[which - 1], method=method, steps=16).explain(x)
     want = Explainer(reference, method=method, steps=16).explain(x)
     np.testing.assert_array_equal(got.target, want.target)
-    np.testing.assert_allclose(got.attributions, want.attributions, rtol=1e-5, atol=1e-6 * np.abs(want.attributions).max())
+    np.testing.assert_allclose(got.attributions, want.attributions, rtol=1e-5,
+                               atol=1e-6 * np.abs(want.attributions).max())
     if method == "ig":  # and it is a real IG of the model: complete up to the quadrature error
         assert np.all(np.abs(got.delta) < 0.05 * np.abs(got.attributions.sum(axis=(1, 2, 3))))
 

@@ -150,7 +150,7 @@ def bench_config(name, path, module, images, steps, args, providers, device) -> 
     chunk = images[:1].repeat(min(n * steps, args.forward_rows), axis=0)
     forward = statistics.median(timed(lambda: session.run(None, {x_name: chunk}), args.repeat,
                                       lambda: session.run(None, {x_name: chunk}))) / len(chunk)
-    del session
+    session = None  # free the forward session before the attributions run
     floor = 2 * steps * forward
     result = {"model": name, "images": n, "steps": steps, "provider": provider, "forward_s_per_image": forward,
               "floor_s_per_image": floor, "methods": rows}

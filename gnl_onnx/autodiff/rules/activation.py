@@ -127,8 +127,10 @@ def gelu(g, node, dy):
                      g.op("Mul", g.op("Mul", g.const(0.5), x), g.op("Mul", sech2, du)))
     else:
         # Phi(x) + x phi(x)
-        cdf = g.op("Mul", g.const(0.5), g.op("Add", g.const(1.0), g.op("Erf", g.op("Mul", x, g.const(1 / math.sqrt(2))))))
-        pdf = g.op("Mul", g.op("Exp", g.op("Mul", g.op("Mul", x, x), g.const(-0.5))), g.const(1 / math.sqrt(2 * math.pi)))
+        erf = g.op("Erf", g.op("Mul", x, g.const(1 / math.sqrt(2))))
+        cdf = g.op("Mul", g.const(0.5), g.op("Add", g.const(1.0), erf))
+        gauss = g.op("Exp", g.op("Mul", g.op("Mul", x, x), g.const(-0.5)))
+        pdf = g.op("Mul", gauss, g.const(1 / math.sqrt(2 * math.pi)))
         slope = g.op("Add", cdf, g.op("Mul", x, pdf))
     return [g.op("Mul", dy, slope)]
 

@@ -40,7 +40,8 @@ def transposed_kernel(g, weight, group):
     cout, cin_g, kernel = shape[0], shape[1], list(shape[2:])
     if known is not None:
         w = known.reshape(group, cout // group, cin_g, *kernel).swapaxes(1, 2)
-        w = w.reshape(group * cin_g, cout // group, *kernel)[(slice(None), slice(None)) + (slice(None, None, -1),) * len(kernel)]
+        flip = (slice(None), slice(None)) + (slice(None, None, -1),) * len(kernel)
+        w = w.reshape(group * cin_g, cout // group, *kernel)[flip]
         return g.const(np.ascontiguousarray(w), dtype=known.dtype, name=f"{weight}_transposed")
     w = g.op("Reshape", weight, g.ints([group, cout // group, cin_g, *kernel]))
     w = g.op("Transpose", w, perm=[0, 2, 1, *range(3, 3 + len(kernel))])
