@@ -195,17 +195,36 @@ def attribution_model(model: str | os.PathLike | onnx.ModelProto, method: str = 
 
 
 def bytes_per_row(vjp: onnx.ModelProto, x: str) -> int:
-    """Bytes of all float values of the forward and backward pass per batch row: an upper bound
-    on the memory one path point of one image needs (the runtime reuses buffers)."""
+    """Peak bytes of the values alive at once per batch row, walking the graph in order (a
+    value lives from its producer to its last consumer; graph outputs to the end): what one path
+    point of one image needs when the runtime frees buffers after their last use, as ONNX Runtime's
+    planner does. Summing every value instead overstates it about threefold on ResNet-50, and
+    smaller step chunks than the memory allows run slower."""
     builder = GraphBuilder(vjp)
     batch = (builder.shape(x) or [None])[0]
-    total = 0
-    for node in vjp.graph.node:
+
+    def size(name: str) -> int:
+        shape, kind = builder.shape(name), builder.elem_type(name)
+        if shape and shape[0] == batch and all(isinstance(d, int) for d in shape[1:]):
+            item = np.dtype(helper.tensor_dtype_to_np_dtype(kind)).itemsize if kind else 4  # MaxPool Indices: 8
+            return int(np.prod(shape[1:], dtype=np.int64)) * item
+        return 0
+
+    nodes = list(vjp.graph.node)
+    last_use = {name: len(nodes) for name in (o.name for o in vjp.graph.output)}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            last_use[name] = max(last_use.get(name, i), i)
+    live = peak = size(x)
+    ending: dict[int, int] = {}
+    for i, node in enumerate(nodes):
         for name in node.output:
-            shape = builder.shape(name)
-            if shape and shape[0] == batch and all(isinstance(d, int) for d in shape[1:]):
-                total += int(np.prod(shape[1:], dtype=np.int64)) * 4
-    return max(total, 4 * int(np.prod([d for d in builder.shape(x)[1:] if isinstance(d, int)])))
+            if name:
+                live += size(name)
+                ending[last_use.get(name, i)] = ending.get(last_use.get(name, i), 0) + size(name)
+        peak = max(peak, live)
+        live -= ending.pop(i, 0)
+    return max(peak, 4 * int(np.prod([d for d in builder.shape(x)[1:] if isinstance(d, int)])))
 
 
 def attribution_info(model: onnx.ModelProto) -> dict:

@@ -76,14 +76,15 @@ class Explainer:
         self.baseline, self.black, self.layout = baseline, black, layout
         self.noise_level, self.seed = noise_level, seed
         self.budget = parse_bytes(memory_budget)
-        self.model = attribution_model(model, method=method, gate=gate, output=output, input=input,
-                                       output_name=output_name)
-        self.info = attribution_info(self.model)
+        # The attribution model is not kept: the session holds its own copy of the weights.
+        attribution = attribution_model(model, method=method, gate=gate, output=output, input=input,
+                                        output_name=output_name)
+        self.info = attribution_info(attribution)
         self.row_bytes = self.info["bytes_per_row"]
         if self.budget < 2 * self.row_bytes:
             raise UsageError(f"memory budget {memory_budget} is too small for one step of one image; "
                              f"the smallest that works is {_human(2 * self.row_bytes)}")
-        self.session, self.provider = make_session(self.model, providers, threads)
+        self.session, self.provider = make_session(attribution, providers, threads)
         self.input_name = self.info["input"]
 
     def _points(self):
@@ -93,10 +94,12 @@ class Explainer:
         return ones, ones / self.steps
 
     def chunks(self, n_images: int) -> tuple[int, int]:
-        """(images, steps) per run: as many as the memory budget holds; each run also carries one
-        row per image for its scores."""
+        """(images, steps) per run, as many rows as the memory budget holds. Each run also carries
+        one row per image for its scores, so whole paths come first: all steps for as many images
+        as fit, else one image and as many steps as fit (8 images x 1 step would spend half of
+        every run on score rows)."""
         rows = self.budget // self.row_bytes
-        images = max(1, min(n_images, rows // 2))
+        images = max(1, min(n_images, rows // (self.steps + 1)))
         steps = max(1, min(self.steps, rows // images - 1))
         return images, steps
 
