@@ -84,7 +84,7 @@ class Explainer:
         if self.budget < 2 * self.row_bytes:
             raise UsageError(f"memory budget {memory_budget} is too small for one step of one image; "
                              f"the smallest that works is {_human(2 * self.row_bytes)}")
-        self.session, self.provider = make_session(attribution, providers, threads)
+        self.session, self.provider = make_session(attribution, providers, threads, memory_pattern=False)
         self.input_name = self.info["input"]
 
     def _points(self):
@@ -101,7 +101,7 @@ class Explainer:
         rows = self.budget // self.row_bytes
         images = max(1, min(n_images, rows // (self.steps + 1)))
         steps = max(1, min(self.steps, rows // images - 1))
-        return images, steps
+        return images, -(-self.steps // -(-self.steps // steps))  # runs of equal size: 128 = 43+43+42
 
     def explain(self, images, target=None) -> Explanation:
         start = time.perf_counter()
@@ -129,9 +129,14 @@ class Explainer:
             part = slice(lo, min(n, lo + per_run))
             for s in range(0, self.steps, steps_per_run):
                 steps = slice(s, min(self.steps, s + steps_per_run))
-                noise = self._noise(images[part], lo, steps)
+                alphas, weights = self.alphas[steps], self.weights[steps]
+                short = steps_per_run - len(alphas)
+                if short:  # same shape as the other runs (zero-weight points): one memory plan for all
+                    alphas = np.concatenate([alphas, np.repeat(alphas[-1:], short)])
+                    weights = np.concatenate([weights, np.zeros(short, weights.dtype)])
+                noise = self._noise(images[part], lo, slice(s, s + steps_per_run))
                 attribution, part_scores, used = self._run(images[part], baselines[part], targets[part],
-                                                           self.alphas[steps], self.weights[steps], noise)
+                                                           alphas, weights, noise)
                 attributions[part] += attribution
                 targets[part] = used  # later chunks explain the class the first one chose
                 if scores is None:

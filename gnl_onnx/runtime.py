@@ -28,12 +28,16 @@ def choose_providers(providers=None) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def make_session(model, providers=None, threads: int | None = None):
+def make_session(model, providers=None, threads: int | None = None, memory_pattern: bool = True):
     """A session on a ModelProto; returns (session, name of the provider that really runs it:
-    onnxruntime silently falls back to the CPU when a provider fails to load)."""
+    onnxruntime silently falls back to the CPU when a provider fails to load). memory_pattern=False
+    lets the arena reuse buffers as values die instead of pre-planning one block per input shape:
+    for attribution graphs it measured 35-45% less peak memory at the same speed (ResNet-50, 128
+    steps: 2.9 vs 4.5 GB, 13.6 vs 13.5 s)."""
     ort = onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.enable_mem_pattern = memory_pattern
     if threads:
         options.intra_op_num_threads = threads
     chosen = choose_providers(providers)
