@@ -273,7 +273,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--batches", default="1,8", help="images per call (comma-separated)")
     p.add_argument("--steps", default="32,128", help="integration steps (comma-separated)")
-    p.add_argument("--skip", default="vgg16:8:128,vgg16:1:128,vgg16:8:32,resnet50:8:128,mobilenet_v2:8:128,efficientnet-lite0:8:128",
+    p.add_argument("--skip", default="vgg16:8:128,vgg16:1:128,vgg16:8:32,resnet50:8:128,mobilenet_v2:8:128,"
+                                     "efficientnet-lite0:8:128",
                    help="model:images:steps configurations left out (the slowest; default keeps the run "
                         "near 30 minutes on 2 cores); '' for none")
     p.add_argument("--repeat", type=int, default=2)
