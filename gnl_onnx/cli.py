@@ -137,19 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(EVALUATED),
                    help=f"comma-separated methods; 'random' is the floor (default {','.join(EVALUATED)})")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--curve-steps", type=int, default=28,
-                   help="deletion/insertion steps: ceil(H*W / steps) pixels each (default 28, as RISE)")
-    p.add_argument("--reduce", default="sum", choices=["sum", "abs_sum"],
-                   help="per-pixel importance: signed sum over channels (default) or sum of absolute values")
-    p.add_argument("--deletion-substrate", default="zeros", choices=["zeros", "black", "mean", "blur"],
-                   help="what deleted pixels become (default zeros in the model's input space, as RISE)")
-    p.add_argument("--insertion-substrate", default="blur", choices=["zeros", "black", "mean", "blur"],
-                   help="what insertion starts from (default blur: Gaussian, kernel 11, sigma 5, as RISE)")
-    p.add_argument("--batch-size", type=int, default=16, help="perturbed images per ONNX Runtime call")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random floor and of SmoothGrad's noise")
-    p.add_argument("--gate", default="paper", choices=["paper", "all"], help="guided methods: which units gate")
-    p.add_argument("--output", default="logit", choices=["logit", "prob", "logprob"],
-                   help="what the methods explain (the curves always track the probability)")
+    metric_args(p)
     explain_args(p)
     p.set_defaults(run=run_evaluate)
 
