@@ -75,6 +75,9 @@ def select_output(model: onnx.ModelProto, kind: str = "logit", name: str | None 
     source_outputs = list(graph.output)
     declared = next(o for o in source_outputs if o.name == y).type.tensor_type
     shape = builder.shape(logits)
+    if shape is not None and len(shape) < 2:
+        raise UsageError(f"output '{y}' has shape {list(shape)}; attribution explains a class score, so it "
+                         "needs outputs of shape [N, classes] (or [N, classes, 1, 1])")
     if shape is not None and len(shape) != 2:  # e.g. a 1x1-conv head: classes are all non-batch values
         logits, ending, axis = builder.op("Flatten", logits, axis=1, name="class_scores"), None, -1
         classes = int(np.prod(shape[1:])) if all(isinstance(d, int) for d in shape[1:]) else None

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import UnsupportedModelError
+from .errors import ModelError, UnsupportedModelError
 
 
 
@@ -24,7 +24,10 @@ class Constants(dict):
 
     def __getitem__(self, name):
         if not super().__contains__(name):
-            self[name] = numpy_helper.to_array(self._protos[name])
+            try:
+                self[name] = numpy_helper.to_array(self._protos[name])
+            except (ValueError, TypeError, KeyError) as e:  # bytes that do not fit the shape, unknown types
+                raise ModelError(f"initializer '{name}' is damaged ({e}); re-export the model") from None
         return super().__getitem__(name)
 
     def get(self, name, default=None):
@@ -196,6 +199,8 @@ class GraphBuilder:
                 {what or "shape": [name]},
                 hint=f"the sizes of axes {list(axes)} of '{name}' (shape {shape}) must be known; export the "
                      "model with a fixed image size (only the batch dimension may be dynamic)")
+        if min(dims, default=1) < 1:
+            raise ModelError(f"'{name}' has shape {list(shape)}, with an empty dimension; the model is broken")
         return dims
 
     def wants(self, name: str) -> bool:

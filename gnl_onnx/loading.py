@@ -154,4 +154,6 @@ def choose_output(graph: onnx.GraphProto, name: str | None) -> str:
         return name
     if len(names) > 1:
         raise UsageError(f"the model has several outputs {names}; say which to explain with output=")
+    if not names:
+        raise ModelError("the model declares no outputs: nothing to explain; re-export it")
     return names[0]

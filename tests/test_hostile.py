@@ -414,3 +414,49 @@ def test_summary_lists_what_it_explained(files, tmp_path, capfd):
     assert [pathlib.Path(r["image"]).name for r in summary["explained"]] == ["photo.png"]
     assert sorted(pathlib.Path(r["image"]).name for r in summary["skipped"]) == ["cut.png", "text.jpg"]
     assert np.load(summary["explained"][0]["files"]["npy"]).shape == (1, 3, HW, HW)
+
+
+# ------------------------------------------------- checker-valid graphs found broken by the fuzzer
+def _conv_head(extra_nodes, extra_inits=None, out="Y", out_shape=(1, 4)):
+    """Conv -> [extra nodes reading 'c'] -> Y; every variant below passes onnx's checker."""
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.normal(size=(4, 3, 3, 3)).astype(F32), **(extra_inits or {})}
+    nodes = [helper.make_node("Conv", ["X", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv"),
+             *extra_nodes]
+    return make_model(nodes, [("X", F32, [1, 3, 8, 8])], [(out, F32, list(out_shape))], inits)
+
+
+def test_damaged_weight_bytes_are_a_model_error(no_runtime):
+    model = _conv_head([helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+                        helper.make_node("Flatten", ["g"], ["Y"])])
+    weight = next(t for t in model.graph.initializer if t.name == "w")
+    weight.raw_data += bytes(8)  # 2 floats more than the declared shape (onnx's checker lets it pass)
+    with pytest.raises(gnl_onnx.ModelError, match="initializer 'w' is damaged"):
+        gnl_onnx.attribution_model(model)
+
+
+def test_lrn_of_size_zero_is_a_model_error(no_runtime):
+    model = _conv_head([helper.make_node("LRN", ["c"], ["l"], size=0, name="lrn0"),
+                        helper.make_node("GlobalAveragePool", ["l"], ["g"]),
+                        helper.make_node("Flatten", ["g"], ["Y"])])
+    with pytest.raises(gnl_onnx.ModelError, match="LRN node 'lrn0'.*please report"):
+        gnl_onnx.attribution_model(model)
+
+
+def test_empty_intermediate_is_a_model_error(no_runtime):
+    empty = [helper.make_node("Slice", ["c", "s", "e", "a"], ["z"]),  # 0 rows and columns survive
+             helper.make_node("GlobalAveragePool", ["z"], ["g"]), helper.make_node("Flatten", ["g"], ["Y"])]
+    ints = {"s": np.array([4, 4], np.int64), "e": np.array([4, 4], np.int64), "a": np.array([2, 3], np.int64)}
+    with pytest.raises(gnl_onnx.ModelError, match="empty dimension"):
+        gnl_onnx.attribution_model(_conv_head(empty, ints))
+
+
+def test_no_outputs_and_scalar_outputs_are_refused(no_runtime):
+    scalar = _conv_head([helper.make_node("ReduceSum", ["c"], ["Y"], keepdims=0)], out_shape=())
+    with pytest.raises(UsageError, match=r"needs outputs of shape \[N, classes\]"):
+        gnl_onnx.attribution_model(scalar)
+    silent = _conv_head([helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+                         helper.make_node("Flatten", ["g"], ["Y"])])
+    del silent.graph.output[:]
+    with pytest.raises(gnl_onnx.ModelError, match="declares no outputs"):
+        gnl_onnx.attribution_model(silent)

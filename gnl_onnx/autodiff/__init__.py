@@ -98,7 +98,13 @@ def backpropagate(builder: GraphBuilder, path: list[onnx.NodeProto], active: set
         if policy.gates(node.op):
             grads[0] = policy.apply(builder, grads[0])
             gated.append({"node": node.name, "op": node.op})
-        inputs_grads = RULES[node.op](builder, node, grads if node.op in ALL_OUTPUTS else grads[0])
+        try:
+            inputs_grads = RULES[node.op](builder, node, grads if node.op in ALL_OUTPUTS else grads[0])
+        except (ArithmeticError, IndexError, KeyError, TypeError, ValueError) as e:
+            # a node the checker accepts but no runtime could run (LRN size 0, impossible shapes...)
+            raise ModelError(f"{node.op} node '{node.name}' has attributes or shapes its gradient cannot use "
+                             f"({type(e).__name__}: {e}); if the model runs in ONNX Runtime, please report "
+                             "this with the model") from None
         for name, grad in zip(node.inputs, inputs_grads):
             if grad is not None and name in active:
                 contributions.setdefault(name, []).append(grad)
