@@ -633,10 +633,9 @@ def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _St
     ids = [image_id for image_id, _ in found]
     wanted = {(i, m) for i in ids for m in methods}
     first: dict[tuple[str, str], int] = {}
-    if table is not None:
-        for row, key in enumerate(zip(table.column("image").to_pylist(), table.column("method").to_pylist())):
-            if key in wanted:
-                first.setdefault(key, row)
+    for row, key in enumerate(zip(table.column("image").to_pylist(), table.column("method").to_pylist())):
+        if key in wanted:
+            first.setdefault(key, row)
     order = {m: k for k, m in enumerate(methods)}
     chosen = sorted(first, key=lambda key: (order[key[1]], key[0]))
     table = table.take(pa.array([first[key] for key in chosen], pa.int64()))
@@ -656,7 +655,8 @@ def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _St
     # the model's top-1 accuracy on labelled images (every method explains the same target)
     per_image = dict(zip(table.column("image").to_pylist(), zip(table.column("target").to_pylist(), true)))
     labelled = [t == y for t, y in per_image.values() if y is not None]
-    accuracy = float(np.mean(labelled)) if labelled else None
+    # with --target the target is the forced class, not the model's top-1: no accuracy to report
+    accuracy = float(np.mean(labelled)) if labelled and identity.get("target") is None else None
     summary = {"config": config, "summary": [s.as_dict() for s in evaluation.summaries.values()],
                "recommendation": evaluation.recommendation(), "images": len(ids), "results": len(table),
                "complete": len(table) == len(wanted), "labelled": len(labelled), "accuracy": accuracy,

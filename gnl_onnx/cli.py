@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set one threshold, e.g. gradient_max_error=0.1 (repeatable; overrides the config)")
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and directions")
+    p.add_argument("--seed", type=seed_number, default=0, help="seed of the random inputs and directions")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per session (default: all cores)")
     explain_args(p)
     p.set_defaults(run=run_check)
@@ -199,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def seed_number(text: str) -> int:
+    """--seed: numpy's seed sequences take non-negative integers only."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def metric_args(p):
     p.add_argument("--curve-steps", type=int, default=28,
                    help="deletion/insertion steps: ceil(H*W / steps) pixels each (default 28, as RISE)")
@@ -209,7 +220,7 @@ def metric_args(p):
     p.add_argument("--insertion-substrate", default="blur", choices=["zeros", "black", "mean", "blur"],
                    help="what insertion starts from (default blur: Gaussian, kernel 11, sigma 5, as RISE)")
     p.add_argument("--batch-size", type=int, default=16, help="perturbed images per ONNX Runtime call")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random floor and of SmoothGrad's noise")
+    p.add_argument("--seed", type=seed_number, default=0, help="seed of the random floor and of SmoothGrad's noise")
     p.add_argument("--gate", default="paper", choices=["paper", "all"], help="guided methods: which units gate")
     p.add_argument("--output", default="logit", choices=["logit", "prob", "logprob"],
                    help="what the methods explain (the curves always track the probability)")

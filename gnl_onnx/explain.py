@@ -76,6 +76,8 @@ class Explainer:
         self.baseline, self.black, self.layout = baseline, black, layout
         self.noise_level, self.seed = noise_level, seed
         self.budget = parse_bytes(memory_budget)
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise UsageError(f"the seed must be a non-negative integer (got {seed!r})")
         # The attribution model is not kept: the session holds its own copy of the weights.
         attribution = attribution_model(model, method=method, gate=gate, output=output, input=input,
                                         output_name=output_name)
@@ -191,8 +193,13 @@ class Explainer:
                 "weights": weights, "noise": noise}
         try:
             return self.session.run(["attribution", "scores", "target_used"], feed)
+        except MemoryError:
+            raise
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own unrelated classes
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            if "allocate" in first.lower():
+                raise GnlOnnxError(f"ONNX Runtime ran out of memory ({first}); give a smaller memory budget "
+                                   "(--memory-budget) or fewer images per call") from None
             raise GnlOnnxError(f"ONNX Runtime failed while computing the attribution ({first}); if the model "
                                "runs on its own, please report this with the model") from None
 

@@ -93,8 +93,11 @@ def mnist(limit: int | None = 100, seed: int = 0) -> list[Sample]:
 
 def read_idx(path: pathlib.Path) -> np.ndarray:
     """An IDX file (gzipped) of unsigned bytes, as used by MNIST and Fashion-MNIST."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise InputError(f"{path}: damaged ({e}); reinstall the package that provides it") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
         raise InputError(f"{path}: not an IDX file of unsigned bytes")
     rank = raw[3]

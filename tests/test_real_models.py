@@ -33,7 +33,8 @@ def run(sess, x):
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+# fashion-mnist is trained, not exported (minutes): tests/test_datasets.py trains it briefly instead
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"fashion-mnist"}))
 def test_export_load_and_cache(name, cache):
     spec = MODELS[name]
     path = get_model(name, cache_dir=cache)

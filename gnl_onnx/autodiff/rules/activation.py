@@ -7,7 +7,7 @@ import math
 from . import rule
 
 
-def _where(g, condition, value, otherwise=0.0):
+def _select(g, condition, value, otherwise=0.0):
     if isinstance(otherwise, float) and otherwise == 0.0:
         return masked(g, condition, value)
     return g.op("Where", condition, value, g.const(otherwise) if isinstance(otherwise, float) else otherwise)
@@ -15,13 +15,14 @@ def _where(g, condition, value, otherwise=0.0):
 
 def masked(g, condition, value):
     """value where condition holds, else 0: as value * float(condition), which ONNX Runtime runs
-    about twice as fast as Where (measured: 8 vs 19 ms on [8, 96, 56, 56], one thread)."""
+    about twice as fast as Where (measured: 8 vs 19 ms on [8, 96, 56, 56], one thread). Unlike
+    Where it lets a non-finite gradient through as NaN; gradients of finite models are finite."""
     return g.op("Mul", value, g.op("Cast", condition, to=g.float_type))
 
 
 @rule("Relu")
 def relu(g, node, dy):
-    return [_where(g, g.op("Greater", node.outputs[0], g.const(0.0)), dy)]
+    return [_select(g, g.op("Greater", node.outputs[0], g.const(0.0)), dy)]
 
 
 @rule("Clip")
@@ -32,27 +33,27 @@ def clip(g, node, dy):
         if bound is not None:
             test = g.op(compare, y, bound)
             inside = test if inside is None else g.op("And", inside, test)
-    return [dy if inside is None else _where(g, inside, dy)]
+    return [dy if inside is None else _select(g, inside, dy)]
 
 
 @rule("LeakyRelu")
 def leaky_relu(g, node, dy):
     slope = g.const(node.attr("alpha", 0.01))
-    return [_where(g, g.op("Greater", node.inputs[0], g.const(0.0)), dy, g.op("Mul", dy, slope))]
+    return [_select(g, g.op("Greater", node.inputs[0], g.const(0.0)), dy, g.op("Mul", dy, slope))]
 
 
 @rule("PRelu")
 def prelu(g, node, dy):
     x, slope = node.inputs[0], node.inputs[1]
     positive = g.op("Greater", x, g.const(0.0))
-    dx = _where(g, positive, dy, g.op("Mul", dy, slope))
-    dslope = g.unbroadcast(_where(g, positive, g.const(0.0), g.op("Mul", dy, x)), slope, node.outputs[0])
+    dx = _select(g, positive, dy, g.op("Mul", dy, slope))
+    dslope = g.unbroadcast(_select(g, positive, g.const(0.0), g.op("Mul", dy, x)), slope, node.outputs[0])
     return [dx, dslope]
 
 
 @rule("ThresholdedRelu")
 def thresholded_relu(g, node, dy):
-    return [_where(g, g.op("Greater", node.inputs[0], g.const(node.attr("alpha", 1.0))), dy)]
+    return [_select(g, g.op("Greater", node.inputs[0], g.const(node.attr("alpha", 1.0))), dy)]
 
 
 @rule("Sigmoid")
@@ -72,7 +73,7 @@ def hard_sigmoid(g, node, dy):
     alpha, beta = node.attr("alpha", 0.2), node.attr("beta", 0.5)
     z = g.op("Add", g.op("Mul", node.inputs[0], g.const(alpha)), g.const(beta))
     inside = g.op("And", g.op("Greater", z, g.const(0.0)), g.op("Less", z, g.const(1.0)))
-    return [_where(g, inside, g.op("Mul", dy, g.const(alpha)))]
+    return [_select(g, inside, g.op("Mul", dy, g.const(alpha)))]
 
 
 @rule("HardSwish")
@@ -80,8 +81,8 @@ def hard_swish(g, node, dy):
     # y = x * clip(x/6 + 1/2, 0, 1): slope 0 below -3, (2x+3)/6 between, 1 above 3.
     x = node.inputs[0]
     middle = g.op("Add", g.op("Mul", x, g.const(1 / 3)), g.const(0.5))
-    slope = _where(g, g.op("Less", x, g.const(-3.0)), g.const(0.0),
-                   _where(g, g.op("Greater", x, g.const(3.0)), g.const(1.0), middle))
+    slope = _select(g, g.op("Less", x, g.const(-3.0)), g.const(0.0),
+                   _select(g, g.op("Greater", x, g.const(3.0)), g.const(1.0), middle))
     return [g.op("Mul", dy, slope)]
 
 
@@ -108,7 +109,7 @@ def elu_family(g, node, dy):
     else:
         gamma = node.attr("gamma", 1.05070102214813232421875)
         below, above = g.op("Add", y, g.const(alpha * gamma)), g.const(gamma)
-    slope = _where(g, g.op("Greater", x, g.const(0.0)), above, below)
+    slope = _select(g, g.op("Greater", x, g.const(0.0)), above, below)
     return [g.op("Mul", dy, slope)]
 
 
