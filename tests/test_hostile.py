@@ -377,7 +377,7 @@ def test_killed_run_keeps_earlier_results_and_leaves_no_partial_file(files, tmp_
     assert first.returncode == 0, first.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     # Again with many steps, killed once the first new results are in place.
-    run = subprocess.Popen(command + ["--steps", "4000", "--overwrite"], stdout=subprocess.PIPE,
+    run = subprocess.Popen(command + ["--steps", "40000", "--overwrite"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while all((out / name).read_bytes() == data for name, data in before.items() if name.endswith(".npy")):
