@@ -377,8 +377,11 @@ def test_killed_run_keeps_earlier_results_and_leaves_no_partial_file(files, tmp_
     assert first.returncode == 0, first.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     # Again with many steps, killed once the first new results are in place.
+    # Default signal dispositions in the child, as from a shell: earlier tests in this process (Ray's
+    # driver) leave SIGINT ignored, which children inherit, and Python then keeps ignoring it.
     run = subprocess.Popen(command + ["--steps", "40000", "--overwrite"], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while all((out / name).read_bytes() == data for name, data in before.items() if name.endswith(".npy")):
         assert run.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
