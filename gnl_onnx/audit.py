@@ -16,7 +16,6 @@ Ray and pyarrow are extras, imported on use only.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -33,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .check import model_sha256
 from .errors import GnlOnnxError, InputError, UsageError
 from .evaluate import (
     FILES,
@@ -355,14 +355,6 @@ class _Store:
         return len(keep)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _prepare_out(out: Path, identity: dict, overwrite: bool):
     """Check that OUT is new or holds an audit with the same settings (else --overwrite clears it)."""
     from .pipeline import prepare_folder
@@ -520,7 +512,7 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
         raise InputError(f"{model}: no such model file")
     true_labels = read_labels(labels) if labels else {}
     root, found = list_images(images)
-    identity = {"model": str(model), "model_sha256": _sha256(model), "images": str(images),
+    identity = {"model": str(model), "model_sha256": model_sha256(model), "images": str(images),
                 "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(prep).items()},
                 "steps": int(steps), "baseline": baseline, "integration": integration, "gate": gate,
                 "output": output, "target": target, "seed": int(seed), "input": input, "output_name": output_name,

@@ -315,7 +315,6 @@ def main(argv=None) -> int:
     if args.json:
         from gnl_onnx.report import atomic_write
 
-        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(args.json, json.dumps(report, indent=1))
     return 0
 

@@ -98,7 +98,6 @@ def main(argv=None) -> int:
     if args.json:
         from gnl_onnx.report import atomic_write
 
-        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(args.json, json.dumps({"model": args.model, "threads": args.threads, "results": results},
                                            indent=1))
     return 0
