@@ -86,12 +86,89 @@ def _scatter_along(g, grad, positions, axis, dim, rank):
 
 @rule("Pad")
 def pad(g, node, dy):
-    if node.attr("mode", "constant") != "constant":
-        raise UnsupportedModelError({f"Pad in {node.attr('mode')} mode": [node.name]})
-    pads = _constant(g, node, 1, "pads")
-    # A negative pad crops: undoing a pad is padding by its negative.
-    undo = [dy, g.ints(-np.asarray(pads, dtype=np.int64))] + ([None, node.input(3)] if node.input(3) else [])
-    return [g.op("Pad", *undo)]
+    mode = node.attr("mode", "constant")
+    pads = np.asarray(_constant(g, node, 1, "pads"), dtype=np.int64)
+    if mode == "constant":  # a negative pad crops: undoing a pad is padding by its negative
+        undo = [dy, g.ints(-pads)] + ([None, node.input(3)] if node.input(3) else [])
+        return [g.op("Pad", *undo)]
+    if mode not in _UNPAD:
+        raise UnsupportedModelError({f"Pad in {mode} mode": [node.name]})
+    x, rank = node.inputs[0], g.rank(node.inputs[0])
+    if rank is None:
+        raise UnsupportedModelError({f"Pad in {mode} mode of a value of unknown rank": [node.name]})
+    axes = _constant(g, node, 3, "axes")
+    axes = range(rank) if axes is None else [int(a) % rank for a in axes]
+    begin, end = np.zeros(rank, np.int64), np.zeros(rank, np.int64)
+    begin[list(axes)], end[list(axes)] = pads[:len(pads) // 2], pads[len(pads) // 2:]
+    if mode == "wrap" and np.any((np.minimum(begin, end) < 0) & (np.maximum(begin, end) > 0)):
+        # Crop one side and wrap the other: onnxruntime CPU wraps the cropped tensor, numpy and the
+        # spec leave it undefined, other runtimes may wrap first; no gradient fits them all.
+        raise UnsupportedModelError({"Pad in wrap mode cropping one side of an axis and padding the other":
+                                     [node.name]})
+    # onnxruntime crops first (negative pads), then pads what is left; each axis pads independently
+    # (out[i, j] = x[f(i), g(j)]), so undo the padding axis by axis, then put the crops back as zeros.
+    crop_begin, crop_end = np.minimum(begin, 0), np.minimum(end, 0)
+    for axis in np.flatnonzero((begin > 0) | (end > 0)):
+        n = g.static_dims(x, [axis], node.op)[0] + crop_begin[axis] + crop_end[axis]
+        b, e = int(max(begin[axis], 0)), int(max(end[axis], 0))
+        if n < 1 or (mode == "reflect" and max(b, e) > n - 1):  # numpy reflects again, onnxruntime refuses
+            raise UnsupportedModelError({f"Pad in {mode} mode with pads ({b}, {e}) on an axis of size {n}":
+                                         [node.name]})
+        dy = _UNPAD[mode](g, dy, int(axis), int(n), b, e, rank)
+    crops = np.concatenate([-crop_begin, -crop_end])
+    return [g.op("Pad", dy, g.ints(crops)) if crops.any() else dy]
+
+
+def _rows(g, grad, axis, start, end, step=1):
+    return g.op("Slice", grad, g.ints([start]), g.ints([end]), g.ints([axis]), g.ints([step]))
+
+
+def _place(g, part, axis, before, after, rank):
+    """Zero-pad `part` along `axis` so that it lines up with the centre rows it belongs to."""
+    pads = [0] * (2 * rank)
+    pads[axis], pads[rank + axis] = before, after
+    return g.op("Pad", part, g.ints(pads)) if before or after else part
+
+
+def _unpad_edge(g, dy, axis, n, b, e, rank):
+    """Every begin row copies centre row 0, every end row the last one: sum them onto those."""
+    grad = _rows(g, dy, axis, b, b + n)
+    if b:
+        first = g.op("ReduceSum", _rows(g, dy, axis, 0, b), g.ints([axis]), keepdims=1)
+        grad = g.op("Add", grad, _place(g, first, axis, 0, n - 1, rank))
+    if e:
+        last = g.op("ReduceSum", _rows(g, dy, axis, b + n, b + n + e), g.ints([axis]), keepdims=1)
+        grad = g.op("Add", grad, _place(g, last, axis, n - 1, 0, rank))
+    return grad
+
+
+def _unpad_reflect(g, dy, axis, n, b, e, rank):
+    """Begin row i (0-based) copies centre row b - i, end row i copies row n - 2 - i (b, e < n): the
+    reversed begin rows belong to centre rows 1..b, the reversed end rows to rows n-1-e..n-2."""
+    grad = _rows(g, dy, axis, b, b + n)
+    if b:  # ends below -dim clamp to "before row 0", so the reversed slice keeps row 0
+        grad = g.op("Add", grad, _place(g, _rows(g, dy, axis, b - 1, np.iinfo(np.int64).min, -1),
+                                        axis, 1, n - 1 - b, rank))
+    if e:
+        grad = g.op("Add", grad, _place(g, _rows(g, dy, axis, b + n + e - 1, b + n - 1, -1),
+                                        axis, n - 1 - e, 1, rank))
+    return grad
+
+
+def _unpad_wrap(g, dy, axis, n, b, e, rank):
+    """Output row j copies centre row (j - b) mod n, for pads of any size: shift the rows by
+    (-b) mod n zeros so that row j lands at a multiple of n plus its centre row, pad to whole
+    periods of n, and add the periods up."""
+    shift = -b % n
+    fill = -(shift + b + n + e) % n
+    periods = (shift + b + n + e + fill) // n
+    folded = _place(g, dy, axis, shift, fill, rank)
+    if periods == 1:
+        return folded
+    return g.op("Sum", *g.op("Split", folded, g.ints([n] * periods), axis=axis, outputs=periods))
+
+
+_UNPAD = {"edge": _unpad_edge, "reflect": _unpad_reflect, "wrap": _unpad_wrap}
 
 
 @rule("Gather")
