@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .cam import CAM_METHODS, cam_attribution, locate
 from .errors import UsageError
 from .graph import GraphBuilder, prune, rename_value, topological_sort
 from .loading import choose_input, choose_output, load_model
@@ -36,6 +37,8 @@ class Method:
     factor: str  # what the weighted gradient is multiplied by: "delta" (image - baseline), "image", "none"
     path: str    # how the runtime places the points: "image" (alpha 1), "line" (baseline -> image), "noise"
     summary: str
+    cam: str | None = None     # a class activation map (gnl_onnx/cam.py) at the target layer(s)
+    cam_times: bool = False    # the attribution is the gradient part times the map (else the map alone)
 
 
 METHODS = {
@@ -50,6 +53,8 @@ METHODS = {
     "smoothgrad": Method("plain", "none", "noise", "SmoothGrad (Smilkov et al.): the mean plain "
                          "gradient at noisy copies of the image"),
 }
+
+METHODS.update({name: Method(*row) for name, row in CAM_METHODS.items()})
 
 
 def get_method(name: str) -> Method:
@@ -102,8 +107,9 @@ def select_output(model: onnx.ModelProto, kind: str = "logit", name: str | None 
 
 def attribution_model(model: str | os.PathLike | onnx.ModelProto, method: str = "gnl_ig", gate: str = "paper",
                       output: str = "logit", input: str | None = None,
-                      output_name: str | None = None) -> onnx.ModelProto:
+                      output_name: str | None = None, layer=None) -> onnx.ModelProto:
     """One ONNX model computing an attribution end to end (see the module docstring).
+    `layer`: the target layer(s) of CAM methods, value names (default: found, see gnl_onnx/cam.py).
 
     Inputs: the image batch (the model's own input name and layout), `baseline` (broadcastable to
     it), `target` (int64 [N]; negative = the top-1 class), `alphas` and `weights` (float [S]),
@@ -116,7 +122,12 @@ def attribution_model(model: str | os.PathLike | onnx.ModelProto, method: str = 
     x = choose_input(source.graph, input)
     selected = select_output(source, output, output_name)
     n_classes = (GraphBuilder(selected).shape(selected.graph.output[0].name) or [None])[-1]
-    vjp = vjp_model(selected, rule=spec.rule, gate=gate, input=x)
+    if spec.cam:
+        from .normalize import normalize
+
+        selected = normalize(selected)
+    layers, image_axis = locate(selected, x, selected.graph.output[0].name, layer) if spec.cam else ([], None)
+    vjp = vjp_model(selected, rule=spec.rule, gate=gate, input=x, layers=[a.name for a in layers], layer_rule="plain")
     report = vjp_report(vjp)
     graph = vjp.graph
     image_type = next(i.type for i in graph.input if i.name == x)
@@ -170,13 +181,17 @@ def attribution_model(model: str | os.PathLike | onnx.ModelProto, method: str = 
     classes = g.op("Slice", g.op("Shape", "scores"), g.ints([1]), g.ints([2]))
     one_hot = g.op("OneHot", "target_used", classes, g.const([0.0, 1.0]), axis=-1)
     tiled = g.op("Tile", one_hot, g.op("Concat", steps, g.ints([1]), axis=0))
-    g.op("Concat", tiled, g.op("Mul", one_hot, g.const(0.0)), axis=0, out=seed)
+    g.op("Concat", tiled, one_hot if spec.cam else g.op("Mul", one_hot, g.const(0.0)), axis=0, out=seed)
     # weighted sum of the path gradients, times the method's factor
     path_grads = g.op("Slice", grads_all, g.ints([0]), rows, g.ints([0]))
     stacked = g.op("Reshape", path_grads, g.op("Concat", g.ints([-1]), image_shape, axis=0))
     weighted = g.op("ReduceSum", g.op("Mul", stacked, g.op("Reshape", "weights", per_step)),
                     g.ints([0]), keepdims=0)
     factor = {"delta": delta, "image": x, "none": None}[spec.factor]
+    if spec.cam:  # the map at the images' rows (their seed is one-hot too), alone or times the gradient part
+        weighted = cam_attribution(g, spec, layers, image_axis, rows, x, g.op("Mul", weighted, factor) if factor
+                                   else weighted, points, scores_all, renamed)
+        factor = None
     g.op("Mul", weighted, factor, out="attribution") if factor else g.op("Identity", weighted, out="attribution")
     graph.output.extend([
         helper.make_value_info("attribution", image_type),
@@ -185,7 +200,11 @@ def attribution_model(model: str | os.PathLike | onnx.ModelProto, method: str = 
     ])
     del graph.value_info[:]  # shapes of the renamed batch changed; the runtime infers them again
     topological_sort(graph)
+    if spec.cam:  # map-only methods need no input gradient; Score-CAM's masked batch costs rows too
+        prune(graph)
+        row_bytes += row_bytes * sum(a.channels for a in layers) // 2 if spec.cam == "scorecam" else 0
     info = {"method": method, "rule": spec.rule, "gate": gate, "output": output, "input": x,
+            "layers": [a.name for a in layers],
             "gated": report["gated"], "summary": spec.summary, "bytes_per_row": row_bytes,
             "classes": n_classes if isinstance(n_classes, int) else None,
             "image_shape": [d.dim_value if d.HasField("dim_value") else None for d in image_type.tensor_type.shape.dim]}

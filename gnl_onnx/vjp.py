@@ -8,9 +8,9 @@ import os
 import onnx
 from onnx import helper
 
-from .autodiff import backpropagate, check_differentiable, check_supported, differentiable_path
+from .autodiff import backpropagate_to, check_differentiable, check_supported, differentiable_path
 from .autodiff.gating import GatingPolicy
-from .errors import ModelError
+from .errors import ModelError, UsageError
 from .graph import GraphBuilder, prune, skeleton
 from .loading import choose_input, choose_output, load_model
 from .normalize import fold_constants, has_unknown_dims, normalize, probe_shapes
@@ -19,10 +19,16 @@ METADATA_KEY = "gnl_onnx.vjp"
 
 
 def vjp_model(model: str | os.PathLike | onnx.ModelProto, rule: str = "plain", gate: str = "paper",
-              input: str | None = None, output: str | None = None) -> onnx.ModelProto:
+              input: str | None = None, output: str | None = None, layers=(),
+              layer_rule: str | None = None) -> onnx.ModelProto:
     """Return a model with the original inputs and outputs plus input `<output>_grad` (the seed,
-    shaped like the output) and output `<input>_grad` = d sum(seed * output) / d input."""
+    shaped like the output) and output `<input>_grad` = d sum(seed * output) / d input.
+    `layers`: inner values A (float values on the path) whose gradient is wanted too: outputs
+    `<A>` (the value itself) and `<A>_grad` = d sum(seed * output) / dA, by `layer_rule`
+    (default: `rule`; a different one adds a second backward pass over the same forward pass)."""
     policy = GatingPolicy(rule, gate)
+    layers = list(dict.fromkeys(layers))
+    layer_policy = GatingPolicy(layer_rule or rule, gate)
     proto = load_model(model)
     x = choose_input(proto.graph, input)
     y = choose_output(proto.graph, output)
@@ -31,7 +37,7 @@ def vjp_model(model: str | os.PathLike | onnx.ModelProto, rule: str = "plain", g
     seed, grad = f"{y}_grad", f"{x}_grad"
     float_type = value_types[x].tensor_type.elem_type
     builder = GraphBuilder(proto, float_type=float_type)
-    for name in (seed, grad):
+    for name in (seed, grad, *(f"{a}_grad" for a in layers)):
         if builder.has_name(name):
             raise ModelError(f"the model already has a value named '{name}'; rename it before converting")
     path, active = differentiable_path(builder, x, y)
@@ -45,15 +51,32 @@ def vjp_model(model: str | os.PathLike | onnx.ModelProto, rule: str = "plain", g
         prune(proto.graph)
         builder = GraphBuilder(proto, float_type=float_type)
         path, active = differentiable_path(builder, x, y)
+    outside = [a for a in layers if a not in active or a == x]
+    if outside:
+        raise UsageError(f"'{outside[0]}' is not an inner float value on the path from '{x}' to '{y}'; "
+                         "name a value computed from the image that the output depends on")
     builder.reserve(seed)
     builder.reserve(grad)
+    for a in layers:
+        builder.reserve(f"{a}_grad")
     proto.graph.input.append(helper.make_value_info(seed, value_types[y]))
-    dx, gated = backpropagate(builder, path, active, x, y, seed, policy)
+    same = layer_policy == policy  # the layer gradients come from the same backward pass
+    grads_at, gated = backpropagate_to(builder, path, active, [x, *(layers if same else [])], y, seed, policy)
+    dx = grads_at[x]
     proto.graph.node.append(helper.make_node("Identity", [dx], [grad], name=builder.fresh("input_gradient")))
     proto.graph.output.append(helper.make_value_info(grad, value_types[x]))
+    if layers:
+        at = grads_at if same else backpropagate_to(builder, path, active, layers, y, seed, layer_policy)[0]
+        for a in layers:
+            proto.graph.node.append(helper.make_node("Identity", [at[a]], [f"{a}_grad"],
+                                                     name=builder.fresh("layer_gradient")))
+            kind = builder.value_types.get(a) or helper.make_tensor_type_proto(float_type, None)
+            proto.graph.output.extend([helper.make_value_info(a, kind), helper.make_value_info(f"{a}_grad", kind)])
     prune(proto.graph)
     report = {"input": x, "output": y, "seed": seed, "gradient": grad, "rule": rule, "gate": gate,
               "gated": gated}
+    if layers:
+        report.update(layers={a: f"{a}_grad" for a in layers}, layer_rule=layer_policy.rule)
     entry = next((p for p in proto.metadata_props if p.key == METADATA_KEY), None) or proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(report)
     try:  # the weights were checked on loading: check the new graph's structure without them

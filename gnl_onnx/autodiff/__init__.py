@@ -79,6 +79,14 @@ def backpropagate(builder: GraphBuilder, path: list[onnx.NodeProto], active: set
                   seed: str, policy: GatingPolicy) -> tuple[str, list[dict]]:
     """Append the backward graph of the checked `path` (see differentiable_path); return the name
     of d<seed . y>/dx and the nodes that were gated."""
+    grads, gated = backpropagate_to(builder, path, active, [x], y, seed, policy)
+    return grads[x], gated
+
+
+def backpropagate_to(builder: GraphBuilder, path: list[onnx.NodeProto], active: set[str], values: list[str],
+                     y: str, seed: str, policy: GatingPolicy) -> tuple[dict[str, str], list[dict]]:
+    """As backpropagate, for any values on the path (the input, inner activations): the name of
+    d<seed . y>/dv for each v in `values` (the sum of its contributions, zeros when none arrives)."""
     builder.active = active
     contributions: dict[str, list[str]] = {y: [seed]}
     totals: dict[str, str] = {}
@@ -109,4 +117,4 @@ def backpropagate(builder: GraphBuilder, path: list[onnx.NodeProto], active: set
             if grad is not None and name in active:
                 contributions.setdefault(name, []).append(grad)
     gated.reverse()
-    return total(x), gated
+    return {v: total(v) or builder.zeros_like(v) for v in values}, gated
