@@ -382,9 +382,22 @@ def probe_shapes(model: onnx.ModelProto, x: str, names) -> None:
     infos = {v.name: v for v in model.graph.value_info}
     for i, name in enumerate(wanted):
         observed = [s[i] for s in shapes]
-        shape = [d if all(o[k] == d for o in observed) else symbol for k, d in enumerate(observed[0])]
+        shape = [d if all(o[k] == d for o in observed) else _batch_multiple(symbol, [o[k] for o in observed])
+                 for k, d in enumerate(observed[0])]
         info = helper.make_tensor_value_info(name, types[i], shape)
         if name in infos:
             infos[name].CopyFrom(info)
         else:
             model.graph.value_info.append(info)
+
+
+def _batch_multiple(symbol, sizes):
+    """A dim that grows with the batch is the batch only when it equals it: windows or tokens
+    folded into the batch axis (Swin's B * windows, a ViT's B * tokens) are k times the batch,
+    and ONNX Runtime trusts equal symbols (re-used buffers, folded shapes), so they get their own
+    symbol 'k*batch' (None, unknown, if the dim is no multiple of the batch)."""
+    if sizes[0] == 1 and sizes[1] == 2:
+        return symbol
+    if sizes[1] == 2 * sizes[0] and symbol:
+        return f"{sizes[0]}*{symbol}"
+    return None

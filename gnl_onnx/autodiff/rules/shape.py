@@ -32,9 +32,14 @@ def expand(g, node, dy):
 @rule("Concat")
 def concat(g, node, dy):
     axis = node.attr("axis")
-    sizes = [g.static_dims(x, [axis], node.op)[0] for x in node.inputs]
-    parts = g.op("Split", dy, g.ints(sizes), axis=axis, outputs=len(sizes))
-    return [parts] if len(sizes) == 1 else parts
+    shapes = [g.shape(x) for x in node.inputs]
+    if all(s is not None and -len(s) <= axis < len(s) and isinstance(s[axis], int) for s in shapes):
+        sizes = g.ints([s[axis] for s in shapes])
+    else:  # e.g. a ViT's class token, expanded to the batch at run time: read the sizes then
+        end = {"end": axis + 1} if axis != -1 else {}
+        sizes = g.op("Concat", *[g.op("Shape", x, start=axis, **end) for x in node.inputs], axis=0)
+    parts = g.op("Split", dy, sizes, axis=axis, outputs=len(node.inputs))
+    return [parts] if len(node.inputs) == 1 else parts
 
 
 @rule("Split", all_outputs=True)
