@@ -3,10 +3,12 @@
 The public API, shared by every method: vjp_model (the backward-graph primitive),
 attribution_model (one ONNX model per method), Explainer (the runtime)."""
 from .attribution import METHODS, attribution_model
-from .errors import GnlOnnxError, InputError, ModelError, UnsupportedModelError, UsageError
+from .errors import GnlOnnxError, InputError, ModelError, NonFiniteError, UnsupportedModelError, UsageError
 from .explain import Explainer, Explanation
+from .intake import PreparedModel, prepare
 from .vjp import vjp_model, vjp_report
 
 __all__ = ["vjp_model", "vjp_report", "attribution_model", "Explainer", "Explanation", "METHODS",
-           "GnlOnnxError", "InputError", "ModelError", "UnsupportedModelError", "UsageError"]
+           "GnlOnnxError", "InputError", "ModelError", "NonFiniteError", "UnsupportedModelError",
+           "UsageError", "PreparedModel", "prepare"]
 __version__ = "0.1.0"

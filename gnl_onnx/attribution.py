@@ -11,17 +11,17 @@ quadrature rule and chunking."""
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .cam import CAM_METHODS, cam_attribution, locate
-from .errors import UsageError
+from .cam import CAM_METHODS, cam_attribution, locate, scorecam_chunk
+from .errors import ModelError, UsageError
 from .graph import GraphBuilder, prune, rename_value, topological_sort
-from .loading import choose_input, choose_output, load_model
+from .batch import run_rows_one_at_a_time
+from .intake import PreparedModel, prepare
 from .vjp import vjp_model, vjp_report
 
 METADATA_KEY = "gnl_onnx.attribution"
@@ -63,15 +63,21 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def select_output(model: onnx.ModelProto, kind: str = "logit", name: str | None = None) -> onnx.ModelProto:
+def select_output(model, kind: str = "logit", name: str | None = None) -> onnx.ModelProto:
     """A copy of the model whose only output is the value to explain, as [N, classes]: the logits
     in front of a final Softmax/LogSoftmax (or the output itself when there is none), their
     softmax, or their log-softmax. Heads shaped [N, classes, 1, 1] are flattened first."""
+    return selected(prepare(model, output=name), kind).proto
+
+
+def selected(prepared: PreparedModel, kind: str = "logit") -> PreparedModel:
+    """select_output on a prepared model, keeping it prepared (nothing is read or normalized
+    again)."""
     if kind not in OUTPUT_KINDS:
         raise UsageError(f"unknown output '{kind}'; choose one of {', '.join(OUTPUT_KINDS)}")
-    model = load_model(model)
+    model = prepared.copy()
     graph = model.graph
-    y = choose_output(graph, name)
+    y = prepared.output
     producer = next((n for n in graph.node if y in n.output), None)
     ending = producer.op_type if producer is not None and producer.op_type in ("Softmax", "LogSoftmax") else None
     logits = producer.input[0] if ending else y
@@ -102,10 +108,10 @@ def select_output(model: onnx.ModelProto, kind: str = "logit", name: str | None 
     else:
         graph.output.append(helper.make_tensor_value_info(chosen, declared.elem_type, list(shape)))
     prune(graph)
-    return model
+    return replace(prepared, proto=model, output=chosen)
 
 
-def attribution_model(model: str | os.PathLike | onnx.ModelProto, method: str = "gnl_ig", gate: str = "paper",
+def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
                       output: str = "logit", input: str | None = None,
                       output_name: str | None = None, layer=None) -> onnx.ModelProto:
     """One ONNX model computing an attribution end to end (see the module docstring).
@@ -118,20 +124,19 @@ def attribution_model(model: str | os.PathLike | onnx.ModelProto, method: str = 
     Outputs: `attribution` (shaped like the image), `scores` (the explained output at the image,
     [N, classes]) and `target_used` (int64 [N])."""
     spec = get_method(method)
-    source = load_model(model)
-    x = choose_input(source.graph, input)
-    selected = select_output(source, output, output_name)
-    n_classes = (GraphBuilder(selected).shape(selected.graph.output[0].name) or [None])[-1]
-    if spec.cam:
-        from .normalize import normalize
-
-        selected = normalize(selected)
-    layers, image_axis = locate(selected, x, selected.graph.output[0].name, layer) if spec.cam else ([], None)
-    vjp = vjp_model(selected, rule=spec.rule, gate=gate, input=x, layers=[a.name for a in layers], layer_rule="plain")
+    chosen = selected(prepare(model, input, output_name).for_rows, output)
+    if chosen.batch == "fixed":
+        raise ModelError(chosen.notes[0])
+    x = chosen.input
+    n_classes = (GraphBuilder(chosen.proto).shape(chosen.output) or [None])[-1]
+    layers, image_axis = locate(chosen.proto, x, chosen.output, layer) if spec.cam else ([], None)
+    vjp = vjp_model(chosen, rule=spec.rule, gate=gate, layers=[a.name for a in layers], layer_rule="plain")
     report = vjp_report(vjp)
     graph = vjp.graph
-    image_type = next(i.type for i in graph.input if i.name == x)
     row_bytes = bytes_per_row(vjp, x)
+    if chosen.one_per_run:  # a batch baked in at 1: the rows of a run go through one at a time
+        run_rows_one_at_a_time(vjp, [x, report["seed"]])
+    image_type = next(i.type for i in graph.input if i.name == x)
     if image_type.tensor_type.elem_type != TensorProto.FLOAT:
         raise UsageError("attribution models are built for float32 image inputs")
 
@@ -202,7 +207,8 @@ def attribution_model(model: str | os.PathLike | onnx.ModelProto, method: str = 
     topological_sort(graph)
     if spec.cam:  # map-only methods need no input gradient; Score-CAM's masked batch costs rows too
         prune(graph)
-        row_bytes += row_bytes * sum(a.channels for a in layers) // 2 if spec.cam == "scorecam" else 0
+        row_bytes += row_bytes * scorecam_chunk(max(a.channels for a in layers)) // 2 \
+            if spec.cam == "scorecam" else 0  # the masked images of one loop step, forward only
     info = {"method": method, "rule": spec.rule, "gate": gate, "output": output, "input": x,
             "layers": [a.name for a in layers],
             "gated": report["gated"], "summary": spec.summary, "bytes_per_row": row_bytes,

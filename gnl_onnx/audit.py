@@ -34,6 +34,7 @@ import numpy as np
 
 from .check import model_sha256
 from .errors import GnlOnnxError, InputError, UsageError
+from .intake import prepare
 from .evaluate import (
     FILES,
     IMAGE_SUFFIXES,
@@ -507,9 +508,8 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
             raise UsageError(f"{name} must be a positive integer (got {value!r})")
     checked = scoring(curve_steps, reduce, prep.layout, batch_size, deletion_substrate, insertion_substrate,
                       prep.black())  # fails early on bad settings
-    model = Path(model)
-    if not model.is_file():
-        raise InputError(f"{model}: no such model file")
+    prepared = prepare(model, input, output_name)  # read and normalized once: every worker gets this
+    model = prepared
     true_labels = read_labels(labels) if labels else {}
     root, found = list_images(images)
     identity = {"model": str(model), "model_sha256": model_sha256(model), "images": str(images),
@@ -528,7 +528,7 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
             rows.append({"image": image_id, "path": path, "methods": ",".join(missing)})
     keys = len(found) * len(methods)
     pending = sum(r["methods"].count(",") + 1 for r in rows)
-    settings = {"model": str(model), "prep": prep, "methods": methods, "steps": int(steps), "baseline": baseline,
+    settings = {"model": prepared, "prep": prep, "methods": methods, "steps": int(steps), "baseline": baseline,
                 "integration": integration, "gate": gate, "output": output, "target": target, "seed": int(seed),
                 "input": input, "output_name": output_name, "memory_budget": memory_budget,
                 "providers": providers, "batch_size": int(batch_size), **checked.config(),
@@ -561,11 +561,8 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
 def _run_ray_started(ray, address, rows, settings, root, model, workers, gpus_per_worker,
                      cpus_per_worker, images_per_batch, write):
     """Connect to (or start) Ray, run, and stop Ray again if this call started it."""
-    from .loading import load_model
-
-    # the actors get the model itself through the object store: only the images need to be
-    # reachable from every node (and a broken model fails here, before any actor starts)
-    settings = {**settings, "model": load_model(model)}
+    # the actors get the prepared model itself through the object store: only the images need to
+    # be reachable from every node
     started = not ray.is_initialized()
     if started:
         try:

@@ -300,6 +300,11 @@ def array_sha256(array: np.ndarray) -> str:
 
 
 def model_sha256(model) -> str:
+    """Of the file as given (or of the model's bytes when it came from memory)."""
+    from .intake import PreparedModel
+
+    if isinstance(model, PreparedModel):
+        model = model.path or model.proto
     if isinstance(model, onnx.ModelProto):
         return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     digest = hashlib.sha256()
@@ -324,14 +329,13 @@ class ModelChecker:
                  memory_budget="2GB", seed: int = 0, providers=None, threads: int | None = None,
                  config: str | None = None):
         from .attribution import get_method
-        from .loading import choose_input, choose_output, load_model
+        from .intake import prepare
 
         get_method(method)
-        self.path = None if isinstance(model, onnx.ModelProto) else Path(model)
-        self.source = load_model(model)
+        self.source = prepare(model, input, output_name)  # read and normalized once for every check
+        self.path = None if self.source.path is None else Path(self.source.path)
         self.model_sha256 = model_sha256(model)
-        self.input_name = choose_input(self.source.graph, input)
-        self.output_name = choose_output(self.source.graph, output_name)
+        self.input_name, self.output_name = self.source.input, self.source.output
         self.images = None if images is None else np.ascontiguousarray(images, dtype=np.float32)
         if self.images is not None and (self.images.ndim < 2 or len(self.images) == 0):
             raise UsageError(f"expected a batch of images [N, ...], got shape {self.images.shape}")
@@ -387,7 +391,7 @@ class ModelChecker:
         if self._random_inputs is None:
             from .loading import graph_inputs
 
-            image_input = next(i for i in graph_inputs(self.source.graph) if i.name == self.input_name)
+            image_input = next(i for i in graph_inputs(self.source.proto.graph) if i.name == self.input_name)
             dims = image_input.type.tensor_type.shape.dim
             shape = [d.dim_value if d.HasField("dim_value") else None for d in dims][1:]
             if not shape or any(d is None for d in shape):
@@ -443,14 +447,14 @@ class ModelChecker:
         return _judged("supported", [measure], f"gated (gate=paper): {gated}", details)
 
     def check_gradient(self) -> CheckResult:
-        from .attribution import select_output
+        from .attribution import selected
         from .vjp import vjp_model, vjp_report
 
         t = self.thresholds
-        selected = select_output(self.source, self.output, self.output_name)
-        vjp = vjp_model(selected, rule="plain", input=self.input_name)
+        chosen = selected(self.source, self.output)
+        vjp = vjp_model(chosen, rule="plain")
         names = vjp_report(vjp)
-        forward, backward, precision, why = self._fd_sessions(selected, vjp)
+        forward, backward, precision, why = self._fd_sessions(chosen.proto, vjp)
         dtype = np.float64 if precision == "float64" else np.float32
         inputs, described = self._inputs()
         inputs = inputs[:t.gradient_inputs]
@@ -625,10 +629,10 @@ def load_image_files(paths, prep) -> tuple[np.ndarray, list[str]]:
     """Image files (folders: every image in them, sorted) -> (float32 [N, ...], file names). An
     unreadable image is an InputError: a check must not quietly run on fewer images."""
     from .evaluate import find_images
-    from .images import load_image
+    from .images import load_all
 
     files = [f for p in paths for f in (find_images([], p) if Path(p).is_dir() else [str(p)])]
-    loaded = [load_image(f, prep) for f in files]
+    loaded, files, _ = load_all(files, prep, strict=True)
     shapes = sorted({a.shape for a in loaded})
     if len(shapes) > 1:
         raise UsageError(f"the images came out in different shapes {shapes}; give --crop or --size H W so that "

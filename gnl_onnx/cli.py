@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     method_args(p)
     p.add_argument("-o", "--out", required=True, help="where to write the attribution model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    layer_args(p)
     p.set_defaults(run=run_convert)
 
     p = commands.add_parser("explain", help="heatmaps for images: PNGs, raw .npy and a JSON summary")
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     p.add_argument("--out", required=True, help="output folder")
     explain_args(p)
+    layer_args(p)
     p.set_defaults(run=run_explain)
 
     p = commands.add_parser("evaluate", help="deletion and insertion AUC of methods on images, against a "
@@ -199,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def layer_args(p):
+    p.add_argument("--layer", action="append", metavar="NAME",
+                   help="CAM methods: the target layer, an ONNX value name (repeatable: the maps are averaged; "
+                        "default: the last 4-D activation with a spatial size above 1; `gnl-onnx inspect` lists them)")
+
+
 def seed_number(text: str) -> int:
     """--seed: numpy's seed sequences take non-negative integers only."""
     try:
@@ -267,6 +275,10 @@ def run_inspect(args) -> int:
             print(f"also gated with gate=all: {extra}")
         for op, nodes in report["unsupported"].items():
             print(f"UNSUPPORTED {op}: {len(nodes)} node(s), e.g. {nodes[0]}")
+        if report.get("cam_layers"):
+            print(f"CAM layers (--layer), default {report['cam_default']}:")
+            print("\n".join(f"  {c}" + ("  <- default" if c.split(" [")[0] == report["cam_default"] else "")
+                            for c in report["cam_layers"]))
     return EXIT_FAILED if report["unsupported"] else EXIT_OK
 
 
@@ -278,7 +290,7 @@ def run_convert(args) -> int:
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
     model = attribution_model(args.model, method=args.method, gate=args.gate, output=args.output,
-                              input=args.input, output_name=args.output_name)
+                              input=args.input, output_name=args.output_name, layer=args.layer)
     atomic_write(out, model.SerializeToString())
     info = attribution_info(model)
     print(f"wrote {out} ({args.method}: {info['summary']}; {len(info['gated'])} units gated)")
@@ -299,8 +311,14 @@ FEEDING = """feed it with any ONNX Runtime (Python shown):
   (gradient-type methods: alphas = weights = [1.0])"""
 
 
-def preprocessing_from(args):
-    from .images import Preprocessing
+def preprocessing_from(args, model=None, images=()):
+    """The preprocessing the flags and preset say, completed from the model's static input shape
+    (a PreparedModel): its size is the default, and photos that would not come out at that size
+    are centre-cropped to it."""
+    from dataclasses import replace
+
+    from .images import Preprocessing, from_model_shape, is_array_file
+    from .intake import IntakeNote
     from .presets import get_preset
 
     preset = get_preset(args.preset) if args.preset else None
@@ -314,34 +332,50 @@ def preprocessing_from(args):
         given["fit"] = "exact"  # two numbers: resize to exactly H x W
     elif isinstance(given.get("size"), int):
         given["fit"] = "shorter"
-    if base is None:
-        if "size" not in given:
-            raise UsageError("say how to prepare the images: --preset NAME, or at least --size")
-        return Preprocessing(**given), None
-    from dataclasses import replace
-
-    return replace(base, **given), preset
+    shape = model.image_shape if model is not None else None
+    if base is None and "size" not in given:
+        derived = from_model_shape(shape, given)
+        if derived is not None:
+            if "mean" not in given and "std" not in given and not all(is_array_file(i) for i in images):
+                warnings.warn(f"no --preset: photos are resized and centre-cropped to the model's "
+                              f"{derived.crop[0]}x{derived.crop[1]}, pixels scaled to 0..1 with no mean/std; "
+                              "pass --preset or --mean/--std if the model was trained otherwise", IntakeNote)
+            return derived, None
+        if images and all(is_array_file(i) for i in images):  # arrays are fed as they are: no resize
+            return Preprocessing(size=1, **{k: v for k, v in given.items() if k in ("layout", "channels")}), None
+        raise UsageError("say how to prepare the images: --preset NAME, or at least --size (the model's input "
+                         "size is not fixed, so it cannot be taken from the model)")
+    prep = replace(base, **given) if base is not None else Preprocessing(**given)
+    fixed = from_model_shape(shape, {"layout": prep.layout})
+    if fixed is not None and prep.image_size is None:  # shorter-side resize alone: sizes would vary
+        prep = replace(prep, crop=fixed.crop)
+    return prep, preset
 
 
 def run_explain(args) -> int:
+    from .intake import prepare
     from .pipeline import explain_files
 
-    prep, preset = preprocessing_from(args)
-    return explain_files(args.model, args.images, Path(args.out), prep, preset, args)
+    model = prepare(args.model, args.input, args.output_name)
+    prep, preset = preprocessing_from(args, model, args.images)
+    return explain_files(model, args.images, Path(args.out), prep, preset, args)
 
 
 def run_evaluate(args) -> int:
     from .evaluate import evaluate_files, find_images, parse_methods
 
+    from .intake import prepare
+
     methods = parse_methods(args.methods)  # a bad name fails before anything is loaded
-    prep, _ = preprocessing_from(args)
+    model = prepare(args.model, args.input, args.output_name)
+    prep, _ = preprocessing_from(args, model, args.images)
     named = list(args.images)
     if args.dataset:
         named += save_dataset(args.dataset, args.limit, args.seed, Path(args.out) / "dataset", args.overwrite)
     elif args.limit is not None:
         raise UsageError("--limit applies to --dataset only")
     images = find_images(named, args.image_dir)
-    return evaluate_files(args.model, images, Path(args.out), prep, methods, overwrite=args.overwrite,
+    return evaluate_files(model, images, Path(args.out), prep, methods, overwrite=args.overwrite,
                           steps=args.steps, curve_steps=args.curve_steps, reduce=args.reduce,
                           baseline=args.baseline, integration=args.integration, target=args.target,
                           gate=args.gate, output=args.output, memory_budget=args.memory_budget,
@@ -375,10 +409,13 @@ def save_dataset(name: str, limit, seed: int, folder: Path, overwrite: bool) -> 
 def run_check(args) -> int:
     from .check import check_files, load_thresholds, parse_checks, parse_threshold_flags
 
+    from .intake import prepare
+
     checks = parse_checks(args.checks)
     thresholds, config = load_thresholds(args.model, args.config, parse_threshold_flags(args.threshold))
-    prep = preprocessing_from(args)[0] if args.images else None
-    return check_files(args.model, args.images, prep, checks, reference=args.reference,
+    model = prepare(args.model, args.input, args.output_name)
+    prep = preprocessing_from(args, model, args.images)[0] if args.images else None
+    return check_files(model, args.images, prep, checks, reference=args.reference,
                        save_reference=args.save_reference, junit=args.junit, json_path=args.json,
                        overwrite=args.overwrite, thresholds=thresholds, config=config, method=args.method,
                        steps=args.steps, baseline=args.baseline, integration=args.integration, gate=args.gate,
@@ -390,9 +427,12 @@ def run_audit(args) -> int:
     from .audit import audit_files
     from .evaluate import parse_methods
 
+    from .intake import prepare
+
     methods = parse_methods(args.methods)  # a bad name fails before anything is loaded
-    prep, _ = preprocessing_from(args)
-    return audit_files(args.model, args.images, Path(args.out), prep, methods, engine=args.engine,
+    model = prepare(args.model, args.input, args.output_name)
+    prep, _ = preprocessing_from(args, model)
+    return audit_files(model, args.images, Path(args.out), prep, methods, engine=args.engine,
                        address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                        labels=args.labels, overwrite=args.overwrite, images_per_batch=args.images_per_batch,
                        steps=args.steps, curve_steps=args.curve_steps, reduce=args.reduce, baseline=args.baseline,

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, UsageError
+from .errors import InputError, NonFiniteError, UsageError
 from .metrics import (BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE, Scorer, auc,
                       perturbation_curve, random_attribution, ranking, reduce_to_pixels)
 
 RANDOM = "random"
 ALL_METHODS = ("gradient", "input_x_gradient", "ig", "guided_backprop", "smoothgrad", "gnl_ig", RANDOM)
 SUBSTRATE_NAMES = ("zeros", "black", "mean", "blur")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# .npy: arrays already in the model's input space and layout (one image, or a batch where allowed)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
 BATCH = 8  # images per Explainer call; the Explainer still splits steps to the memory budget
 FILES = {"csv": "evaluation.csv", "json": "evaluation.json", "table": "evaluation.txt",
          "curves": "evaluation_curves.png"}
@@ -199,6 +200,7 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
     random attribution (seeded per image), the floor. `progress(n)` is called after each image.
     `providers` and `threads` go to every ONNX Runtime session (default: CUDA when present, all cores)."""
     from .explain import Explainer
+    from .intake import prepare
 
     methods = parse_methods(methods)
     settings = scoring(curve_steps, reduce, layout, batch_size, deletion_substrate, insertion_substrate, black)
@@ -207,15 +209,19 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         raise UsageError(f"expected a batch of images [N, C, H, W] or [N, H, W, C], got shape {images.shape}")
     n = len(images)
     names = list(names) if names is not None else [str(i) for i in range(n)]
+    model = prepare(model, input, output_name)  # read and normalized once for the scorer and every method
     scorer = Scorer(model, input=input, output_name=output_name, providers=providers, threads=threads)
     probabilities = scorer.probabilities(images, batch_size)
+    broken = ~np.isfinite(probabilities).all(axis=1)
+    if broken.any():  # the curves would be NaN: say which images and stop before any method runs
+        raise NonFiniteError(np.flatnonzero(broken), "forward").named(names)
     if target is None:
         targets = probabilities.argmax(axis=1)
     else:
         targets = np.broadcast_to(np.asarray(target, np.int64), (n,)).copy()
         if np.any(targets < 0) or np.any(targets >= probabilities.shape[1]):
             raise UsageError(f"target {target} is out of range: the model has {probabilities.shape[1]} classes")
-    config = {"model": str(model) if not hasattr(model, "SerializeToString") else "(in memory)",
+    config = {"model": str(model),
               "methods": methods, "steps": steps, **settings.config(),
               "baseline": baseline if isinstance(baseline, str) else "array", "integration": integration,
               "gate": gate, "output": output, "seed": seed, "provider": scorer.provider}
@@ -328,7 +334,7 @@ def plot_curves(evaluation: Evaluation, path: Path) -> Path:
 
 def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, overwrite: bool = False, **options):
     """Evaluate image files; write FILES into `out`. Returns (evaluation, unreadable images, files)."""
-    from .images import load_image
+    from .images import load_all
     from .pipeline import prepare_folder, progress
     from .report import atomic_write
 
@@ -338,13 +344,7 @@ def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, over
     existing = [p for p in planned.values() if p.exists()]
     if existing and not overwrite:
         raise UsageError(f"{existing[0]} exists (and {len(existing) - 1} more); pass --overwrite to replace")
-    loaded, names, bad = [], [], []
-    for path in images:
-        try:
-            loaded.append(load_image(path, prep))
-            names.append(str(path))
-        except InputError as e:
-            bad.append({"image": str(path), "error": str(e)})
+    loaded, names, bad = load_all(images, prep)
     if not loaded:
         raise InputError(bad[0]["error"] if len(bad) == 1 else f"none of the {len(bad)} images could be read "
                          f"(first: {bad[0]['error']})")

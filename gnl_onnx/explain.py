@@ -10,7 +10,7 @@ import numpy as np
 
 from .attribution import METHODS, attribution_info, attribution_model, get_method, path_points
 from .baselines import make_baseline
-from .errors import GnlOnnxError, UsageError
+from .errors import GnlOnnxError, NonFiniteError, UsageError
 from .runtime import make_session
 
 MAX_STEPS = 100_000
@@ -66,7 +66,7 @@ class Explainer:
                  gate: str = "paper", output: str = "logit", input: str | None = None,
                  output_name: str | None = None, black=None, layout: str | None = None, noise_level: float = 0.15,
                  seed: int = 0,
-                 threads: int | None = None):
+                 threads: int | None = None, layer=None):
         self.spec = get_method(method)
         if not isinstance(steps, (int, np.integer)) or steps < 1 or steps > MAX_STEPS:
             raise UsageError(f"steps must be an integer from 1 to {MAX_STEPS} (got {steps!r})")
@@ -80,7 +80,7 @@ class Explainer:
             raise UsageError(f"the seed must be a non-negative integer (got {seed!r})")
         # The attribution model is not kept: the session holds its own copy of the weights.
         attribution = attribution_model(model, method=method, gate=gate, output=output, input=input,
-                                        output_name=output_name)
+                                        output_name=output_name, layer=layer)
         self.info = attribution_info(attribution)
         self.row_bytes = self.info["bytes_per_row"]
         if self.budget < 2 * self.row_bytes:
@@ -145,6 +145,8 @@ class Explainer:
                     scores = np.zeros((n, part_scores.shape[1]), np.float32)
                 scores[part] = part_scores
         score = scores[np.arange(n), targets]
+        forward_bad = ~np.isfinite(scores).all(axis=1)
+        backward_bad = ~np.isfinite(attributions.reshape(n, -1)).all(axis=1) & ~forward_bad
         delta = None
         if self.method == "ig":
             reference = np.zeros_like(score)
@@ -155,10 +157,14 @@ class Explainer:
                 reference[part] = base_scores[np.arange(part.stop - part.start), targets[part]]
             axes = tuple(range(1, images.ndim))
             delta = attributions.sum(axis=axes) - (score - reference)
-        return Explanation(attributions, targets, score, scores, self.method,
-                           baseline_name if self.spec.path == "line" else "none", self.steps,
-                           self.integration if self.spec.path == "line" else "none", self.provider,
-                           time.perf_counter() - start, delta, self.info["gated"])
+        result = Explanation(attributions, targets, score, scores, self.method,
+                             baseline_name if self.spec.path == "line" else "none", self.steps,
+                             self.integration if self.spec.path == "line" else "none", self.provider,
+                             time.perf_counter() - start, delta, self.info["gated"])
+        for bad, stage in ((forward_bad, "forward"), (backward_bad, "backward")):
+            if bad.any():  # never hand out NaN maps as if they meant something
+                raise NonFiniteError(np.flatnonzero(bad), stage, partial=result)
+        return result
 
     def _check_shape(self, images):
         expected = self.info["image_shape"]

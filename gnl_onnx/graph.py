@@ -94,6 +94,17 @@ class Node:
         return self.attrs.get(name, default)
 
 
+def all_nodes(graph: onnx.GraphProto):
+    """The graph's nodes and those of its subgraphs (Scan bodies...): names must be unique across
+    all of them."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                yield from all_nodes(sub)
+                yield from (helper.make_node("Identity", [], [v.name]) for v in (*sub.input, *sub.initializer))
+
+
 class GraphBuilder:
     """Appends nodes and initializers to a model's graph, with names that never collide."""
 
@@ -102,7 +113,7 @@ class GraphBuilder:
         self.graph = model.graph
         self.float_type = float_type
         self.np_float = helper.tensor_dtype_to_np_dtype(float_type)
-        self._names = {n for node in self.graph.node for n in (*node.input, *node.output, node.name)}
+        self._names = {n for node in all_nodes(self.graph) for n in (*node.input, *node.output, node.name)}
         self._names |= {v.name for v in (*self.graph.input, *self.graph.output, *self.graph.value_info)}
         self._names |= {t.name for t in self.graph.initializer}
         self._const_cache: dict = {}

@@ -260,9 +260,91 @@ def open_image(path: str | os.PathLike, mode: str = "RGB"):
         raise InputError(f"{name}: cannot decode image ({e})") from None
 
 
+ARRAY_SUFFIX = ".npy"
+
+
+def is_array_file(path: str | os.PathLike) -> bool:
+    return os.fspath(path).lower().endswith(ARRAY_SUFFIX)
+
+
+def load_array(path: str | os.PathLike, rank: int = 4) -> np.ndarray:
+    """An .npy file already in the model's input space and layout: one image (rank - 1 dims) or a
+    batch (rank dims) -> float32 [k, ...]. Every failure is an InputError naming the file."""
+    name = os.fspath(path)
+    try:
+        a = np.load(name, allow_pickle=False)  # never unpickle a user's file
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{name}: not a readable .npy array ({str(e).splitlines()[0][:120]})") from None
+    if a.dtype.kind not in "fiub":
+        raise InputError(f"{name}: holds {a.dtype} values; save the preprocessed input as a float array")
+    if a.ndim == rank - 1:
+        a = a[None]
+    if a.ndim != rank or a.shape[0] == 0:
+        raise InputError(f"{name}: array of shape {a.shape}; give one image of {rank - 1} dims or a batch of "
+                         f"{rank} dims, already preprocessed in the model's layout")
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"{name}: holds {int(np.count_nonzero(~np.isfinite(a)))} NaN or infinite values")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def load_inputs(path: str | os.PathLike, prep: Preprocessing | None) -> np.ndarray:
+    """An image file (preprocessed: [1, ...]) or an .npy array (as it is: [k, ...])."""
+    if is_array_file(path):
+        return load_array(path)
+    if prep is None:
+        raise UsageError(f"{os.fspath(path)} is an image file: say how to prepare it (--preset, or --size)")
+    return load_image(path, prep)
+
+
+def load_all(paths, prep: Preprocessing | None, strict: bool = False):
+    """Every image of the files named: (arrays [1, ...], their names, unreadable files as
+    {"image", "error"}). An .npy batch gives one name per image ("a.npy[3]"). strict: the first
+    unreadable file raises its InputError instead."""
+    arrays, names, bad = [], [], []
+    for path in paths:
+        try:
+            batch = load_inputs(path, prep)
+        except InputError as e:
+            if strict:
+                raise
+            bad.append({"image": str(path), "error": str(e)})
+            continue
+        arrays.extend(batch[k:k + 1] for k in range(len(batch)))
+        names.extend([str(path)] if len(batch) == 1 else [f"{path}[{k}]" for k in range(len(batch))])
+    return arrays, names, bad
+
+
 def load_image(path: str | os.PathLike, prep: Preprocessing) -> np.ndarray:
-    """Read a file and preprocess it: float32 [1, ...] model input."""
+    """Read a file and preprocess it: float32 [1, ...] model input (an .npy file: its one image)."""
+    if is_array_file(path):
+        array = load_array(path)
+        if len(array) != 1:
+            raise InputError(f"{os.fspath(path)}: holds a batch of {len(array)}; one image per file here")
+        return array
     return prep.to_input(open_image(path, "L" if prep.channels == "L" else "RGB"))
 
 
-__all__ = ["Preprocessing", "open_image", "load_image"]
+def from_model_shape(shape, given: dict) -> Preprocessing | None:
+    """The preprocessing a model's static input shape implies ([N, C, H, W] or [N, H, W, C] with 1 or
+    3 channels): photos resized on their shorter side to cover H x W and centre-cropped to it, pixels
+    scaled to 0..1; `given` fields (flags) override. None when the shape says too little."""
+    if shape is None or len(shape) != 4:
+        return None
+    _, a, b, c = shape
+    layout = given.get("layout") or ("NCHW" if a in (1, 3) else "NHWC" if c in (1, 3) else None)
+    if layout is None:
+        return None
+    channels, h, w = (a, b, c) if layout == "NCHW" else (c, a, b)
+    if not all(isinstance(d, int) for d in (h, w)):
+        return None
+    fields = {"size": max(h, w), "crop": (h, w), "layout": layout, "channels": "L" if channels == 1 else "RGB"}
+    fields.update(given)
+    if isinstance(fields["size"], tuple) and "fit" not in fields:
+        fields["fit"] = "exact"
+    return Preprocessing(**fields)
+
+
+__all__ = ["Preprocessing", "open_image", "load_image", "load_array", "load_inputs", "load_all",
+           "from_model_shape"]

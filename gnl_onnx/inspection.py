@@ -34,7 +34,7 @@ def inspect_model(model, input: str | None = None, output: str | None = None) ->
     y = choose_output(proto.graph, output)
     normalized = normalize(proto)
     builder = GraphBuilder(normalized)
-    path, _ = differentiable_path(builder, x, y)
+    path, _active = differentiable_path(builder, x, y)
     on_path = collections.Counter(n.op_type for n in path)
     report["input"], report["output"] = x, y
     report["gated_paper"] = {op: c for op, c in on_path.items() if op in PAPER_UNITS}
@@ -44,4 +44,10 @@ def inspect_model(model, input: str | None = None, output: str | None = None) ->
         report["unsupported"] = {}
     except UnsupportedModelError as e:
         report["unsupported"] = e.unsupported
+    from .cam import default_layer, layer_candidates  # the target layers of CAM methods (--layer)
+
+    candidates = layer_candidates(builder, path, _active, x)
+    default = default_layer(builder, candidates)
+    report["cam_layers"] = [c.describe() for c in candidates]
+    report["cam_default"] = default.name if default else None
     return report

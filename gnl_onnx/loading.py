@@ -17,7 +17,12 @@ MAX_INPUT_ELEMENTS = 1 << 30  # fixed dims of one input beyond this (4 GiB of fl
 
 
 def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """A path or a ModelProto -> a checked ModelProto with its external data inside."""
+    """A path or a ModelProto -> a checked ModelProto with its external data inside (a
+    PreparedModel -> a copy of its prepared, already checked model)."""
+    from .intake import PreparedModel
+
+    if isinstance(model, PreparedModel):
+        return model.copy()
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)  # never mutate the caller's model

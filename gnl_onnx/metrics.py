@@ -84,16 +84,16 @@ class Scorer:
 
     def __init__(self, model, input: str | None = None, output_name: str | None = None, providers=None,
                  threads: int | None = None):
-        from .attribution import select_output
-        from .loading import choose_input, choose_output, graph_inputs, load_model
+        from .attribution import selected
+        from .intake import prepare
+        from .loading import graph_inputs
         from .runtime import make_session
 
-        source = load_model(model)
-        self.input_name = choose_input(source.graph, input)
-        y = choose_output(source.graph, output_name)
-        ending = next((n.op_type for n in source.graph.node if y in n.output), None)
+        source = prepare(model, input, output_name).for_rows  # a fixed batch freed where it can be
+        self.input_name, y = source.input, source.output
+        ending = next((n.op_type for n in source.proto.graph.node if y in n.output), None)
         self.softmax_here = ending not in ("Softmax", "LogSoftmax")
-        prob = select_output(source, "logit" if self.softmax_here else "prob", output_name)
+        prob = selected(source, "logit" if self.softmax_here else "prob").proto
         others = [i.name for i in graph_inputs(prob.graph) if i.name != self.input_name]
         if others:
             raise UsageError(f"the model needs inputs besides the image ({', '.join(others)}); the metrics "

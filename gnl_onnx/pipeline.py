@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import GnlOnnxError, InputError, UsageError
+from .errors import GnlOnnxError, InputError, NonFiniteError, UsageError
 
 BATCH = 8  # images per Explainer call: the Explainer still splits steps to the memory budget
 
@@ -36,7 +36,8 @@ def _stems(paths: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     stems = []
     for p in paths:
-        stem = Path(p).stem
+        base, _, index = str(p).partition(".npy[")  # images of an .npy batch: "a.npy[3]" -> "a-3"
+        stem = f"{Path(base).stem}-{index.rstrip(']')}" if index else Path(p).stem
         seen[stem] = seen.get(stem, 0) + 1
         stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return stems
@@ -46,7 +47,8 @@ def explain_files(model, images: list[str], out: Path, prep, preset, args) -> in
     records, bad = explain_to_folder(model, images, out, prep, preset, method=args.method, steps=args.steps,
                                      baseline=args.baseline, integration=args.integration, target=args.target,
                                      gate=args.gate, output=args.output, memory_budget=args.memory_budget,
-                                     overwrite=args.overwrite, input=args.input, output_name=args.output_name)
+                                     overwrite=args.overwrite, input=args.input, output_name=args.output_name,
+                                     layer=getattr(args, "layer", None))
     for r in records:
         label = f" ({r['label']})" if r.get("label") else ""
         print(f"{r['image']}: class {r['target']}{label}, {r['method']} -> {r['files']['overlay']}")
@@ -59,56 +61,63 @@ def explain_files(model, images: list[str], out: Path, prep, preset, args) -> in
 def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", steps=32, baseline="zeros",
                       integration="gausslegendre", target=None, gate="paper", output="logit",
                       memory_budget="2GB", overwrite=False, input=None, output_name=None,
-                      summary_name="summary.json"):
-    """Explain image files; returns (records of the explained images, the unreadable ones)."""
+                      summary_name="summary.json", layer=None):
+    """Explain image files (and .npy arrays, one or a batch each); returns (records of the
+    explained images, the images that failed: unreadable, or non-finite in the model)."""
     from .explain import Explainer
-    from .images import load_image
+    from .images import load_all
     from .presets import class_names
     from .report import atomic_write, heatmap_png, overlay_png, reduce_channels
 
     prepare_folder(out)
-    stems = _stems(images)
-    planned = {i: {kind: out / f"{stem}.{method}.{kind}" for kind in ("heatmap.png", "overlay.png", "npy")}
-               for i, stem in enumerate(stems)}
-    existing = [p for files in planned.values() for p in files.values() if p.exists()]
+    arrays, names, bad = load_all(images, prep)
+    if not arrays:  # nothing to explain: write nothing
+        raise InputError(bad[0]["error"] if len(bad) == 1 else f"none of the {len(bad)} images could be read "
+                         f"(first: {bad[0]['error']})")
+    planned = [{kind: out / f"{stem}.{method}.{kind}" for kind in ("heatmap.png", "overlay.png", "npy")}
+               for stem in _stems(names)]
+    existing = [p for files in planned for p in files.values() if p.exists()]
     if (out / summary_name).exists():
         existing.append(out / summary_name)
     if existing and not overwrite:
         raise UsageError(f"{existing[0]} exists (and {len(existing) - 1} more); pass --overwrite to replace")
-    loaded, bad = [], []
-    for i, path in enumerate(images):
-        try:
-            loaded.append((i, load_image(path, prep)))
-        except InputError as e:
-            bad.append({"image": str(path), "error": str(e)})
-    if not loaded:  # nothing to explain: write nothing
-        raise InputError(bad[0]["error"] if len(bad) == 1 else f"none of the {len(bad)} images could be read "
-                         f"(first: {bad[0]['error']})")
     explainer = Explainer(model, method=method, steps=steps, baseline=baseline, integration=integration,
                           memory_budget=memory_budget, gate=gate, output=output, input=input,
-                          black=prep.black(), layout=prep.layout, output_name=output_name)
-    names = class_names(preset) if preset else None
-    records = []
-    bar = progress(len(loaded), method)
-    for lo in range(0, len(loaded), BATCH):
-        batch = loaded[lo:lo + BATCH]
-        result = explainer.explain(np.concatenate([a for _, a in batch]), target)
-        for j, (i, array) in enumerate(batch):
+                          black=prep.black(), layout=prep.layout, output_name=output_name, layer=layer)
+    labels = class_names(preset) if preset else None
+    records, non_finite, failed_names = [], None, []
+    bar = progress(len(arrays), method)
+    for lo in range(0, len(arrays), BATCH):
+        batch = list(range(lo, min(lo + BATCH, len(arrays))))
+        failed = set()
+        try:
+            result = explainer.explain(np.concatenate([arrays[i] for i in batch]), target)
+        except NonFiniteError as e:  # keep the finite images of the batch, name the others
+            non_finite = e.named([names[i] for i in batch])
+            failed = {batch[j] for j in e.indices}
+            bad += [{"image": names[i], "error": f"{names[i]}: {e.reason}"} for i in sorted(failed)]
+            failed_names += [names[i] for i in sorted(failed)]
+            result = e.partial
+        for j, i in enumerate(batch):
+            if i in failed:
+                continue
             attribution = result.attributions[j:j + 1]
             files = planned[i]
             atomic_write(files["npy"], lambda tmp, a=attribution: np.save(tmp, a))
             per_pixel = reduce_channels(attribution, prep.layout, "sum")
             heatmap_png(per_pixel, files["heatmap.png"])
-            overlay_png(prep.to_pixels(array), per_pixel, files["overlay.png"])
+            overlay_png(prep.to_pixels(arrays[i]), per_pixel, files["overlay.png"])
             record = result.summary(j)
-            record.update(image=str(images[i]), files={k.split(".")[0]: str(v) for k, v in files.items()})
-            record["label"] = names[record["target"]] if names and record["target"] < len(names) else None
+            record.update(image=names[i], files={k.split(".")[0]: str(v) for k, v in files.items()})
+            record["label"] = labels[record["target"]] if labels and record["target"] < len(labels) else None
             record["probability"] = float(_softmax(result.scores[j])[record["target"]])
             records.append(record)
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
         bar.close()
+    if non_finite is not None and not records:  # no image came out finite: an error, and nothing written
+        raise NonFiniteError(range(len(failed_names)), non_finite.stage, names=failed_names)
     summary = {"model": str(model), "method": method, "explained": records, "skipped": bad}
     atomic_write(out / summary_name, json.dumps(summary, indent=2))
     return records, bad
@@ -169,7 +178,8 @@ def demo_photos(folder: Path) -> list[str]:
 
 
 def run_demo(out: Path, steps: int = 32, overwrite: bool = False) -> int:
-    """EfficientNet-Lite0 (real ImageNet weights) on real photos: GNL-IG beside IG, one HTML page."""
+    """EfficientNet-Lite0 (real ImageNet weights) on real photos: GNL-IG beside IG and Grad-CAM, one
+    HTML page."""
     from .presets import get_preset
     from .report import Panel, Row, html_page
 
@@ -182,19 +192,20 @@ def run_demo(out: Path, steps: int = 32, overwrite: bool = False) -> int:
         raise UsageError(f"{page} exists; pass --overwrite to replace the demo's results")
     photos = demo_photos(out / "photos")
     runs = {}
-    for method in ("gnl_ig", "ig"):
+    for method in ("gnl_ig", "ig", "gradcam"):
         print(f"{method}: {len(photos)} photos, {steps} steps ...", flush=True)
         records, _ = explain_to_folder(model, photos, out / method, preset.preprocessing, preset, method=method,
                                        steps=steps, baseline="zeros", overwrite=True)
         runs[method] = records
     rows = []
-    for gnl, ig in zip(runs["gnl_ig"], runs["ig"]):
+    for gnl, ig, cam in zip(runs["gnl_ig"], runs["ig"], runs["gradcam"]):
         label = f"{gnl['label'] or ''} ({gnl['target']})"
         rows.append(Row(image=gnl["image"], label=label, score=gnl["probability"], title=Path(gnl["image"]).name,
                         panels=[Panel(gnl["files"]["overlay"], "GNL-IG", gnl["baseline"]),
                                 Panel(ig["files"]["overlay"], "IG", ig["baseline"],
-                                      note=f"delta {ig.get('convergence_delta', 0):.2g}")]))
-    html_page(rows, page, title="gnl-onnx demo: EfficientNet-Lite0, GNL-IG and IG",
+                                      note=f"delta {ig.get('convergence_delta', 0):.2g}"),
+                                Panel(cam["files"]["overlay"], "Grad-CAM", None, note="last 4-D activation")]))
+    html_page(rows, page, title="gnl-onnx demo: EfficientNet-Lite0, GNL-IG, IG and Grad-CAM",
               notes=[f"{steps} Gauss-Legendre steps, baseline zeros (0 in the model's normalized input "
                      "space: mid grey for EfficientNet-Lite); red supports the class, blue speaks against it.",
                      f"provider: {runs['ig'][0]['provider'] if runs['ig'] else '?'}"])

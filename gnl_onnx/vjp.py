@@ -3,7 +3,6 @@ of one output with respect to the image input, by the plain chain rule or with g
 from __future__ import annotations
 
 import json
-import os
 
 import onnx
 from onnx import helper
@@ -12,27 +11,26 @@ from .autodiff import backpropagate_to, check_differentiable, check_supported, d
 from .autodiff.gating import GatingPolicy
 from .errors import ModelError, UsageError
 from .graph import GraphBuilder, prune, skeleton
-from .loading import choose_input, choose_output, load_model
-from .normalize import fold_constants, has_unknown_dims, normalize, probe_shapes
+from .intake import prepare
+from .normalize import fold_constants, has_unknown_dims, probe_shapes
 
 METADATA_KEY = "gnl_onnx.vjp"
 
 
-def vjp_model(model: str | os.PathLike | onnx.ModelProto, rule: str = "plain", gate: str = "paper",
+def vjp_model(model, rule: str = "plain", gate: str = "paper",
               input: str | None = None, output: str | None = None, layers=(),
               layer_rule: str | None = None) -> onnx.ModelProto:
     """Return a model with the original inputs and outputs plus input `<output>_grad` (the seed,
     shaped like the output) and output `<input>_grad` = d sum(seed * output) / d input.
+    `model`: a path, a ModelProto or a PreparedModel (see gnl_onnx.intake).
     `layers`: inner values A (float values on the path) whose gradient is wanted too: outputs
     `<A>` (the value itself) and `<A>_grad` = d sum(seed * output) / dA, by `layer_rule`
     (default: `rule`; a different one adds a second backward pass over the same forward pass)."""
     policy = GatingPolicy(rule, gate)
     layers = list(dict.fromkeys(layers))
     layer_policy = GatingPolicy(layer_rule or rule, gate)
-    proto = load_model(model)
-    x = choose_input(proto.graph, input)
-    y = choose_output(proto.graph, output)
-    proto = normalize(proto)
+    prepared = prepare(model, input, output)
+    proto, x, y = prepared.copy(), prepared.input, prepared.output
     value_types = {v.name: v.type for v in (*proto.graph.input, *proto.graph.output)}
     seed, grad = f"{y}_grad", f"{x}_grad"
     float_type = value_types[x].tensor_type.elem_type

@@ -171,9 +171,8 @@ BAD_EXPLAIN = {
     "model is not onnx": (["explain", "{d}/photo.png", "{d}/photo.png", *PREP], "photo.png"),
     "missing image": (["explain", "{d}/small.onnx", "{d}/missing.png", *PREP], "missing.png"),
     "not an image": (["explain", "{d}/small.onnx", "{d}/notes.png", *PREP], "notes.png"),
-    "no preprocessing": (["explain", "{d}/small.onnx", "{d}/photo.png"], "--size"),
     "size mismatch": (["explain", "{d}/small.onnx", "{d}/photo.png", "--size", "20", "--crop", "20", "20"], "16"),
-    "no crop to a fixed size": (["explain", "{d}/small.onnx", "{d}/photo.png", "--size", str(HW)], "16"),
+    # (no preprocessing flags, and --size alone, now take the model's fixed size: tests/test_intake.py)
     "preset of another size": (["explain", "{d}/small.onnx", "{d}/photo.png", "--preset", "imagenet"], "224"),
     "target out of range": (["explain", "{d}/small.onnx", "{d}/photo.png", *PREP, "--target", str(CLASSES)],
                             str(CLASSES)),

@@ -1,0 +1,90 @@
+"""One intake per run: a model is read, checked, normalized and given a usable batch dimension
+once, and the prepared form is handed to every later stage (attribution graphs, the scorer, the
+memory model, audit workers), which never re-read the file.
+
+    prepared = prepare("model.onnx")          # or prepare(a ModelProto), or a PreparedModel again
+    attribution_model(prepared, ...); Explainer(prepared, ...); Scorer(prepared)
+
+Every public function that takes a model accepts a path, a ModelProto or a PreparedModel."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+
+import onnx
+
+from .loading import choose_input, choose_output, load_model
+from .normalize import normalize
+
+class IntakeNote(UserWarning):
+    """Something the intake changed or decided about the model that the user should know."""
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedModel:
+    """A checked, normalized model with its image input and explained output chosen.
+
+    batch (see for_rows): "dynamic" (as exported or not yet looked at), "made dynamic" (a fixed batch rewritten to a free one and
+    verified), "one per run" (a batch of 1 that the graph bakes in: attribution graphs run their
+    rows one at a time, inside the graph) or "fixed" (a larger batch baked in: the model's own
+    gradient works, attribution graphs are refused with `notes[0]`)."""
+
+    proto: onnx.ModelProto
+    input: str
+    output: str
+    path: str | None  # the file it was read from (None: given in memory)
+    batch: str = "dynamic"
+    notes: tuple[str, ...] = field(default=())
+
+    def copy(self) -> onnx.ModelProto:
+        """A ModelProto the caller may change (the prepared one is shared)."""
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        return proto
+
+    @property
+    def image_shape(self) -> list[int | None]:
+        """Declared dims of the image input (None where free)."""
+        value = next(i for i in self.proto.graph.input if i.name == self.input)
+        return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+    @property
+    def one_per_run(self) -> bool:
+        return self.batch == "one per run"
+
+    @cached_property
+    def for_rows(self) -> PreparedModel:
+        """This model ready for runs of many rows (path points x images): a fixed batch freed where
+        the graph allows (verified by running it), else marked "one per run" or "fixed". Worked
+        out once per PreparedModel, on first use: the model's own gradient (vjp_model) needs none
+        of it."""
+        from .batch import make_batch_usable
+
+        if self.batch != "dynamic" or self.image_shape[:1] == [None]:
+            return self
+        proto, batch, note = make_batch_usable(self.proto, self.input, self.output)
+        if note and batch != "fixed":  # "fixed" is an error where it matters (attribution), not a note
+            warnings.warn(note, IntakeNote, stacklevel=3)
+        return replace(self, proto=proto, batch=batch, notes=(note,) if note else ())
+
+    def __str__(self) -> str:
+        return self.path or "(in memory)"
+
+
+def prepare(model, input: str | None = None, output: str | None = None) -> PreparedModel:
+    """Read, check and normalize a model once (a PreparedModel is returned as it is, with the
+    input or output chosen anew where the caller names another)."""
+    if isinstance(model, PreparedModel):
+        x = model.input if input is None else choose_input(model.proto.graph, input)
+        y = model.output if output is None else choose_output(model.proto.graph, output)
+        return model if (x, y) == (model.input, model.output) else replace(model, input=x, output=y)
+    path = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    proto = load_model(model)
+    x = choose_input(proto.graph, input)
+    y = choose_output(proto.graph, output)
+    return PreparedModel(normalize(proto), x, y, path)
+
+
+__all__ = ["PreparedModel", "prepare", "IntakeNote"]
