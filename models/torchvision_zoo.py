@@ -37,9 +37,19 @@ SIZES: dict[str, int] = {
     "efficientnet_b0": 64,
     "regnet_y_400mf": 64,
     "convnext_tiny": 64,
+    # Vision transformers (tests/test_transformers.py, not the CNN sweep). vit_b_16 is built for
+    # 64 px (torchvision's image_size argument: 4 x 4 patches + class token, the weights do not
+    # depend on it); swin_t takes any multiple of 32, and at 64 px its stages pad the feature
+    # maps to whole windows, shift (16 and 8 px maps) and do not (4 and 2 px maps).
+    "vit_b_16": 64,
+    "swin_t": 64,
 }
-ARCHS: tuple[str, ...] = tuple(SIZES)
+TRANSFORMER_ARCHS: tuple[str, ...] = ("vit_b_16", "swin_t")
+ARCHS: tuple[str, ...] = tuple(a for a in SIZES if a not in TRANSFORMER_ARCHS)
 EXPORTERS: tuple[str, ...] = ("legacy", "dynamo")
+# The opset each exporter writes unless export(..., opset=) says otherwise. Opset 20 is the first
+# with a Gelu op: the legacy exporter then writes GELU as one node instead of Erf arithmetic.
+DEFAULT_OPSETS: dict[str, int] = {"legacy": 17, "dynamo": 18}
 
 SEED = 0
 # Bump when build() changes the weights it produces, so stale cached exports are not reused.
@@ -50,6 +60,7 @@ _EXTRA_KWARGS: dict[str, dict] = {
     # truncated-normal init: PyTorch's default init is random enough for gradient tests.
     "googlenet": {"aux_logits": False, "init_weights": False},
     "inception_v3": {"aux_logits": False, "init_weights": False},
+    "vit_b_16": {"image_size": SIZES["vit_b_16"]},
 }
 
 
@@ -93,6 +104,9 @@ def build(arch: str, seed: int = SEED) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = getattr(torchvision.models, arch)(weights=None, **_EXTRA_KWARGS.get(arch, {}))
     _randomise_batchnorm(model, torch.Generator().manual_seed(seed + 1))
+    if arch == "vit_b_16":  # torchvision zero-initialises the classifier: logits and gradients would be 0
+        with torch.no_grad():
+            model.heads.head.weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed + 2))
     return model.eval()
 
 
@@ -107,18 +121,19 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
 
 def export_path(arch: str, exporter: str = "legacy", size: int | None = None,
                 cache_dir: str | os.PathLike | None = None, seed: int = SEED,
-                optimize: bool = True) -> pathlib.Path:
+                optimize: bool = True, opset: int | None = None) -> pathlib.Path:
     _check_arch(arch)
     size = SIZES[arch] if size is None else int(size)
     tv = re.sub(r"[^A-Za-z0-9.]", "_", torch.__version__)
     raw = "" if optimize else "-raw"
-    name = f"{arch}-{exporter}{raw}-{size}px-seed{seed}-r{RECIPE}-torch{tv}.onnx"
+    op = "" if opset in (None, DEFAULT_OPSETS.get(exporter)) else f"-opset{opset}"
+    name = f"{arch}-{exporter}{raw}{op}-{size}px-seed{seed}-r{RECIPE}-torch{tv}.onnx"
     return cache_root(cache_dir) / name
 
 
 def export(arch: str, exporter: str = "legacy", size: int | None = None,
            cache_dir: str | os.PathLike | None = None, seed: int = SEED,
-           optimize: bool = True) -> pathlib.Path:
+           optimize: bool = True, opset: int | None = None) -> pathlib.Path:
     """Export build(arch, seed) to ONNX (batch dim dynamic) and return the file path.
 
     The file is reused when present; it is written under a temporary name and moved into place
@@ -134,7 +149,8 @@ def export(arch: str, exporter: str = "legacy", size: int | None = None,
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; use one of {EXPORTERS}")
     size = SIZES[arch] if size is None else int(size)
-    path = export_path(arch, exporter, size, cache_dir, seed, optimize)
+    opset = DEFAULT_OPSETS[exporter] if opset is None else int(opset)
+    path = export_path(arch, exporter, size, cache_dir, seed, optimize, opset)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +164,7 @@ def export(arch: str, exporter: str = "legacy", size: int | None = None,
             warnings.simplefilter("ignore")
             if exporter == "legacy":
                 torch.onnx.export(
-                    model, (x,), tmp, dynamo=False, opset_version=17,
+                    model, (x,), tmp, dynamo=False, opset_version=opset,
                     input_names=["input"], output_names=["logits"],
                     dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                     training=(torch.onnx.TrainingMode.EVAL if optimize
@@ -156,7 +172,7 @@ def export(arch: str, exporter: str = "legacy", size: int | None = None,
                 )
             else:
                 torch.onnx.export(
-                    model, (x,), tmp, dynamo=True, opset_version=18, external_data=False,
+                    model, (x,), tmp, dynamo=True, opset_version=opset, external_data=False,
                     dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False,
                     optimize=optimize,
                 )
@@ -169,9 +185,11 @@ def export(arch: str, exporter: str = "legacy", size: int | None = None,
 
 __all__ = [
     "ARCHS",
+    "DEFAULT_OPSETS",
     "EXPORTERS",
     "SEED",
     "SIZES",
+    "TRANSFORMER_ARCHS",
     "build",
     "cache_root",
     "default_size",

@@ -19,6 +19,16 @@ one, and `gates` can impose, unit by unit in call order, the values that decide 
 pre-activation, and for max-pooling optionally the selected indices). A float64 reference then
 uses exactly the gates a float32 run took, so gates within rounding of their threshold cannot
 flip between the two; see tests/test_architectures.py.
+
+gate="all" (patched, guided_backprop, input_gradient) also gates GELU, as gnl_onnx's gate="all"
+gates a Gelu node (tests/test_transformers.py):
+
+    gelu (both approximations):  relu(g) * gelu'(x), gelu' from torch's own GELU backward
+
+Only GELU: the other units gate="all" adds (Sigmoid, Tanh, HardSwish, ...) are not patched. GELU is
+smooth, so it takes no imposed `gates` (nothing for float32 rounding to flip) and is counted as
+calls["gelu"]. Exporters below opset 20 write GELU as Erf arithmetic, which gnl_onnx does not
+gate; the caller decides whether the graph it compares with has a Gelu node.
 """
 
 from __future__ import annotations
@@ -38,12 +48,13 @@ _F_HARDTANH = F.hardtanh
 _F_LEAKY = F.leaky_relu
 _F_PRELU = F.prelu
 _F_MAXPOOL_IDX = F.max_pool2d_with_indices
+_F_GELU = F.gelu
 _T_RELU = torch.relu
 _T_RELU_ = torch.relu_
 
 # ONNX op type of each patched kind (what a gnl_onnx report calls the same unit).
 ONNX_OP = {"relu": "Relu", "hardtanh": "Clip", "max_pool2d": "MaxPool",
-           "leaky_relu": "LeakyRelu", "prelu": "PRelu"}
+           "leaky_relu": "LeakyRelu", "prelu": "PRelu", "gelu": "Gelu"}
 
 
 class GateMismatch(AssertionError):
@@ -182,6 +193,27 @@ class _MaxPool2d(torch.autograd.Function):
         return gx, None, None, None, None, None
 
 
+class _Gelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, approximate):
+        ctx.save_for_backward(x)
+        ctx.approximate = approximate
+        return _F_GELU(x, approximate=approximate)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():  # torch's own GELU derivative, applied to the gated gradient
+            xx = x.detach().requires_grad_(True)
+            (gx,) = torch.autograd.grad(_F_GELU(xx, approximate=ctx.approximate), xx, _back(g))
+        return gx, None
+
+
+def _gelu(input, approximate="none"):
+    _count("gelu")
+    return _Gelu.apply(input, approximate)
+
+
 def _relu(input, inplace=False):
     _count("relu")
     return _Relu.apply(input, inplace)
@@ -258,11 +290,16 @@ _PATCHES = [
     (torch.Tensor, "relu", _tensor_relu),
     (torch.Tensor, "relu_", _tensor_relu_),
 ]
+# Patched only with gate="all".
+_ALL_PATCHES = [
+    (F, "gelu", _gelu),
+]
+GATES = ("paper", "all")
 
 
 @contextlib.contextmanager
 def patched(guided: bool = True, calls: collections.Counter | None = None,
-            gates: Sequence[dict] | None = None):
+            gates: Sequence[dict] | None = None, gate: str = "paper"):
     """Route rectifiers and max-pooling through the Functions above while active.
 
     guided: back-propagate only positive gradients through them (else the ordinary gradient).
@@ -271,13 +308,16 @@ def patched(guided: bool = True, calls: collections.Counter | None = None,
     gates: if given, one dict per gated unit in call order, {"op": ONNX op type, "input":
         array deciding the gate, optional "indices": ONNX MaxPool indices}; they replace the
         unit's own input values for the gate decision only. GateMismatch if they do not line up.
+    gate: "paper" (the units above) or "all" (GELU too, kind "gelu"; never takes `gates`).
     """
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {GATES}, not {gate!r}")
     saved = []
     outer = (_State.guided, _State.calls, _State.gates, _State.next_gate)
     _State.guided, _State.calls = guided, calls
     _State.gates, _State.next_gate = (None if gates is None else list(gates)), 0
     try:
-        for owner, name, fn in _PATCHES:
+        for owner, name, fn in _PATCHES + (_ALL_PATCHES if gate == "all" else []):
             # Remember whether the attribute lived on this object or was inherited (Tensor methods
             # come from the C base class), so restoring leaves things exactly as they were.
             own = name in vars(owner)
@@ -296,19 +336,20 @@ def patched(guided: bool = True, calls: collections.Counter | None = None,
         _State.guided, _State.calls, _State.gates, _State.next_gate = outer
 
 
-def guided_backprop(calls: collections.Counter | None = None):
-    """While active, rectifiers and max-pooling back-propagate only positive gradients."""
-    return patched(True, calls)
+def guided_backprop(calls: collections.Counter | None = None, gate: str = "paper"):
+    """While active, rectifiers and max-pooling (and GELU with gate="all") back-propagate only
+    positive gradients."""
+    return patched(True, calls, gate=gate)
 
 
 def input_gradient(module: torch.nn.Module, x, seed, guided: bool = False,
                    dtype: torch.dtype = torch.float32,
                    calls: collections.Counter | None = None,
-                   gates: Sequence[dict] | None = None) -> np.ndarray:
+                   gates: Sequence[dict] | None = None, gate: str = "paper") -> np.ndarray:
     """d(sum(seed * module(x))) / dx as a numpy array, computed in `dtype`.
 
     The module is copied before a dtype change so the caller's weights stay as they are.
-    `calls` and `gates`: see patched(); either one patches the plain gradient too.
+    `calls`, `gates` and `gate`: see patched(); `calls` or `gates` patch the plain gradient too.
     """
     params = list(module.parameters()) + list(module.buffers())
     if any(p.is_floating_point() and p.dtype != dtype for p in params):
@@ -317,7 +358,7 @@ def input_gradient(module: torch.nn.Module, x, seed, guided: bool = False,
     xt = torch.as_tensor(np.asarray(x)).to(dtype).requires_grad_(True)
     st = torch.as_tensor(np.asarray(seed)).to(dtype)
     if guided or calls is not None or gates is not None:
-        ctx = patched(guided, calls, gates)
+        ctx = patched(guided, calls, gates, gate)
     else:
         ctx = contextlib.nullcontext()
     with ctx, torch.enable_grad():
