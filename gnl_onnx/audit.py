@@ -508,7 +508,8 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
             raise UsageError(f"{name} must be a positive integer (got {value!r})")
     checked = scoring(curve_steps, reduce, prep.layout, batch_size, deletion_substrate, insertion_substrate,
                       prep.black())  # fails early on bad settings
-    prepared = prepare(model, input, output_name)  # read and normalized once: every worker gets this
+    # read, normalized and its batch made usable once: every worker (Ray actors too) gets this
+    prepared = prepare(model, input, output_name).for_rows
     model = prepared
     true_labels = read_labels(labels) if labels else {}
     root, found = list_images(images)

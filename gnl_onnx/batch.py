@@ -13,7 +13,7 @@ from .graph import GraphBuilder, rename_value
 from .loading import graph_inputs
 
 BATCH_SYMBOL = "N"
-_BROKEN = "the model fails at its own batch"
+_BROKEN = object()  # the original model itself fails: a problem for later stages to name, not a batch one
 VERIFY_TOLERANCE = 1e-4  # max abs difference over max abs value: rewritten batch-2 vs two batch-1 runs
 
 
@@ -25,17 +25,18 @@ def make_batch_usable(model: onnx.ModelProto, x: str, y: str) -> tuple[onnx.Mode
     if not dims or not dims[0].HasField("dim_value"):
         return model, "dynamic", None
     fixed = dims[0].dim_value
-    rewritten, changed = _free_batch(model, x, fixed)
+    rewritten, _ = _free_batch(model, x, fixed)
     problem = _verify(model, rewritten, x, y, fixed)
-    if problem is _BROKEN:
-        return model, "one per run" if fixed == 1 else "fixed", None
     if problem is None:
         return rewritten, "made dynamic", None
+    if problem is _BROKEN:  # later stages name what is wrong with the model; a note would only add noise
+        if fixed == 1:
+            return model, "one per run", None
+        problem = f"the model fails when run at its batch of {fixed}"
     if fixed != 1:  # its gradient still works at that batch; attribution runs need more rows
         return model, "fixed", (f"the model's batch is fixed at {fixed} and its graph depends on it ({problem}); "
                                 "re-export it with a dynamic batch dimension")
-    where = f" ({changed[0]})" if changed else ""
-    return model, "one per run", (f"the model's batch is fixed at 1 and its graph cannot take more{where}: "
+    return model, "one per run", (f"the model's batch is fixed at 1 and its graph cannot take more ({problem}): "
                                   "images and steps run one at a time (slower); re-export it with a dynamic "
                                   "batch to run them together")
 
@@ -114,7 +115,7 @@ def _verify(original: onnx.ModelProto, rewritten: onnx.ModelProto, x: str, y: st
 
     ort = onnxruntime()
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a failing run is an expected answer here, not a message for the user
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     value = next(i for i in original.graph.input if i.name == x).type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.shape.dim]
@@ -133,7 +134,7 @@ def _verify(original: onnx.ModelProto, rewritten: onnx.ModelProto, x: str, y: st
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own unrelated classes
         return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     if got.shape != expected.shape:
-        return f"a batch of {2 * fixed} gives output shape {list(got.shape)}"
+        return f"two images at once give output shape {list(got.shape)}"
     scale = float(np.nanmax(np.abs(expected))) if expected.size and np.isfinite(expected).any() else 1.0
     error = np.abs(got.astype(np.float64) - expected)
     if not np.allclose(got, expected, rtol=0, atol=VERIFY_TOLERANCE * (scale or 1.0), equal_nan=True):

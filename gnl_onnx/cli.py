@@ -333,6 +333,9 @@ def preprocessing_from(args, model=None, images=()):
     elif isinstance(given.get("size"), int):
         given["fit"] = "shorter"
     shape = model.image_shape if model is not None else None
+    implied = from_model_shape(shape, {k: v for k, v in given.items() if k == "layout"})
+    if implied is not None and base is None:  # the model's own layout and channels, unless flags say otherwise
+        given = {"layout": implied.layout, "channels": implied.channels, **given}
     if base is None and "size" not in given:
         derived = from_model_shape(shape, given)
         if derived is not None:
@@ -431,7 +434,7 @@ def run_audit(args) -> int:
 
     methods = parse_methods(args.methods)  # a bad name fails before anything is loaded
     model = prepare(args.model, args.input, args.output_name)
-    prep, _ = preprocessing_from(args, model)
+    prep, _ = preprocessing_from(args, model, [args.images])
     return audit_files(model, args.images, Path(args.out), prep, methods, engine=args.engine,
                        address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                        labels=args.labels, overwrite=args.overwrite, images_per_batch=args.images_per_batch,

@@ -31,20 +31,32 @@ class InputError(GnlOnnxError):
 
 class NonFiniteError(GnlOnnxError):
     """NaN or infinity came out of the model (stage "forward": its output at the image) or out of
-    the backward pass (stage "backward": the attribution), for the images at `indices`. `partial`
-    holds the run's results, so callers can keep the images that came out finite."""
+    the backward pass (stage "backward": the attribution) for the images at `indices`, one stage
+    each in `stages`. `partial` holds the run's results, so callers can keep the finite images."""
 
-    def __init__(self, indices, stage: str, partial=None, names=None):
-        self.indices, self.stage, self.partial = [int(i) for i in indices], stage, partial
-        self.names = names or [f"image {i}" for i in self.indices]
-        shown = ", ".join(self.names[:3]) + (f" and {len(self.names) - 3} more" if len(self.names) > 3 else "")
-        what = ("the model's output is NaN or infinite (forward pass); its weights or this input hold non-finite "
-                "values or overflow: check the model and the preprocessing" if stage == "forward" else
-                "the attribution is NaN or infinite (backward pass) while the output is finite: some gradient "
-                "overflows; try output=logit, fewer steps or another baseline, and report the model if it persists")
-        self.reason = what
-        super().__init__(f"{shown}: {what}")
+    REASONS = {"forward": "the model's output is NaN or infinite (forward pass); its weights or this input hold "
+                          "non-finite values or overflow: check the model and the preprocessing",
+               "backward": "the attribution is NaN or infinite (backward pass) while the output is finite: some "
+                           "gradient overflows; try output=logit, fewer steps or another baseline, and report the "
+                           "model if it persists"}
+
+    def __init__(self, indices, stages, partial=None, names=None):
+        self.indices = [int(i) for i in indices]
+        self.stages = [stages] * len(self.indices) if isinstance(stages, str) else list(stages)
+        self.partial = partial
+        self.names = list(names) if names is not None else [f"image {i}" for i in self.indices]
+        parts = []
+        for stage in ("forward", "backward"):
+            hit = [n for n, s in zip(self.names, self.stages) if s == stage]
+            if hit:
+                shown = ", ".join(hit[:3]) + (f" and {len(hit) - 3} more" if len(hit) > 3 else "")
+                parts.append(f"{shown}: {self.REASONS[stage]}")
+        super().__init__("; ".join(parts))
+
+    @property
+    def stage(self) -> str:
+        return self.stages[0]
 
     def named(self, names) -> "NonFiniteError":
-        """The same error with file names instead of batch positions."""
-        return NonFiniteError(self.indices, self.stage, self.partial, [str(names[i]) for i in self.indices])
+        """The same error with the names of the batch's images instead of their positions."""
+        return NonFiniteError(self.indices, self.stages, self.partial, [str(names[i]) for i in self.indices])

@@ -238,7 +238,10 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         for lo in range(0, n, BATCH):
             part = slice(lo, min(n, lo + BATCH))
             start = time.perf_counter()
-            attributions = attribute(explainer, images[part], targets[part], range(part.start, part.stop), seed)
+            try:
+                attributions = attribute(explainer, images[part], targets[part], range(part.start, part.stop), seed)
+            except NonFiniteError as e:
+                raise e.named(names[part]) from None
             seconds = (time.perf_counter() - start) / (part.stop - part.start)
             for i, row in zip(range(part.start, part.stop),
                               score_curves(scorer, images[part], attributions, targets[part], settings)):

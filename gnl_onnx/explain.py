@@ -161,9 +161,9 @@ class Explainer:
                              baseline_name if self.spec.path == "line" else "none", self.steps,
                              self.integration if self.spec.path == "line" else "none", self.provider,
                              time.perf_counter() - start, delta, self.info["gated"])
-        for bad, stage in ((forward_bad, "forward"), (backward_bad, "backward")):
-            if bad.any():  # never hand out NaN maps as if they meant something
-                raise NonFiniteError(np.flatnonzero(bad), stage, partial=result)
+        bad = np.flatnonzero(forward_bad | backward_bad)
+        if bad.size:  # never hand out NaN maps as if they meant something
+            raise NonFiniteError(bad, ["forward" if forward_bad[i] else "backward" for i in bad], partial=result)
         return result
 
     def _check_shape(self, images):

@@ -314,12 +314,16 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
 
 
 def rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename a value everywhere it appears in a graph (nodes, initializers, declarations)."""
+    """Rename a value everywhere it appears in a graph (nodes, initializers, declarations), and in
+    its subgraphs (a Scan body reads outer values by name)."""
     for node in graph.node:
         for names in (node.input, node.output):
             for i, name in enumerate(names):
                 if name == old:
                     names[i] = new
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                rename_value(sub, old, new)
     for field_ in (graph.initializer, graph.input, graph.output, graph.value_info):
         for item in field_:
             if item.name == old:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,8 @@ def _stems(paths: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     stems = []
     for p in paths:
-        base, _, index = str(p).partition(".npy[")  # images of an .npy batch: "a.npy[3]" -> "a-3"
-        stem = f"{Path(base).stem}-{index.rstrip(']')}" if index else Path(p).stem
+        batch_item = re.fullmatch(r"(.*)\.npy\[(\d+)\]", str(p), flags=re.IGNORECASE)  # "a.npy[3]" -> "a-3"
+        stem = f"{Path(batch_item[1]).stem}-{batch_item[2]}" if batch_item else Path(p).stem
         seen[stem] = seen.get(stem, 0) + 1
         stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return stems
@@ -85,7 +86,7 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
                           memory_budget=memory_budget, gate=gate, output=output, input=input,
                           black=prep.black(), layout=prep.layout, output_name=output_name, layer=layer)
     labels = class_names(preset) if preset else None
-    records, non_finite, failed_names = [], None, []
+    records, failed_names = [], []
     bar = progress(len(arrays), method)
     for lo in range(0, len(arrays), BATCH):
         batch = list(range(lo, min(lo + BATCH, len(arrays))))
@@ -93,10 +94,10 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
         try:
             result = explainer.explain(np.concatenate([arrays[i] for i in batch]), target)
         except NonFiniteError as e:  # keep the finite images of the batch, name the others
-            non_finite = e.named([names[i] for i in batch])
-            failed = {batch[j] for j in e.indices}
-            bad += [{"image": names[i], "error": f"{names[i]}: {e.reason}"} for i in sorted(failed)]
-            failed_names += [names[i] for i in sorted(failed)]
+            for j, stage in zip(e.indices, e.stages):
+                failed.add(batch[j])
+                failed_names.append((names[batch[j]], stage))
+                bad.append({"image": names[batch[j]], "error": e.REASONS[stage]})
             result = e.partial
         for j, i in enumerate(batch):
             if i in failed:
@@ -116,8 +117,9 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
             bar.update(len(batch))
     if bar is not None:
         bar.close()
-    if non_finite is not None and not records:  # no image came out finite: an error, and nothing written
-        raise NonFiniteError(range(len(failed_names)), non_finite.stage, names=failed_names)
+    if failed_names and not records:  # no image came out finite: an error, and nothing written
+        raise NonFiniteError(range(len(failed_names)), [s for _, s in failed_names],
+                             names=[n for n, _ in failed_names])
     summary = {"model": str(model), "method": method, "explained": records, "skipped": bad}
     atomic_write(out / summary_name, json.dumps(summary, indent=2))
     return records, bad

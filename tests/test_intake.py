@@ -121,18 +121,26 @@ def test_fixed_batch_models_explain_any_number_of_images(build, expected, shape)
 
 
 def test_a_graph_that_needs_its_batch_is_verified_not_trusted():
-    """The class-token model rewritten without the Expand of the token would fail at batch 2; the
-    batch-baked one would run and mix images. Both are caught by running the rewrite."""
-    from gnl_onnx.batch import _verify
+    """A rewrite that does not run at batch 2, and one that runs but mixes the images of a batch,
+    are both caught by running them; a correct one passes."""
+    from gnl_onnx.batch import _free_batch, _verify
 
-    model = batch_baked_model()
-    broken = onnx.ModelProto()
-    broken.CopyFrom(model)
-    dim = broken.graph.input[0].type.tensor_type.shape.dim[0]
-    dim.Clear()
-    dim.dim_param = "N"
-    assert _verify(model, broken, "x", "logits", 1) is not None
-    assert _verify(model, model, "x", "logits", 1) is not None  # a batch of 2 does not even fit
+    model = class_token_model()
+    freed, changed = _free_batch(model, "x", 1)
+    assert len(changed) == 2 and _verify(model, freed, "x", "logits", 1) is None
+    unfreed = onnx.ModelProto()
+    unfreed.CopyFrom(freed)
+    concat = next(n for n in unfreed.graph.node if n.op_type == "Concat" and "tokens" in n.input)
+    concat.input[0] = "cls"  # undo the class token's Expand: two images no longer fit
+    problem = _verify(model, unfreed, "x", "logits", 1)
+    assert isinstance(problem, str) and "Concat" in problem, problem
+    # a graph that runs at any batch but mixes images (a mean over the batch axis)
+    averaged = make_model([node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1), node("Add", ["x", "m"], ["s"]),
+                           node("MatMul", ["s", "w"], ["logits"])],
+                          [("x", F32, [1, 8])], [("logits", F32, [1, 1])], {"w": np.ones((8, 1), F32)}, opset=17)
+    freed, _ = _free_batch(averaged, "x", 1)
+    problem = _verify(averaged, freed, "x", "logits", 1)
+    assert isinstance(problem, str) and "change each other's outputs" in problem, problem
 
 
 def test_fixed_batch_above_one_that_cannot_be_freed_is_refused():
@@ -181,6 +189,8 @@ def test_torch_exports_without_dynamic_axes_match_autograd(tmp_path, exporter, h
                           opset_version=18 if exporter == "dynamo" else 17, external_data=False)
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_value == 1  # the export really fixed the batch
+    # a plain view(batch, -1) is freed; a hard-coded reshape(1, -1) too (its 1 restates the batch)
+    assert prepare(str(path)).for_rows.batch == "made dynamic"
     images = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(F32)
     result = Explainer(str(path), method="gradient").explain(images)
     for i, image in enumerate(images):
@@ -223,6 +233,45 @@ def test_nan_attribution_is_a_backward_error_for_that_image_only():
     partial = caught.value.partial  # the other image's result is kept, and right: d|x|.w/dx = sign(x) w
     w = onnx.numpy_helper.to_array(sqrt_of_square_model().graph.initializer[0])
     np.testing.assert_allclose(partial.attributions[0], np.sign(images[0]) * w[:, partial.target[0]], rtol=1e-6)
+
+
+def test_forward_and_backward_failures_in_one_batch_are_all_named():
+    w = np.random.default_rng(7).normal(size=(4, 3)).astype(F32)
+    model = make_model([node("Sqrt", ["x"], ["r"]), node("MatMul", ["r", "w"], ["y"])],
+                       [("x", F32, ["N", 4])], [("y", F32, ["N", 3])], {"w": w})
+    images = np.array([[1, -1, 1, 1], [1, 0, 1, 1], [1, 2, 3, 4]], F32)  # NaN forward, inf backward, fine
+    with pytest.raises(NonFiniteError) as caught:
+        Explainer(model, method="gradient").explain(images)
+    assert caught.value.indices == [0, 1] and caught.value.stages == ["forward", "backward"]
+    named = caught.value.named(["a.png", "b.png", "c.png"])
+    assert "a.png: the model's output" in str(named) and "b.png: the attribution" in str(named)
+
+
+def test_one_row_at_a_time_keeps_the_models_own_value_named_like_a_public_input():
+    """The attribution graph's inputs are called weights, baseline...: a model value of the same
+    name is renamed, inside the Scan body too."""
+    model = batch_baked_model()
+    for item in (*model.graph.initializer, *model.graph.node):
+        if item.name == "w":
+            item.name = "weights"
+        for names in ((item.input,) if hasattr(item, "input") else ()):
+            for k, name in enumerate(names):
+                if name == "w":
+                    names[k] = "weights"
+    images = np.random.default_rng(1).standard_normal((2, 3, 4, 4)).astype(F32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IntakeNote)
+        result = Explainer(model, method="gradient").explain(images)
+    check_gradients_by_fd(model, images, result)
+
+
+def test_nhwc_model_with_size_alone_is_cropped_in_its_own_layout(tmp_path, capfd):
+    onnx.save(fixed_keras_cnn(), tmp_path / "keras.onnx")
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (10, 15, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    code, _, err = cli(capfd, "explain", tmp_path / "keras.onnx", tmp_path / "p.png", "--size", "8", "--method",
+                       "gradient", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert np.load(tmp_path / "out" / "p.gradient.npy").shape == (1, 8, 8, 3)
 
 
 # -- one intake ------------------------------------------------------------------------------------
