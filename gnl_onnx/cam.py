@@ -14,9 +14,9 @@ Definitions follow pytorch-grad-cam 1.5.7 (PyPI `grad-cam`), with A a layer's ac
     scorecam     w = softmax_k(score of the image masked by the min-max scaled, upsampled A_k)
 
 then map = resize_bilinear(relu(map)) to the image's height and width (cv2's INTER_LINEAR, i.e.
-ONNX Resize linear with half_pixel coordinates). Several layers: each layer's upsampled map is
-min-max scaled (x - min) / (max + 1e-7) per image and the scaled maps are averaged, as the anchor
-aggregates; one layer: the raw map. guided_gradcam and gnl_gradcam multiply guided backprop or
+ONNX Resize linear with half_pixel coordinates). Several layers: each layer's map is min-max
+scaled (x - min) / (max + 1e-7) per image before upsampling and the upsampled maps are averaged, as
+the anchor aggregates; one layer: the raw map. guided_gradcam and gnl_gradcam multiply guided backprop or
 GNL-IG by the Grad-CAM map.
 
 The map [N, 1, H, W] ([N, H, W, 1] for NHWC images) is broadcast to the image's shape, so the
@@ -297,11 +297,12 @@ def cam_map(g: GraphBuilder, kind: str, layers: list[Layer], grads: dict[str, st
     for layer in layers:
         raw = _channel_map(g, kind, layer.name, grads.get(layer.name), layer, rows,
                            None if rescore is None else (lambda a, lay=layer: rescore(a, lay)))
-        maps.append(_upsample(g, g.op("Relu", raw), height, width))
+        positive = g.op("Relu", raw)
+        # several layers: each map min-max scaled at its own resolution first, as the anchor does
+        maps.append(_upsample(g, positive if len(layers) == 1 else _minmax(g, positive), height, width))
     if len(maps) == 1:
         return maps[0]
-    scaled = [_minmax(g, m) for m in maps]
-    return g.op("Div", g.op("Sum", *scaled), g.const(np.float32(len(scaled))), name="cam_mean")
+    return g.op("Div", g.op("Sum", *maps), g.const(np.float32(len(maps))), name="cam_mean")
 
 
 def broadcast_to_image(g: GraphBuilder, cam: str, image: str, image_axis: int) -> str:
