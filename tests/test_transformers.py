@@ -138,6 +138,8 @@ def test_transformer_vjp_matches_torch(arch, exporter, opset, results_file):
             failures.append(f"{key}: rel err {err:.3g} > {tol:.3g}")
         if gated != want:
             failures.append(f"{key}: gated nodes {dict(gated)} != expected {dict(want)}")
+        if gated and not row[key]["reference_vs_plain"] > 1e-2:  # measured: 0.81 (swin_t), 0.89 (vit_b_16)
+            failures.append(f"{key}: the guided reference equals the plain gradient")
     fwd = row["plain"]["forward_rel_err"]
     if not fwd <= REL_TOL:
         failures.append(f"forward logits rel err {fwd:.3g} > {REL_TOL}")
