@@ -135,7 +135,9 @@ def stepwise_reference(model, rule, factor, image, baseline, target, alphas, wei
 
 
 def test_every_method_has_a_reference():
-    assert set(METHODS) == set(EXPECTED)
+    from gnl_onnx.cam import CAM_METHODS  # checked against pytorch-grad-cam in tests/test_cam.py
+
+    assert set(METHODS) - set(CAM_METHODS) == set(EXPECTED)
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED))
