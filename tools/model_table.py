@@ -82,7 +82,7 @@ def _status(row: dict, measured: dict) -> str:
 
 def collect(results_dir: pathlib.Path = RESULTS) -> tuple[list[dict], list[str]]:
     rows, read = [], []
-    for filename, test, kind in SOURCES:
+    for order, (filename, test, kind) in enumerate(SOURCES):
         path = results_dir / filename
         if not path.is_file():
             continue
@@ -96,7 +96,7 @@ def collect(results_dir: pathlib.Path = RESULTS) -> tuple[list[dict], list[str]]
             paper = measured.get("guided paper", {}).get("gated")
             everything = measured.get("guided all", {}).get("gated")
             rows.append({
-                "model": model, "exporter": exporter, "opset": opset,
+                "source": order, "model": model, "exporter": exporter, "opset": opset,
                 "errors": {name: measured[name]["rel_err"] for name in measured},
                 "tol": max((v["tol"] for v in measured.values()), default=None),
                 "gated": f"paper: {_gated(paper)}" + (f"; all: {_gated(everything)}" if "guided all" in measured
@@ -133,7 +133,7 @@ def render(rows: list[dict], read: list[str]) -> str:
         "| gated units | status | measured |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: (r["model"], r["exporter"], str(r["opset"]))):
+    for r in sorted(rows, key=lambda r: (r["source"], r["model"].lower(), r["exporter"], str(r["opset"]))):
         e = r["errors"]
         lines.append(f"| {r['model']} | {r['exporter']} | {r['opset']} | {_err(e.get('plain'))} | "
                      f"{_err(e.get('guided paper'))} | {_err(e.get('guided all'))} | {_err(r['tol'])} | "
