@@ -66,6 +66,11 @@ def slice_(g, node, dy):
     rank = g.rank(x)
     axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in axes]
     steps = [1] * len(axes) if steps is None else [int(s) for s in steps]
+    # An axis sliced whole (0 to "the end", step 1) moves nothing and needs no size: tf2onnx turns a
+    # StridedSlice (Keras' Cropping2D) into a Slice over every axis, the dynamic batch included.
+    cut = [i for i in range(len(axes)) if not (steps[i] == 1 and int(starts[i]) == 0
+                                                and int(ends[i]) >= 2**31 - 1)]
+    axes, starts, ends, steps = ([v[i] for i in cut] for v in (axes, starts, ends, steps))
     dims = g.static_dims(x, axes, node.op)
     pads = [0] * (2 * rank)
     for axis, dim, start, end, step in zip(axes, dims, starts, ends, steps):

@@ -1,0 +1,344 @@
+"""Random-weight Keras applications, their tf2onnx exports, and TensorFlow's own input gradients.
+
+`build(arch)` gives a deterministic `keras.applications.<arch>(weights=None,
+classifier_activation=None)` at a small input size; every kernel, bias and BatchNormalization
+statistic is redrawn from a seeded numpy generator, so the weights do not depend on Keras' own
+random state. `export(arch)` writes (or reuses) the ONNX file of that same model the way users
+export one: tf2onnx.convert.from_keras with an input signature that leaves the batch dynamic. `input_gradient(model, x, seed, guided=...)` is TensorFlow's own d sum(seed * logits) / dx:
+GradientTape for the plain gradient, and for the guided one tf.gradients under a gradient override
+map that lets only positive gradients through the rectifiers and max-pooling (the "paper" gating,
+see tests/torch_reference.py):
+
+    Relu:       relu(g) * 1[x > 0]
+    Relu6:      relu(g) * 1[0 < x < 6]       (ReLU(6.), hard_sigmoid, hard_swish; ONNX Clip)
+    LeakyRelu:  relu(g) * (1 if x > 0 else alpha)
+    MaxPool:    TensorFlow's own max-pool gradient applied to relu(g)
+
+with a unit applied twice to the same tensor traced once, as tf2onnx merges it (_shared_units).
+
+`build(arch, dtype="float64")` is the same network under Keras' float64 dtype policy with the
+float32 weights copied in, for TensorFlow's own float32-vs-float64 error. Nothing is downloaded.
+Needs tensorflow(-cpu) and tf2onnx (`pip install -e ".[tf]"`), imported on first use.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import pathlib
+import re
+import tempfile
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+
+# Per-arch input size: as small as each architecture accepts (Keras' own minimum is 32, 71 for
+# Xception and 75 for InceptionV3), to keep CI fast on 2 cores. ONNX opset per arch: users export
+# with anything from 13 (tf2onnx's default for years) to 18; a few of each.
+SIZES: dict[str, int] = {
+    "ResNet50V2": 64,
+    "MobileNetV3Small": 64,
+    "EfficientNetV2B0": 64,
+    "DenseNet121": 64,
+    "InceptionV3": 75,
+    "VGG16": 32,
+    "ResNet50": 64,
+    "MobileNetV2": 64,
+    "MobileNet": 64,
+    "Xception": 71,
+    "NASNetMobile": 64,
+    "EfficientNetB0": 64,
+}
+# Keras applications that tf2onnx cannot export today: the ONNX file it writes is not valid ONNX.
+NOT_EXPORTABLE: dict[str, str] = {
+    "ConvNeXtTiny": "tf2onnx 1.17 leaves TensorFlow ops in the ONNX file: Keras 3 runs grouped "
+                    "(depthwise) Conv2D as an XLA-compiled function (StatefulPartitionedCall), and "
+                    "exact GELU as Erfc, which has no ONNX op",
+}
+OPSETS: dict[str, int] = {"VGG16": 13, "ResNet50": 13, "MobileNet": 15, "DenseNet121": 15,
+                          "NASNetMobile": 18, "EfficientNetB0": 18}
+DEFAULT_OPSET = 17
+ARCHS: tuple[str, ...] = tuple(SIZES)
+# Architectures whose own first layers rescale 0..255 pixels (include_preprocessing / Rescaling):
+# they get pixel-range inputs, the others inputs already in their [-1, 1]-ish range.
+PIXEL_INPUT = {"MobileNetV3Small", "EfficientNetV2B0", "EfficientNetB0"}
+
+SEED = 0
+# Bump when build() changes the weights it produces, so stale cached exports are not reused.
+RECIPE = 1
+
+# TensorFlow op -> the ONNX op tf2onnx turns it into, for the units the "paper" gating gates.
+GATED_TF_OPS = {"Relu": "Relu", "Relu6": "Clip", "LeakyRelu": "LeakyRelu", "MaxPool": "MaxPool"}
+
+
+def default_size(arch: str) -> int:
+    _check_arch(arch)
+    return SIZES[arch]
+
+
+def opset(arch: str) -> int:
+    if arch not in NOT_EXPORTABLE:
+        _check_arch(arch)
+    return OPSETS.get(arch, DEFAULT_OPSET)
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in SIZES:
+        raise ValueError(f"unknown Keras application {arch!r}; known: {', '.join(ARCHS)}")
+
+
+def sample_input(arch: str, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """A float32 NHWC batch in the range the architecture's first layer expects."""
+    shape = (batch, SIZES[arch], SIZES[arch], 3)
+    if arch in PIXEL_INPUT:
+        return rng.uniform(0.0, 255.0, shape).astype(np.float32)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _redraw(model: keras.Model, seed: int) -> None:
+    """Overwrite the weights with seeded draws: He-normal kernels (activations stay O(1) through
+    the depth), small biases, and BatchNormalization with non-trivial statistics and affine
+    parameters (a fresh BN is nearly the identity, hiding BN mistakes; see torchvision_zoo).
+    Preprocessing constants (Normalization's mean/variance) are left as Keras sets them."""
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        kind = type(layer).__name__
+        if kind in ("Normalization", "Rescaling"):
+            continue
+        for w in layer.weights:
+            shape, name = tuple(w.shape), w.name.split("/")[-1]
+            if kind == "BatchNormalization":
+                value = {"gamma": lambda: 0.5 + rng.random(shape),
+                         "beta": lambda: 0.2 * rng.standard_normal(shape),
+                         "moving_mean": lambda: 0.2 * rng.standard_normal(shape),
+                         "moving_variance": lambda: 0.5 + rng.random(shape)}[name]()
+            elif name.endswith("kernel") and len(shape) >= 2:
+                # depthwise (H, W, C, M): fan-in H*W; conv (..., I, O) and dense (I, O): all but O
+                fan_in = np.prod(shape[:2]) if name == "depthwise_kernel" else np.prod(shape[:-1])
+                value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+            elif name == "bias" or kind == "LayerNormalization" and name == "beta":
+                value = 0.05 * rng.standard_normal(shape)
+            elif kind in ("LayerNormalization", "LayerScale") and name == "gamma":
+                value = 0.5 + rng.random(shape)
+            else:
+                continue
+            w.assign(value.astype(w.dtype))
+
+
+def build(arch: str, seed: int = SEED, dtype: str = "float32",
+          weights_from: keras.Model | None = None) -> keras.Model:
+    """keras.applications.<arch>(weights=None, classifier_activation=None) at SIZES[arch], with
+    weights redrawn from `seed`. dtype="float64" builds under Keras' float64 policy; its weights
+    come from `weights_from` (a float32 build) or are redrawn the same way."""
+    _check_arch(arch)
+    tf, keras = _tf()
+    size = SIZES[arch]
+    old_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype)
+    try:
+        keras.utils.set_random_seed(seed)
+        model = getattr(keras.applications, arch)(
+            weights=None, input_shape=(size, size, 3), classifier_activation=None)
+    finally:
+        keras.config.set_dtype_policy(old_policy)
+    if weights_from is not None:
+        model.set_weights([np.asarray(w).astype(dtype) for w in weights_from.get_weights()])
+    else:
+        _redraw(model, seed)
+    return model
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """$GNL_ONNX_CACHE, else ~/.cache/gnl-onnx/exports (as torchvision_zoo)."""
+    if cache_dir is not None:
+        return pathlib.Path(cache_dir)
+    env = os.environ.get("GNL_ONNX_CACHE")
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path.home() / ".cache" / "gnl-onnx" / "exports"
+
+
+def _versions() -> str:
+    import tf2onnx
+
+    tf, keras = _tf()
+    text = f"tf{tf.__version__}-keras{keras.__version__}-tf2onnx{tf2onnx.__version__}"
+    return re.sub(r"[^A-Za-z0-9.-]", "_", text)
+
+
+def export_path(arch: str, cache_dir: str | os.PathLike | None = None, seed: int = SEED) -> pathlib.Path:
+    _check_arch(arch)
+    name = f"keras-{arch}-{SIZES[arch]}px-opset{opset(arch)}-seed{seed}-r{RECIPE}-{_versions()}.onnx"
+    return cache_root(cache_dir) / name
+
+
+def export(arch: str, cache_dir: str | os.PathLike | None = None, seed: int = SEED,
+           model: keras.Model | None = None) -> pathlib.Path:
+    """Export build(arch, seed) (or `model`, which must be that build) with tf2onnx and return
+    the file path, as users export a Keras model: tf2onnx.convert.from_keras with an input
+    signature that leaves the batch dynamic, opset(arch). (from_function on a tf.function of the
+    model would also work, but leaves the constants Keras keeps as captured tensors, such as
+    Normalization's mean and variance, as extra graph inputs.) Input "input" (NHWC float32),
+    output as tf2onnx names it. The file is reused when present and written atomically."""
+    import tf2onnx
+
+    path = export_path(arch, cache_dir, seed)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = build(arch, seed) if model is None else model
+    tf, _ = _tf()
+    size = SIZES[arch]
+    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="input"),)
+
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset(arch))
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(proto.SerializeToString())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# --- TensorFlow's own gradients ------------------------------------------------------------
+
+_GUIDED_OVERRIDES = {op: f"GnlGuided{op}" for op in GATED_TF_OPS}
+_LOADED: list = []
+
+
+def _tf():
+    """(tensorflow, keras), imported on first use (listing SIZES or ARCHS needs neither): one
+    thread each (CI has 2 cores, shared with onnxruntime), and the guided gradients registered."""
+    if _LOADED:
+        return _LOADED[0]
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    import keras
+
+    try:  # fails once TensorFlow has started; then it keeps what it has
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+
+    def positive(g):
+        return tf.nn.relu(g)
+
+    @tf.RegisterGradient("GnlGuidedRelu")
+    def _guided_relu(op, g):
+        return tf.raw_ops.ReluGrad(gradients=positive(g), features=op.outputs[0])
+
+    @tf.RegisterGradient("GnlGuidedRelu6")
+    def _guided_relu6(op, g):
+        return tf.raw_ops.Relu6Grad(gradients=positive(g), features=op.inputs[0])
+
+    @tf.RegisterGradient("GnlGuidedLeakyRelu")
+    def _guided_leaky_relu(op, g):
+        return tf.raw_ops.LeakyReluGrad(gradients=positive(g), features=op.inputs[0],
+                                        alpha=op.get_attr("alpha"))
+
+    @tf.RegisterGradient("GnlGuidedMaxPool")
+    def _guided_max_pool(op, g):
+        return tf.raw_ops.MaxPoolGrad(
+            orig_input=op.inputs[0], orig_output=op.outputs[0], grad=positive(g),
+            ksize=op.get_attr("ksize"), strides=op.get_attr("strides"),
+            padding=op.get_attr("padding"), explicit_paddings=op.get_attr("explicit_paddings"),
+            data_format=op.get_attr("data_format"))
+
+    _LOADED.append((tf, keras))
+    return _LOADED[0]
+
+
+@contextlib.contextmanager
+def _shared_units(tf):
+    """While active (inside one trace), a rectifier or max-pool applied again to the same tensor
+    with the same arguments returns the first call's output instead of a second op.
+
+    tf2onnx merges such duplicates (its merge_duplicated_nodes optimizer): NASNet, for one,
+    applies Activation("relu") and MaxPooling2D to the same tensor in two branches of a cell, and
+    its ONNX file has one unit where TensorFlow has two. Guided backprop is not invariant under that
+    merge (relu(g1) + relu(g2) != relu(g1 + g2)); the engine can only gate the graph it is given, so
+    the reference shares the unit too. Plain gradients are the same either way."""
+    memo: dict = {}
+    saved = {name: getattr(tf.nn, name) for name in ("relu", "relu6", "leaky_relu", "max_pool")}
+
+    def shared(name, fn):
+        def call(x, *args, **kwargs):
+            key = (name, x.ref(), repr(args), repr(sorted(kwargs.items())))
+            if key not in memo:
+                memo[key] = fn(x, *args, **kwargs)
+            return memo[key]
+        return call
+
+    try:
+        for name, fn in saved.items():
+            setattr(tf.nn, name, shared(name, fn))
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(tf.nn, name, fn)
+
+
+def gradient_function(model: keras.Model, guided: bool = False):
+    """A tf.function (x, seed) -> d sum(seed * model(x)) / dx in the model's dtype.
+
+    Plain: tf.GradientTape. Guided: tf.gradients of the same sum inside the graph, whose
+    rectifier and max-pool ops were created under a gradient override map (the tape itself looks
+    gradients up by op type and ignores overrides), a unit applied twice to one tensor shared as
+    tf2onnx shares it (see _shared_units). `.gated` on the returned function: a Counter
+    of the ONNX op types the guided trace gated (filled on the first call)."""
+    tf, _ = _tf()
+    gated: collections.Counter = collections.Counter()
+
+    @tf.function(reduce_retracing=True)
+    def plain(x, seed):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(model(x, training=False) * seed)
+        return tape.gradient(loss, x)
+
+    @tf.function(reduce_retracing=True)
+    def guided_fn(x, seed):
+        graph = tf.compat.v1.get_default_graph()
+        with graph.gradient_override_map(_GUIDED_OVERRIDES), _shared_units(tf):
+            y = model(x, training=False)
+        gated.clear()
+        gated.update(GATED_TF_OPS[op.type] for op in graph.get_operations() if op.type in GATED_TF_OPS)
+        return tf.gradients(tf.reduce_sum(y * seed), x)[0]
+
+    fn = guided_fn if guided else plain
+    fn.gated = gated
+    return fn
+
+
+def input_gradient(model: keras.Model, x: np.ndarray, seed: np.ndarray, guided: bool = False,
+                   calls: collections.Counter | None = None) -> np.ndarray:
+    """d(sum(seed * model(x))) / dx as a numpy array in the model's dtype (TensorFlow's own
+    gradient; guided: the override-map reference). `calls`, if given, gets the gated units."""
+    tf, _ = _tf()
+    dtype = model.dtype_policy.compute_dtype
+    fn = gradient_function(model, guided)
+    grad = fn(tf.constant(np.asarray(x), dtype), tf.constant(np.asarray(seed), dtype)).numpy()
+    if calls is not None:
+        calls.update(fn.gated)
+    return grad
+
+
+def logits(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    tf, _ = _tf()
+    dtype = model.dtype_policy.compute_dtype
+    return model(tf.constant(np.asarray(x), dtype), training=False).numpy()
+
+
+__all__ = ["ARCHS", "NOT_EXPORTABLE", "SEED", "SIZES", "build", "cache_root", "default_size", "export", "export_path",
+           "input_gradient", "gradient_function", "logits", "opset", "sample_input"]
