@@ -31,7 +31,9 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_OUTCOMES = {"ok", "ModelError", "UnsupportedModelError", "UsageError", "InputError", "GnlOnnxError"}
+# NonFiniteError: damaged weight bytes that decode to NaN or infinity, named instead of giving NaN maps
+PACKAGE_OUTCOMES = {"ok", "ModelError", "UnsupportedModelError", "UsageError", "InputError", "GnlOnnxError",
+                    "NonFiniteError"}
 MAX_FEED_VALUES = 1 << 22  # a mutated input shape may be huge: explaining it is the user's choice, skip it
 
 
