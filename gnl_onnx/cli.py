@@ -102,9 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what is explained: the pre-softmax logit (default), the probability or "
                             "the log-probability of the target class")
 
-    p = commands.add_parser("inspect", help="inputs, outputs, ops, gated units, unsupported ops")
+    p = commands.add_parser("inspect", help="inputs, outputs, ops, gated units, unsupported ops; with --cost, "
+                            "the measured seconds and memory per image of each method")
     model_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--cost", action="store_true",
+                   help="also measure here: forward time, the floor (2 x steps forward passes) and each method's "
+                        "seconds and memory per image, to size a run before starting it")
+    p.add_argument("--methods", default="gnl_ig,ig,gradient", help="with --cost: the methods to time")
+    p.add_argument("--steps", type=int, default=32, help="with --cost: integration steps (default 32)")
+    p.add_argument("--threads", type=int, help="with --cost: ONNX Runtime threads (default: all cores)")
     p.set_defaults(run=run_inspect)
 
     p = commands.add_parser("convert", help="write an ONNX model that computes the attribution")
@@ -227,8 +234,17 @@ def metric_args(p):
                    help="what deleted pixels become (default zeros in the model's input space, as RISE)")
     p.add_argument("--insertion-substrate", default="blur", choices=["zeros", "black", "mean", "blur"],
                    help="what insertion starts from (default blur: Gaussian, kernel 11, sigma 5, as RISE)")
+    p.add_argument("--metrics", default="deletion,insertion",
+                   help="deletion,insertion (default) or deletion,insertion,road: ROAD adds noisy linear "
+                        "imputation, most- and least-relevant-first curves (a sparse solve per point: slower)")
+    p.add_argument("--road-fractions", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+                   help="ROAD: the fractions of pixels removed (default 0.1,...,0.9, as the ROAD paper)")
+    p.add_argument("--road-noise", type=float, default=0.01,
+                   help="ROAD: noise on imputed pixels, a fraction of the pixel range 0..255 in the model's "
+                        "input space (default 0.01, the ROAD paper's on [0, 1] images)")
     p.add_argument("--batch-size", type=int, default=16, help="perturbed images per ONNX Runtime call")
-    p.add_argument("--seed", type=seed_number, default=0, help="seed of the random floor and of SmoothGrad's noise")
+    p.add_argument("--seed", type=seed_number, default=0,
+                   help="seed of the random floor, of SmoothGrad's noise and of ROAD's noise")
     p.add_argument("--gate", default="paper", choices=["paper", "all"], help="guided methods: which units gate")
     p.add_argument("--output", default="logit", choices=["logit", "prob", "logprob"],
                    help="what the methods explain (the curves always track the probability)")
@@ -260,7 +276,16 @@ def run_inspect(args) -> int:
     from .inspection import inspect_model
 
     report = inspect_model(args.model, args.input, args.output_name)
+    if args.cost and not report["unsupported"]:
+        from .evaluate import parse_methods
+        from .planning import plan_cost
+
+        methods = [m for m in parse_methods(args.methods) if m != "random"]
+        report["cost"] = plan_cost(args.model, methods, args.steps, args.threads, input=args.input,
+                                   output_name=args.output_name)
     if args.json:
+        if "cost" in report:
+            report["cost"] = report["cost"].as_dict()
         print(json.dumps(report, indent=2))
     else:
         print(f"opset {report['opset']}")
@@ -279,6 +304,8 @@ def run_inspect(args) -> int:
             print(f"CAM layers (--layer), default {report['cam_default']}:")
             print("\n".join(f"  {c}" + ("  <- default" if c.split(" [")[0] == report["cam_default"] else "")
                             for c in report["cam_layers"]))
+        if "cost" in report:
+            print(report["cost"].table())
     return EXIT_FAILED if report["unsupported"] else EXIT_OK
 
 
@@ -365,7 +392,7 @@ def run_explain(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from .evaluate import evaluate_files, find_images, parse_methods
+    from .evaluate import evaluate_files, find_images, parse_methods, parse_metrics
 
     from .intake import prepare
 
@@ -385,7 +412,8 @@ def run_evaluate(args) -> int:
                           input=args.input, output_name=args.output_name,
                           deletion_substrate=args.deletion_substrate,
                           insertion_substrate=args.insertion_substrate, batch_size=args.batch_size,
-                          seed=args.seed, threads=args.threads)
+                          seed=args.seed, threads=args.threads, metrics=parse_metrics(args.metrics),
+                          road_fractions=args.road_fractions, road_noise=args.road_noise)
 
 
 def save_dataset(name: str, limit, seed: int, folder: Path, overwrite: bool) -> list[str]:
@@ -442,7 +470,8 @@ def run_audit(args) -> int:
                        integration=args.integration, target=args.target, gate=args.gate, output=args.output,
                        memory_budget=args.memory_budget, input=args.input, output_name=args.output_name,
                        deletion_substrate=args.deletion_substrate, insertion_substrate=args.insertion_substrate,
-                       batch_size=args.batch_size, seed=args.seed, threads=args.threads)
+                       batch_size=args.batch_size, seed=args.seed, threads=args.threads, metrics=args.metrics,
+                       road_fractions=args.road_fractions, road_noise=args.road_noise)
 
 
 def run_demo(args) -> int:
