@@ -11,6 +11,9 @@ flight; a rerun with the same OUT reads the parts and computes only the missing 
 the parts are de-duplicated into OUT/results.parquet, with the aggregate table, summary and mean
 curves that `evaluate` writes.
 
+With metrics including "road", every attribution is scored by ROAD too (gnl_onnx.road; its noise
+seeded by the image id, like the random floor): more columns, same rows.
+
 Ray and pyarrow are extras, imported on use only.
 """
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .check import model_sha256
 from .errors import GnlOnnxError, InputError, UsageError
 from .intake import prepare
 from .evaluate import (
+    DEFAULT_METRICS,
     FILES,
     IMAGE_SUFFIXES,
     RANDOM,
@@ -47,6 +51,10 @@ from .evaluate import (
     scoring,
     summarize,
 )
+from .road import FRACTIONS as ROAD_FRACTIONS
+from .road import NOISE as ROAD_NOISE
+from .road import auc as road_auc
+from .road import span_of
 from .metrics import BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE, auc
 
 RESULTS, SETTINGS, SUMMARY, PARTS, ATTRIBUTIONS = ("results.parquet", "audit.json", "summary.json", "parts",
@@ -57,7 +65,8 @@ MAX_BATCH = 64  # images per batch at most: a killed worker loses at most this m
 CRASH_ENV = "GNL_ONNX_AUDIT_CRASH_ON"
 # What changes results: an OUT audited with other values cannot be resumed.
 IDENTITY = ("model_sha256", "preprocessing", "steps", "baseline", "integration", "gate", "output", "target",
-            "seed", "input", "output_name", "curve_steps", "reduce", "deletion_substrate", "insertion_substrate")
+            "seed", "input", "output_name", "curve_steps", "reduce", "deletion_substrate", "insertion_substrate",
+            "metrics", "road_fractions", "road_noise")  # the last three only with ROAD: older OUTs resume
 
 
 def need_pyarrow():
@@ -157,7 +166,9 @@ class AuditWorker:
         s = self.settings = settings
         self.fs, _ = filesystem(source)
         self.scoring = scoring(s["curve_steps"], s["reduce"], s["prep"].layout, s["batch_size"],
-                               s["deletion_substrate"], s["insertion_substrate"], s["prep"].black())
+                               s["deletion_substrate"], s["insertion_substrate"], s["prep"].black(),
+                               s.get("metrics", DEFAULT_METRICS), s.get("road_fractions", ROAD_FRACTIONS),
+                               s.get("road_noise", ROAD_NOISE), span_of(s["prep"]), s["seed"])
         self.scorer = Scorer(s["model"], input=s["input"], output_name=s["output_name"], providers=providers,
                              threads=threads)
         self.explainers = {m: None if m == RANDOM else Explainer(
@@ -201,7 +212,7 @@ class AuditWorker:
 
     def __call__(self, batch: dict) -> dict:
         s = self.settings
-        rows = _Rows(s["curve_steps"])
+        rows = _Rows(s["curve_steps"], len(self.scoring.road_fractions) if self.scoring.road else 0)
         ids, loaded, todo = [], [], []
         for image_id, path, methods in zip(batch["image"], batch["path"], batch["methods"]):
             image_id, methods = str(image_id), str(methods).split(",")
@@ -232,7 +243,8 @@ class AuditWorker:
                 start = time.perf_counter()
                 attributions = self._attributions(method, images[which], targets[which], [ids[k] for k in which])
                 seconds = (time.perf_counter() - start) / len(which)
-                curves = score_curves(self.scorer, images[which], attributions, targets[which], self.scoring)
+                curves = score_curves(self.scorer, images[which], attributions, targets[which], self.scoring,
+                                      [image_key(ids[k]) for k in which])  # ROAD's noise: seeded by the id
                 explainer = self.explainers[method]
                 for k, attribution, curve in zip(which, attributions, curves):
                     rows.add(ids[k], method, int(targets[k]), float(probabilities[k, targets[k]]), curve,
@@ -259,10 +271,13 @@ class _Rows:
     """Columns of a worker's output: one row per (image, method), a failed image with its error
     and no numbers."""
 
-    def __init__(self, curve_steps: int):
+    def __init__(self, curve_steps: int, road_points: int = 0):
         self.n = curve_steps + 1
+        self.road_points = road_points  # ROAD fractions; 0: ROAD not measured, no road columns
         self.data = {k: [] for k in ("image", "method", "target", "score", "steps", "attribution_seconds",
                                      "provider", "deletion_curve", "insertion_curve", "npy", "error")}
+        if road_points:
+            self.data.update(road_morf_curve=[], road_lerf_curve=[])
 
     def add(self, image, method, target, score, curves, steps, seconds, provider, attribution):
         from io import BytesIO
@@ -274,10 +289,14 @@ class _Rows:
                      ("provider", provider), ("deletion_curve", curves["deletion"]),
                      ("insertion_curve", curves["insertion"]), ("npy", buffer.getvalue()), ("error", "")):
             self.data[k].append(v)
+        if self.road_points:
+            self.data["road_morf_curve"].append(curves["road_morf"])
+            self.data["road_lerf_curve"].append(curves["road_lerf"])
 
     def failed(self, image, method, error):
-        self.add(image, method, -1, math.nan, {"deletion": np.full(self.n, np.nan),
-                                               "insertion": np.full(self.n, np.nan)}, None, 0.0, "", np.zeros(0))
+        nan = {"deletion": np.full(self.n, np.nan), "insertion": np.full(self.n, np.nan),
+               "road_morf": np.full(self.road_points, np.nan), "road_lerf": np.full(self.road_points, np.nan)}
+        self.add(image, method, -1, math.nan, nan, None, 0.0, "", np.zeros(0))
         self.data["npy"][-1], self.data["error"][-1] = b"", error
 
     def columns(self) -> dict:
@@ -288,6 +307,9 @@ class _Rows:
                    attribution_seconds=np.array(d["attribution_seconds"], np.float64))
         for k in ("deletion_curve", "insertion_curve"):
             out[k] = np.array(d[k], np.float64).reshape(len(d[k]), self.n)
+        if self.road_points:
+            for k in ("road_morf_curve", "road_lerf_curve"):
+                out[k] = np.array(d[k], np.float64).reshape(len(d[k]), self.road_points)
         return out
 
 
@@ -295,8 +317,9 @@ class _Rows:
 class _Store:
     """OUT/parts/*.parquet and OUT/attributions/: what is done, and writing finished batches."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, road_fractions=None):
         self.out, self.parts = out, out / PARTS
+        self.road_fractions = road_fractions  # None: ROAD not measured
         self.done: set[tuple[str, str]] = set()
         self.errors: dict[tuple[str, str], str] = {}
         self.written = 0
@@ -351,6 +374,15 @@ class _Store:
             "deletion_curve": pa.array([c.tolist() for c in batch["deletion_curve"][keep]], pa.list_(pa.float64())),
             "insertion_curve": pa.array([c.tolist() for c in batch["insertion_curve"][keep]],
                                         pa.list_(pa.float64()))})
+        if "road_morf_curve" in batch:  # ROAD: its AUCs beside deletion's, its curves at the end
+            morf = [road_auc(c, self.road_fractions) for c in batch["road_morf_curve"][keep]]
+            lerf = [road_auc(c, self.road_fractions) for c in batch["road_lerf_curve"][keep]]
+            at = table.schema.get_field_index("steps")
+            for name, values in (("road_difference", np.subtract(lerf, morf)), ("road_lerf_auc", lerf),
+                                 ("road_morf_auc", morf)):
+                table = table.add_column(at, name, pa.array(values, pa.float64()))
+            for k in ("road_morf_curve", "road_lerf_curve"):
+                table = table.append_column(k, pa.array([c.tolist() for c in batch[k][keep]], pa.list_(pa.float64())))
         atomic_write(self.parts / f"part-{uuid.uuid4().hex}.parquet", lambda tmp: pa.parquet.write_table(table, tmp))
         self.written += len(keep)
         return len(keep)
@@ -484,9 +516,12 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
           output: str = "logit", memory_budget="2GB", input: str | None = None, output_name: str | None = None,
           deletion_substrate=DELETION_SUBSTRATE, insertion_substrate=INSERTION_SUBSTRATE,
           batch_size: int = BATCH_SIZE, seed: int = 0, providers=None, threads: int | None = None,
-          progress: bool = True) -> AuditResult:
+          progress: bool = True, metrics=DEFAULT_METRICS, road_fractions=ROAD_FRACTIONS,
+          road_noise: float = ROAD_NOISE) -> AuditResult:
     """Audit every image under `images` (a folder or URI) with `methods`; write OUT as the module
-    docstring says and return what happened. Resumes an earlier audit in OUT with the same settings."""
+    docstring says and return what happened. Resumes an earlier audit in OUT with the same settings.
+    metrics: "deletion,insertion" or "deletion,insertion,road" (ROAD's noise: road_noise of the
+    preprocessing's pixel range, seeded by (seed, the image id))."""
     from .explain import MAX_STEPS
 
     start = time.perf_counter()
@@ -507,7 +542,8 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise UsageError(f"{name} must be a positive integer (got {value!r})")
     checked = scoring(curve_steps, reduce, prep.layout, batch_size, deletion_substrate, insertion_substrate,
-                      prep.black())  # fails early on bad settings
+                      prep.black(), metrics, road_fractions, road_noise, span_of(prep),
+                      seed)  # fails early on bad settings
     # read, normalized and its batch made usable once: every worker (Ray actors too) gets this
     prepared = prepare(model, input, output_name).for_rows
     model = prepared
@@ -520,7 +556,7 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
                 **checked.config()}
     out = Path(out)
     _prepare_out(out, identity, overwrite)
-    store = _Store(out)
+    store = _Store(out, checked.road_fractions if checked.road else None)
     store.load_done()
     rows = []
     for image_id, path in found:
@@ -636,12 +672,14 @@ def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _St
         return None, None
     config = {**identity, "methods": methods, "provider": ", ".join(sorted(set(table.column("provider").to_pylist())))}
     evaluation = Evaluation(config)
-    columns = {k: table.column(k).to_pylist() for k in ("method", "steps", "deletion_curve", "insertion_curve")}
+    modes = ("deletion", "insertion") + (("road_morf", "road_lerf") if "road_morf_curve" in table.column_names else ())
+    columns = {k: table.column(k).to_pylist() for k in ("method", "steps") + tuple(f"{m}_curve" for m in modes)}
     for method in methods:
         rows = [k for k, m in enumerate(columns["method"]) if m == method]
         if rows:
-            per = {mode: [np.asarray(columns[f"{mode}_curve"][k]) for k in rows] for mode in ("deletion", "insertion")}
-            evaluation.summaries[method] = summarize(method, per, columns["steps"][rows[0]])
+            per = {mode: [np.asarray(columns[f"{mode}_curve"][k]) for k in rows] for mode in modes}
+            evaluation.summaries[method] = summarize(method, per, columns["steps"][rows[0]],
+                                                     identity.get("road_fractions", ROAD_FRACTIONS))
     # the model's top-1 accuracy on labelled images (every method explains the same target)
     per_image = dict(zip(table.column("image").to_pylist(), zip(table.column("target").to_pylist(), true)))
     labelled = [t == y for t, y in per_image.values() if y is not None]

@@ -5,7 +5,8 @@ states them. Pixels are ranked by the attribution and removed (deletion: replace
 by a substrate) or inserted (insertion: the image's pixels put into the substrate) in equal chunks;
 the target's softmax probability is recorded after each chunk, and the area under that curve
 (trapezoid, x in [0, 1]) is the score: low is good for deletion, high for insertion. A random
-attribution is the floor.
+attribution is the floor. ROAD (Rong et al., 2022: removed pixels imputed by noisy linear
+imputation, most- and least-relevant-first curves) lives in gnl_onnx.road; road_score is here too.
 
 Sanity: cascading model-parameter randomization (Adebayo et al., 2018): weights are randomized
 from the output side down, and the rank correlation of each randomized model's attribution with
@@ -24,6 +25,7 @@ from onnx import numpy_helper
 from .baselines import gaussian_blur, spatial_axes
 from .errors import UsageError
 from .report import reduce_channels
+from .road import road_score
 
 DELETION_SUBSTRATE = "zeros"  # RISE deletion: 0 in the model's normalized input space
 INSERTION_SUBSTRATE = "blur"  # RISE insertion: Gaussian blur, kernel 11, sigma 5
@@ -446,5 +448,5 @@ def cascading_randomization(model, images, method: str = "gnl_ig", layers=None, 
 
 __all__ = ["Scorer", "auc", "cascading_randomization", "chunk_size", "deletion_score", "insertion_score",
            "make_substrate", "perturbation_curve", "random_attribution", "randomize_layers", "rankdata",
-           "ranking", "reduce_to_pixels", "spearman", "weighted_layers", "CascadingRandomization",
+           "ranking", "reduce_to_pixels", "road_score", "spearman", "weighted_layers", "CascadingRandomization",
            "RandomizationStep"]

@@ -250,3 +250,130 @@ def test_a_faithful_attribution_scores_better_than_its_reverse():
     bad = road_score(scorer, image, -(w * image), noise=0, target=0)
     assert good["morf_auc"] < bad["morf_auc"] and good["lerf_auc"] > bad["lerf_auc"]
     assert good["difference"] > 0 > bad["difference"]
+
+
+# -- evaluate, audit and the CLI ---------------------------------------------------------------------
+def test_evaluate_with_road_matches_road_score_and_leaves_the_default_alone(cnn):
+    from gnl_onnx.evaluate import evaluate
+
+    model = relu_cnn(seed=1, hw=12, classes=4)
+    images = np.random.default_rng(10).normal(size=(3, 3, 12, 12)).astype(F32)
+    fractions = (0.2, 0.5, 0.8)
+    span = np.array([2.0, 3.0, 4.0], F32).reshape(1, 3, 1, 1)
+    ev = evaluate(model, images, ["gradient", "random"], steps=2, curve_steps=6, metrics="deletion,insertion,road",
+                  road_fractions=fractions, road_span=span, seed=4, threads=1)
+    plain = evaluate(model, images, ["gradient", "random"], steps=2, curve_steps=6, seed=4, threads=1)
+    assert ev.config["metrics"] == ["deletion", "insertion", "road"] and ev.config["road_fractions"] == [0.2, 0.5, 0.8]
+    assert "metrics" not in plain.config and "road_morf_auc" not in plain.records[0]
+    assert "ROAD" not in plain.table() and "ROAD" not in plain.recommendation()
+    attributions = {"random": np.stack([np.random.default_rng((4, i)).standard_normal((3, 12, 12)) for i in range(3)])}
+    for r, p in zip(ev.records, plain.records):
+        assert r["deletion_auc"] == p["deletion_auc"] and r["insertion_auc"] == p["insertion_auc"]
+        if r["method"] != "random":
+            continue
+        i = int(r["image"])  # evaluate seeds ROAD's noise by the image's position, as the random floor
+        want = road_score(cnn, images[i:i + 1], attributions["random"][i:i + 1].astype(F32), fractions, 0.01, span,
+                          seed=4, key=i, target=r["target"])
+        np.testing.assert_allclose(r["road_morf_curve"], want["morf"], rtol=1e-6)
+        np.testing.assert_allclose(r["road_lerf_curve"], want["lerf"], rtol=1e-6)
+        assert r["road_difference"] == pytest.approx(want["difference"])
+    s = ev.summaries["gradient"]
+    rows = [r for r in ev.records if r["method"] == "gradient"]
+    assert s.road_morf == pytest.approx(np.mean([r["road_morf_auc"] for r in rows]))
+    assert s.road_difference == pytest.approx(np.mean([r["road_difference"] for r in rows]))
+    assert s.road_difference_se == pytest.approx(np.std([r["road_difference"] for r in rows], ddof=1) / np.sqrt(3))
+    assert len(s.road_lerf_curve) == 3 and "road_difference_mean" in s.as_dict()
+    assert "ROAD MoRF AUC" in ev.table() and "by ROAD (LeRF - MoRF, higher is better)" in ev.recommendation()
+
+
+def test_evaluate_rejects_bad_road_settings():
+    from gnl_onnx.evaluate import evaluate, parse_metrics
+
+    assert parse_metrics("road, deletion,insertion") == ("deletion", "insertion", "road")
+    for bad, words in (("deletion,insertion,roads", "unknown metric"), ("road", "always measured")):
+        with pytest.raises(UsageError, match=words):
+            parse_metrics(bad)
+    images = np.zeros((1, 3, 12, 12), F32)
+    with pytest.raises(UsageError, match="ROAD fractions"):
+        evaluate(relu_cnn(hw=12), images, ["random"], metrics="deletion,insertion,road", road_fractions=(0.5, 1.0))
+    with pytest.raises(UsageError, match="ROAD noise"):
+        evaluate(relu_cnn(hw=12), images, ["random"], metrics="deletion,insertion,road", road_noise=-1)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    import onnx
+
+    d = tmp_path_factory.mktemp("road-inputs")
+    onnx.save(relu_cnn(seed=2, hw=12, classes=4), d / "cnn.onnx")
+    rng = np.random.default_rng(11)
+    (d / "photos").mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(d / "photos" / f"{name}.png")
+    return d
+
+
+ROAD_ARGS = ["--metrics", "deletion,insertion,road", "--road-fractions", "0.25,0.5,0.75", "--curve-steps", "4",
+             "--steps", "2", "--threads", "1", "--mean", "0.5", "0.4", "0.3", "--std", "0.2", "0.25", "0.5"]
+
+
+def test_evaluate_command_with_road(photos, tmp_path, capfd):
+    out = tmp_path / "eval"
+    code, stdout, err = cli(capfd, "evaluate", photos / "cnn.onnx", "--images", photos / "photos", "--out", out,
+                            "--methods", "gradient,random", *ROAD_ARGS)
+    assert code == 0, err
+    rows = list(csv.DictReader((out / "evaluation.csv").open()))
+    assert len(rows) == 6 and all(float(r["road_lerf_auc"]) - float(r["road_morf_auc"])
+                                  == pytest.approx(float(r["road_difference"])) for r in rows)
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["config"]["road_noise"] == 0.01 and report["config"]["road_fractions"] == [0.25, 0.5, 0.75]
+    assert all(len(s["road_morf_curve_mean"]) == 3 for s in report["summary"])
+    assert "ROAD MoRF AUC" in stdout and "by ROAD" in stdout.splitlines()[-1]
+    with Image.open(out / "evaluation_curves.png") as im:
+        assert im.size[0] > 1500  # four panels
+    code, _, err = cli(capfd, "evaluate", photos / "cnn.onnx", "--images", photos / "photos", "--out", tmp_path / "x",
+                       "--metrics", "road")
+    assert code == 2 and "always measured" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(capfd, "evaluate", photos / "cnn.onnx", "--images", photos / "photos", "--out", tmp_path / "x",
+                       "--metrics", "deletion,insertion,road", "--road-fractions", "0.9,0.1")
+    assert code == 2 and "ROAD fractions" in err and len(err.strip().splitlines()) == 1
+
+
+def test_audit_with_road(photos, tmp_path, capfd):
+    pq = pytest.importorskip("pyarrow.parquet")
+    from gnl_onnx.audit import RESULTS, image_key
+    from gnl_onnx.images import Preprocessing, load_image
+
+    out = tmp_path / "audit"
+    args = ["audit", photos / "cnn.onnx", "--images", photos / "photos", "--out", out, "--methods", "gradient,random",
+            *ROAD_ARGS]
+    code, stdout, err = cli(capfd, *args, "--images-per-batch", "2")
+    assert code == 0, err
+    table = pq.read_table(out / RESULTS)
+    names = table.column_names
+    assert names.index("road_morf_auc") < names.index("road_lerf_auc") < names.index("road_difference") < names.index(
+        "steps") and names[-2:] == ["road_morf_curve", "road_lerf_curve"]
+    saved = json.loads((out / "audit.json").read_text())["preprocessing"]
+    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    assert prep.std == (0.2, 0.25, 0.5)
+    scorer = Scorer(photos / "cnn.onnx")
+    for row in table.to_pylist():
+        attribution = np.load(out / row["attribution"])
+        image = load_image(photos / "photos" / row["image"], prep)
+        # the audit seeds ROAD's noise by the image id, and scales it by the preprocessing's pixel range
+        want = road_score(scorer, image, attribution, (0.25, 0.5, 0.75), 0.01, span_of(prep), seed=0,
+                          key=image_key(row["image"]), target=row["target"])
+        np.testing.assert_allclose(row["road_morf_curve"], want["morf"], rtol=1e-5)
+        np.testing.assert_allclose(row["road_lerf_curve"], want["lerf"], rtol=1e-5)
+        assert row["road_difference"] == pytest.approx(want["difference"], abs=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert all("road_difference_mean" in s for s in summary["summary"]) and "by ROAD" in summary["recommendation"]
+    # batching does not change the numbers; a rerun reuses everything; other metrics are other settings
+    again = tmp_path / "again"
+    code, _, err = cli(capfd, *[a if a != out else again for a in args], "--images-per-batch", "3")
+    assert code == 0, err
+    assert pq.read_table(again / RESULTS).drop(["attribution_seconds"]).equals(table.drop(["attribution_seconds"]))
+    code, stdout, err = cli(capfd, *args)
+    assert code == 0 and "0 results computed now, 6 reused" in stdout, err
+    code, _, err = cli(capfd, *args[:-len(ROAD_ARGS)], *ROAD_ARGS[2:])
+    assert code == 2 and "other settings" in err and "metrics" in err
