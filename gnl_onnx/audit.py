@@ -56,6 +56,7 @@ from .road import NOISE as ROAD_NOISE
 from .road import auc as road_auc
 from .road import span_of
 from .metrics import BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE, auc
+from .report import OVERLAYS
 
 RESULTS, SETTINGS, SUMMARY, PARTS, ATTRIBUTIONS = ("results.parquet", "audit.json", "summary.json", "parts",
                                                    "attributions")
@@ -393,7 +394,8 @@ def _prepare_out(out: Path, identity: dict, overwrite: bool):
     from .pipeline import prepare_folder
     from .report import atomic_write
 
-    ours = [out / n for n in (RESULTS, SETTINGS, SUMMARY, PARTS, ATTRIBUTIONS, FILES["table"], FILES["curves"])]
+    ours = [out / n for n in (RESULTS, SETTINGS, SUMMARY, PARTS, ATTRIBUTIONS, FILES["table"], FILES["curves"],
+                              FILES["report"], OVERLAYS)]
     settings = out / SETTINGS
     if settings.is_file() and not overwrite:
         try:
@@ -587,7 +589,7 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
         finally:
             if bar is not None:
                 bar.close()
-    evaluation, accuracy = finalize(out, found, methods, true_labels, identity, store)
+    evaluation, accuracy = finalize(out, found, methods, true_labels, identity, store, prep, images)
     failed = {}
     for (image_id, _), error in sorted(store.errors.items()):
         failed.setdefault(image_id, error)
@@ -646,10 +648,11 @@ def _progress(total: int):
     return bar
 
 
-def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _Store):
+def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _Store, prep=None, source=None):
     """De-duplicate the parts into results.parquet (the images found, the methods asked for, in
     method then image order, with the true labels), and write the aggregate table, summary and
-    curves. Returns (evaluation or None when nothing is done, top-1 accuracy or None)."""
+    curves, and with the preprocessing `prep` the report (write_report). Returns (evaluation or
+    None when nothing is done, top-1 accuracy or None)."""
     from .report import atomic_write
 
     pa = need_pyarrow()
@@ -692,7 +695,61 @@ def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _St
     atomic_write(out / SUMMARY, json.dumps(summary, indent=2))
     atomic_write(out / FILES["table"], evaluation.table() + "\n" + evaluation.recommendation() + "\n")
     plot_curves(evaluation, out / FILES["curves"])
+    if prep is not None:
+        write_report(out, evaluation, table, found, prep, source)
     return evaluation, accuracy
+
+
+def write_report(out: Path, evaluation: Evaluation, table, found, prep, source) -> Path:
+    """OUT/report.html and, for the images it shows, OUT/overlays/: the images where the methods
+    disagree most (lowest mean rank correlation of their per-pixel maps, read back from
+    OUT/attributions/), at most REPORT_IMAGES of them."""
+    from .images import load_image
+    from .pipeline import _stems
+    from .report import REPORT_IMAGES, ReportImages, agreement, evaluation_page
+
+    pa = need_pyarrow()
+    columns = [f.name for f in table.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+    data = {k: table.column(k).to_pylist() for k in ("image", "method", "attribution", *columns)}
+    records = [{k: data[k][i] for k in ("image", "method", *columns)} for i in range(len(table))]
+    for r in records:
+        r["probability"] = r.pop("score", None)
+    files: dict[str, dict[str, str]] = {}
+    for image, method, relative in zip(data["image"], data["method"], data["attribution"]):
+        files.setdefault(image, {})[method] = relative
+    stems = dict(zip(files, _stems(list(files))))
+    shown = ReportImages(out, prep.layout, evaluation.config.get("reduce", "sum"))
+
+    def maps(image):  # every method's per-pixel map of one image, from its saved attribution
+        return {m: shown.add(stems[image], m, np.load(out / relative)) for m, relative in files[image].items()}
+
+    agree = {}
+    for image in files:  # one image at a time: the maps of all images need not fit in memory
+        agree[image] = agreement(maps(image))
+        shown.maps.pop(stems[image], None)
+    ranked = sorted(files, key=lambda i: (agree[i] is None, agree[i] if agree[i] is not None else 0.0))
+    fs, _ = filesystem(source) if source is not None else (None, None)
+    paths = dict(found)
+    for image in ranked[:REPORT_IMAGES]:
+        maps(image)
+        shown.image(stems[image], image, prep.to_pixels(_load_local(fs, paths[image], prep, load_image)))
+    shown.write()
+    return evaluation_page(evaluation, out / FILES["report"], shown.results(), curves=out / FILES["curves"],
+                           records=records, total_images=len(files),
+                           title=f"gnl-onnx audit: {PurePosixPath(str(evaluation.config.get('model', ''))).name}")
+
+
+def _load_local(fs, path: str, prep, load_image):
+    """One image of the audit through the preprocessing, fetched first when it is remote."""
+    from pyarrow.fs import LocalFileSystem
+
+    if fs is None or isinstance(fs, LocalFileSystem):
+        return load_image(path, prep)
+    with tempfile.TemporaryDirectory() as folder:
+        local = os.path.join(folder, "image" + PurePosixPath(path).suffix)
+        with fs.open_input_stream(path) as remote, open(local, "wb") as f:
+            shutil.copyfileobj(remote, f)
+        return load_image(local, prep)
 
 
 def audit_files(model, images, out, prep, methods, **options) -> int:
@@ -708,7 +765,7 @@ def audit_files(model, images, out, prep, methods, **options) -> int:
     print(f"{result.images} images x {len(parse_methods(methods))} methods: {result.computed} results computed now, "
           f"{result.reused} reused from earlier runs, in {result.seconds:.1f} s")
     print(f"wrote {result.out / RESULTS}, {result.out / SUMMARY}, {result.out / FILES['table']}, "
-          f"{result.out / FILES['curves']}")
+          f"{result.out / FILES['curves']}, {result.out / FILES['report']}")
     if result.evaluation is not None:
         print(result.evaluation.recommendation())
     return 1 if result.failed else 0

@@ -29,7 +29,7 @@ SUBSTRATE_NAMES = ("zeros", "black", "mean", "blur")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
 BATCH = 8  # images per Explainer call; the Explainer still splits steps to the memory budget
 FILES = {"csv": "evaluation.csv", "json": "evaluation.json", "table": "evaluation.txt",
-         "curves": "evaluation_curves.png"}
+         "curves": "evaluation_curves.png", "report": "report.html"}
 METRICS = ("deletion", "insertion", "road")
 DEFAULT_METRICS = ("deletion", "insertion")  # ROAD costs a sparse solve per point: asked for
 
@@ -297,14 +297,15 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
              deletion_substrate=DELETION_SUBSTRATE, insertion_substrate=INSERTION_SUBSTRATE,
              batch_size: int = BATCH_SIZE, seed: int = 0, names=None, progress=None, providers=None,
              threads: int | None = None, metrics=DEFAULT_METRICS, road_fractions=road.FRACTIONS,
-             road_noise: float = road.NOISE, road_span=None) -> Evaluation:
+             road_noise: float = road.NOISE, road_span=None, keep=None) -> Evaluation:
     """Explain `images` (float32 [N, ...], the model's input) with every method and score each
     attribution by deletion and insertion, and by ROAD when metrics include "road" (road_span: the
     pixel range in the model's input space, road.span_of(preprocessing); None: 1.0, inputs in [0, 1];
     its noise is seeded by (seed, the image's position)). Every method explains the same class per image: the
     model's top-1 (or `target`), the class whose probability the curves track. "random" is a
     random attribution (seeded per image), the floor. `progress(n)` is called after each image.
-    `providers` and `threads` go to every ONNX Runtime session (default: CUDA when present, all cores)."""
+    `providers` and `threads` go to every ONNX Runtime session (default: CUDA when present, all cores).
+    keep(method, indices, attributions), when given, sees each batch's attributions (the report's overlays)."""
     from .explain import Explainer
     from .intake import prepare
 
@@ -351,6 +352,8 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
             except NonFiniteError as e:
                 raise e.named(names[part]) from None
             seconds = (time.perf_counter() - start) / (part.stop - part.start)
+            if keep is not None:
+                keep(method, range(part.start, part.stop), attributions)
             for i, row in zip(range(part.start, part.stop),
                               score_curves(scorer, images[part], attributions, targets[part], settings,
                                            range(part.start, part.stop))):
@@ -485,8 +488,8 @@ def _plot_road(evaluation: Evaluation, figure):
 def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, overwrite: bool = False, **options):
     """Evaluate image files; write FILES into `out`. Returns (evaluation, unreadable images, files)."""
     from .images import load_all
-    from .pipeline import prepare_folder, progress
-    from .report import atomic_write
+    from .pipeline import _stems, prepare_folder, progress
+    from .report import ReportImages, atomic_write, evaluation_page
 
     methods = parse_methods(methods)
     out = Path(out)
@@ -502,12 +505,20 @@ def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, over
     if len(shapes) > 1:
         raise UsageError(f"the images came out in different shapes {sorted(shapes)}; give --crop or --size H W "
                          "so that every image fits the model")
+    stems = _stems(names)  # the report: OUT/overlays/<stem>.png and <stem>.<method>.png, then report.html
+    shown = ReportImages(out, prep.layout, options.get("reduce", "sum"))
+    taken = [p for p in shown.planned(stems, methods) if p.exists()]
+    if taken and not overwrite:
+        raise UsageError(f"{taken[0]} exists (and {len(taken) - 1} more); pass --overwrite to replace")
+    for stem, name, array in zip(stems, names, loaded):
+        shown.image(stem, name, prep.to_pixels(array))
     prepare_folder(out)
     bar = progress(len(methods) * len(loaded), "evaluate")
     options.setdefault("road_span", road.span_of(prep))  # ROAD's noise: a fraction of the pixel range
     try:
         evaluation = evaluate(model, np.concatenate(loaded), methods, black=prep.black(), layout=prep.layout,
-                              names=names, progress=bar.update if bar is not None else None, **options)
+                              names=names, progress=bar.update if bar is not None else None,
+                              keep=shown.keeper(stems), **options)
     finally:
         if bar is not None:
             bar.close()
@@ -516,6 +527,9 @@ def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, over
     atomic_write(planned["json"], json.dumps(evaluation.as_dict(), indent=2))
     atomic_write(planned["table"], evaluation.table() + "\n" + evaluation.recommendation() + "\n")
     plot_curves(evaluation, planned["curves"])
+    shown.write()
+    evaluation_page(evaluation, planned["report"], shown.results(), curves=planned["curves"],
+                    total_images=len(stems), title=f"gnl-onnx evaluate: {Path(str(model)).name}")
     return evaluation, bad, planned
 
 

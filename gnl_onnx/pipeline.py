@@ -209,7 +209,9 @@ def run_demo(out: Path, steps: int = 32, overwrite: bool = False) -> int:
                                 Panel(cam["files"]["overlay"], "Grad-CAM", None, note="last 4-D activation")]))
     html_page(rows, page, title="gnl-onnx demo: EfficientNet-Lite0, GNL-IG, IG and Grad-CAM",
               notes=[f"{steps} Gauss-Legendre steps, baseline zeros (0 in the model's normalized input "
-                     "space: mid grey for EfficientNet-Lite); red supports the class, blue speaks against it.",
+                     "space: mid grey for EfficientNet-Lite). Overlays: where the attribution's magnitude is, bright "
+                     "over a dimmed grey copy of the photo (pixel-level maps smoothed; the signed maps are the "
+                     "heatmap PNGs beside them: red supports the class, blue speaks against it).",
                      f"provider: {runs['ig'][0]['provider'] if runs['ig'] else '?'}"])
     for r in runs["gnl_ig"]:
         print(f"  {Path(r['image']).name}: {r['label']} ({r['target']}), p={r['probability']:.2f}")

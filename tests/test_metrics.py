@@ -406,8 +406,13 @@ def test_evaluate_command_end_to_end(files, tmp_path, capfd):
             "--methods", "gradient,input_x_gradient,ig,random", "--steps", "4", "--curve-steps", "16", *PREP]
     code, stdout, err = cli(capfd, *args)
     assert code == 0, err
-    names = ["evaluation.csv", "evaluation.json", "evaluation.txt", "evaluation_curves.png"]
+    names = ["evaluation.csv", "evaluation.json", "evaluation.txt", "evaluation_curves.png", "overlays", "report.html"]
     assert sorted(p.name for p in out.iterdir()) == names  # no temporary files left behind
+    # the report's pictures: each image (a.png twice: a, a-2) and each method's overlay of it
+    stems = ["a", "a-2", "b"]
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())
+    assert overlays == sorted([f"{s}.png" for s in stems] + [f"{s}.{m}.png" for s in stems
+                                                             for m in ("gradient", "input_x_gradient", "ig", "random")])
     rows = list(csv.DictReader((out / "evaluation.csv").open()))
     assert len(rows) == 3 * 4  # a.png named and found in the folder, b.png: 3 images x 4 methods
     report = json.loads((out / "evaluation.json").read_text())
@@ -428,10 +433,16 @@ def test_evaluate_command_end_to_end(files, tmp_path, capfd):
     with Image.open(out / "evaluation_curves.png") as im:
         assert im.size[0] > 400 and im.size[1] > 200
 
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     code, _, err = cli(capfd, *args)
     assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # the overlays alone are protected too
+    for p in out.iterdir():
+        if p.is_file():
+            p.unlink()
+    code, _, err = cli(capfd, *args)
+    assert code == 2 and "overlays" in err and "--overwrite" in err
     code, _, err = cli(capfd, *args, "--overwrite")
     assert code == 0, err
 

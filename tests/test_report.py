@@ -77,9 +77,14 @@ def test_overlay(tmp_path):
     out = png(report.overlay_png(pixels, a, tmp_path / "o.png"))
     assert out.shape == (16, 24, 3)
     assert len(np.unique(out.reshape(-1, 3), axis=0)) > 5  # the map shows through
-    # Where the attribution is ~0, the photo shows (as grey).
+    # Where the attribution is ~0, the photo shows, as a dimmed grey copy.
     z = png(report.overlay_png(pixels, np.zeros((16, 24)), tmp_path / "z.png"))
-    assert (np.abs(z.astype(int) - 90) <= 1).all()
+    dimmed = 90 * report.pictures.DIM + (1 - report.pictures.DIM) * 64
+    assert (np.abs(z.astype(int) - dimmed) <= 1).all()
+    signed = png(report.overlay_png(pixels, a, tmp_path / "s.png", mode="signed"))
+    assert signed[8, -1, 0] > signed[8, -1, 2] and signed[8, 0, 2] > signed[8, 0, 0]  # red for, blue against
+    absolute = png(report.overlay_png(pixels, a, tmp_path / "a.png"))
+    np.testing.assert_array_equal(absolute[:, 0], absolute[:, -1])  # the default view: magnitude only
     with pytest.raises(UsageError, match="sizes differ"):
         report.overlay_png(pixels, np.zeros((8, 8)), tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
@@ -166,3 +171,63 @@ def test_html_page_embedded(tmp_path):
     srcs = re.findall(r'<img src="data:image/png;base64,([^"]+)"', text)
     assert len(srcs) == 5
     assert base64.b64decode(srcs[1]).startswith(b"\x89PNG")
+
+
+def test_mass_clip_is_captums_cumulative_threshold():
+    a = np.r_[np.ones(98), 1000.0, 1000.0]  # two outliers hold ~95% of the mass
+    assert report.mass_clip(a, 2.0) == 1000.0
+    assert report.mass_clip(np.ones(100), 2.0) == 1.0
+    assert report.mass_clip(np.zeros((3, 3))) == 1.0
+    spread = np.arange(1.0, 101.0)
+    end = report.mass_clip(spread, 2.0)  # the smallest value whose cumulative |a| reaches 98%
+    assert np.cumsum(spread)[int(end) - 1] >= 0.98 * spread.sum() > np.cumsum(spread)[int(end) - 2]
+
+
+def test_smoothing_only_for_pixel_level_maps():
+    rng = np.random.default_rng(0)
+    noisy = rng.normal(size=(224, 224))  # a pixel-level map
+    yy, xx = np.mgrid[0:224, 0:224]
+    smooth = np.exp(-((yy - 100) ** 2 + (xx - 60) ** 2) / 2000.0)  # a CAM-like map
+    assert report.roughness(noisy) > 0.9 and report.roughness(smooth) < 0.01
+    assert report.smoothing_sigma(noisy) == pytest.approx(0.015 * 224)
+    assert report.smoothing_sigma(smooth) == 0.0 and report.smoothing_sigma(noisy, None) == 0.0
+    assert report.smoothing_sigma(ramp()) == 0.0  # small test maps are never smoothed
+    blurred = report.gaussian_smooth(noisy, 3.0)
+    assert blurred.shape == noisy.shape and blurred.std() < 0.2 * noisy.std()
+    assert report.gaussian_smooth(np.full((5, 7), 2.0), 4.0) == pytest.approx(np.full((5, 7), 2.0))
+    with pytest.raises(UsageError):
+        report.smoothing_sigma(noisy, "yes")
+
+
+def test_overlay_shows_a_blob_of_single_pixel_speckle():
+    """A pixel-level map whose mass sits in one region: the overlay colours that region, not
+    scattered specks (the old 99.5th-percentile clip of the raw map left a grey photo)."""
+    rng = np.random.default_rng(1)
+    pixels = np.full((224, 224, 3), 128, np.uint8)
+    a = rng.normal(size=(224, 224)) * 0.2
+    a[60:120, 100:160] += rng.normal(size=(60, 60)) * 3.0  # mixed signs, strong in one block
+    out = report.overlay(pixels, a).astype(float)
+    change = np.abs(out - report.overlay(pixels, np.zeros_like(a))).sum(axis=2)
+    inside, outside = change[70:110, 110:150], np.r_[change[:40].ravel(), change[180:].ravel()]
+    assert inside.mean() > 4 * outside.mean()
+    assert (inside > 60).mean() > 0.9  # the whole block is visibly coloured
+
+
+def test_agreement_is_mean_pairwise_spearman():
+    from gnl_onnx.metrics import spearman
+
+    rng = np.random.default_rng(2)
+    maps = {m: rng.normal(size=(6, 7)) for m in ("a", "b", "c")}
+    maps["b"] = maps["a"] + 0.3 * maps["b"]
+    want = np.mean([spearman(maps["a"], maps["b"]), spearman(maps["a"], maps["c"]), spearman(maps["b"], maps["c"])])
+    got = report.agreement({**maps, "random": rng.normal(size=(6, 7))})  # the floor left out
+    assert got == pytest.approx(want)
+    assert report.agreement({"a": maps["a"]}) is None
+    assert report.agreement({"a": maps["a"], "b": np.zeros((6, 7))}) is None  # undefined for a constant map
+
+
+def test_report_columns_come_from_the_data():
+    records = [{"image": "x", "method": "ig", "target": 3, "probability": 0.5, "deletion_auc": 0.2,
+                "insertion_auc": 0.7, "road_difference": 0.1, "steps": 8, "attribution_seconds": 0.1,
+                "deletion_curve": [1.0, 0.0]}]
+    assert report.metric_names(records) == ["deletion_auc", "insertion_auc", "road_difference"]
