@@ -1,14 +1,15 @@
 """vjp_model: an ONNX model that computes, beside its forward pass, the vector-Jacobian product
-of one output with respect to the image input, by the plain chain rule or with guided gating."""
+of one output with respect to the image input, by the plain chain rule, with guided gating, or by
+another backward rule set (LRP composites, DeepLIFT: gnl_onnx/autodiff/rulesets.py)."""
 from __future__ import annotations
 
 import json
 
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .autodiff import backpropagate_to, check_differentiable, check_supported, differentiable_path
-from .autodiff.gating import GatingPolicy
+from .autodiff.rulesets import get_rule_set
 from .errors import ModelError, UsageError
 from .graph import GraphBuilder, prune, skeleton
 from .intake import prepare
@@ -19,16 +20,21 @@ METADATA_KEY = "gnl_onnx.vjp"
 
 def vjp_model(model, rule: str = "plain", gate: str = "paper",
               input: str | None = None, output: str | None = None, layers=(),
-              layer_rule: str | None = None) -> onnx.ModelProto:
+              layer_rule: str | None = None, bounds=None) -> onnx.ModelProto:
     """Return a model with the original inputs and outputs plus input `<output>_grad` (the seed,
     shaped like the output) and output `<input>_grad` = d sum(seed * output) / d input.
     `model`: a path, a ModelProto or a PreparedModel (see gnl_onnx.intake).
     `layers`: inner values A (float values on the path) whose gradient is wanted too: outputs
     `<A>` (the value itself) and `<A>_grad` = d sum(seed * output) / dA, by `layer_rule`
-    (default: `rule`; a different one adds a second backward pass over the same forward pass)."""
-    policy = GatingPolicy(rule, gate)
+    (default: `rule`; a different one adds a second backward pass over the same forward pass).
+    `rule`: "plain", "guided", an LRP composite ("lrp_epsilon_plus_flat", ...; the seed is then
+    the relevance put at the output) or "deeplift" (the batch holds images and references: input
+    `<input>_reference_rows`, int64 [rows], names each row's reference row). Rule sets that read
+    extra values add them as inputs, with defaults where they have one (ZBox's bounds
+    `<input>_low`/`<input>_high`, from `bounds` = (low, high), broadcastable to the image)."""
+    policy = get_rule_set(rule, gate, bounds)
     layers = list(dict.fromkeys(layers))
-    layer_policy = GatingPolicy(layer_rule or rule, gate)
+    layer_policy = get_rule_set(layer_rule or rule, gate, bounds)
     prepared = prepare(model, input, output)
     proto, x, y = prepared.copy(), prepared.input, prepared.output
     value_types = {v.name: v.type for v in (*proto.graph.input, *proto.graph.output)}
@@ -58,8 +64,14 @@ def vjp_model(model, rule: str = "plain", gate: str = "paper",
     for a in layers:
         builder.reserve(f"{a}_grad")
     proto.graph.input.append(helper.make_value_info(seed, value_types[y]))
-    same = layer_policy == policy  # the layer gradients come from the same backward pass
-    grads_at, gated = backpropagate_to(builder, path, active, [x, *(layers if same else [])], y, seed, policy)
+    same = (layer_rule or rule) == rule  # the layer gradients come from the same backward pass
+    grads_at, records = backpropagate_to(builder, path, active, [x, *(layers if same else [])], y, seed, policy)
+    for extra in policy.extra_inputs:
+        proto.graph.input.append(helper.make_tensor_value_info(extra.name, extra.elem_type, list(extra.dims)))
+        if extra.default is not None:  # an initializer of the same name: the input's default
+            proto.graph.initializer.append(numpy_helper.from_array(extra.default, extra.name))
+    gated = [{"node": r["node"], "op": r["op"]} for r in records if r["rule"] == "gate"]
+    overrides = [r for r in records if r["rule"] != "gate"]
     dx = grads_at[x]
     proto.graph.node.append(helper.make_node("Identity", [dx], [grad], name=builder.fresh("input_gradient")))
     proto.graph.output.append(helper.make_value_info(grad, value_types[x]))
@@ -72,9 +84,11 @@ def vjp_model(model, rule: str = "plain", gate: str = "paper",
             proto.graph.output.extend([helper.make_value_info(a, kind), helper.make_value_info(f"{a}_grad", kind)])
     prune(proto.graph)
     report = {"input": x, "output": y, "seed": seed, "gradient": grad, "rule": rule, "gate": gate,
-              "gated": gated}
+              "gated": gated, "extra_inputs": [e.name for e in policy.extra_inputs]}
+    if overrides:
+        report["rules"] = overrides
     if layers:
-        report.update(layers={a: f"{a}_grad" for a in layers}, layer_rule=layer_policy.rule)
+        report.update(layers={a: f"{a}_grad" for a in layers}, layer_rule=layer_rule or rule)
     entry = next((p for p in proto.metadata_props if p.key == METADATA_KEY), None) or proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(report)
     try:  # the weights were checked on loading: check the new graph's structure without them

@@ -1,12 +1,14 @@
 """The reverse pass: walk the nodes between the image and the explained output in reverse
-topological order, ask each op's rule for its input gradients, and sum gradients per value."""
+topological order, ask the rule set which backward each node takes (an override, or its op's
+chain rule), ask that for the input gradients, and sum gradients per value. Nothing here knows
+an op type: rules know their op, rule sets (rulesets.py) know where to override."""
 from __future__ import annotations
 
 import onnx
 
 from ..errors import ModelError, UnsupportedModelError
 from ..graph import GraphBuilder, Node
-from .gating import GatingPolicy
+from .rulesets import RuleSet
 from .rules import ALL_OUTPUTS, RULES
 
 CONTROL_FLOW = {"If", "Loop", "Scan"}
@@ -76,18 +78,22 @@ def check_differentiable(builder: GraphBuilder, x: str, y: str, active: set[str]
 
 
 def backpropagate(builder: GraphBuilder, path: list[onnx.NodeProto], active: set[str], x: str, y: str,
-                  seed: str, policy: GatingPolicy) -> tuple[str, list[dict]]:
+                  seed: str, policy: RuleSet) -> tuple[str, list[dict]]:
     """Append the backward graph of the checked `path` (see differentiable_path); return the name
-    of d<seed . y>/dx and the nodes that were gated."""
+    of d<seed . y>/dx and the nodes whose backward the rule set overrode."""
     grads, gated = backpropagate_to(builder, path, active, [x], y, seed, policy)
     return grads[x], gated
 
 
 def backpropagate_to(builder: GraphBuilder, path: list[onnx.NodeProto], active: set[str], values: list[str],
-                     y: str, seed: str, policy: GatingPolicy) -> tuple[dict[str, str], list[dict]]:
+                     y: str, seed: str, policy: RuleSet) -> tuple[dict[str, str], list[dict]]:
     """As backpropagate, for any values on the path (the input, inner activations): the name of
-    d<seed . y>/dv for each v in `values` (the sum of its contributions, zeros when none arrives)."""
+    d<seed . y>/dv for each v in `values` (the sum of its contributions, zeros when none arrives).
+    The overrides come back as {"node", "op", "rule"} records, in graph order ("gate" for the
+    gating policy's gated units)."""
     builder.active = active
+    produced = {o for n in path for o in n.output}
+    policy.start(builder, path, active, next(iter(sorted(active - produced)), values[0]))  # the input
     contributions: dict[str, list[str]] = {y: [seed]}
     totals: dict[str, str] = {}
 
@@ -103,11 +109,12 @@ def backpropagate_to(builder: GraphBuilder, path: list[onnx.NodeProto], active: 
         grads = [total(o) if o else None for o in node.outputs]
         if not any(grads):
             continue
-        if policy.gates(node.op):
-            grads[0] = policy.apply(builder, grads[0])
-            gated.append({"node": node.name, "op": node.op})
+        override = policy.backward(node)
+        backward = RULES[node.op] if override is None else override.fn
+        if override is not None:
+            gated.append({"node": node.name, "op": node.op, "rule": override.rule})
         try:
-            inputs_grads = RULES[node.op](builder, node, grads if node.op in ALL_OUTPUTS else grads[0])
+            inputs_grads = backward(builder, node, grads if node.op in ALL_OUTPUTS else grads[0])
         except (ArithmeticError, IndexError, KeyError, TypeError, ValueError) as e:
             # a node the checker accepts but no runtime could run (LRN size 0, impossible shapes...)
             raise ModelError(f"{node.op} node '{node.name}' has attributes or shapes its gradient cannot use "

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from .rules import RULES as CHAIN_RULES
+from .rulesets import Backward, RuleSet
 
 # Units the paper gates: rectifiers and max pooling ("paths of positive chain reactions").
 PAPER_UNITS = frozenset({"Relu", "MaxPool", "GlobalMaxPool", "Clip", "LeakyRelu", "PRelu"})
@@ -17,7 +19,9 @@ GATES = ("paper", "all")
 
 
 @dataclass(frozen=True)
-class GatingPolicy:
+class GatingPolicy(RuleSet):
+    """The first rule set: the chain rule everywhere, the incoming gradient clipped to its positive
+    part first at the gated units."""
     rule: str = "plain"
     gate: str = "paper"
 
@@ -36,7 +40,22 @@ class GatingPolicy:
     def gates(self, op_type: str) -> bool:
         return op_type in self.gated_ops
 
+    @property
+    def name(self) -> str:
+        return self.rule
+
     @staticmethod
     def apply(builder, grad: str) -> str:
         """Only positive gradients pass a gated unit."""
         return builder.op("Relu", grad, name="gate")
+
+    def backward(self, node) -> Backward | None:
+        if not self.gates(node.op):
+            return None
+        chain = CHAIN_RULES[node.op]
+
+        def gated(g, node, dy):
+            if isinstance(dy, list):  # rules of several outputs: the gate is on the first
+                return chain(g, node, [self.apply(g, dy[0]), *dy[1:]])
+            return chain(g, node, self.apply(g, dy))
+        return Backward("gate", gated)
