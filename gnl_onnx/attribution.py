@@ -11,6 +11,7 @@ quadrature rule and chunking."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,7 +20,7 @@ from onnx import TensorProto, helper
 
 from .cam import CAM_METHODS, cam_attribution, locate, scorecam_chunk
 from .errors import ModelError, UsageError
-from .graph import GraphBuilder, prune, rename_value, topological_sort
+from .graph import GraphBuilder, prune, rename_value, skeleton, topological_sort
 from .batch import run_rows_one_at_a_time
 from .intake import PreparedModel, prepare
 from .vjp import vjp_model, vjp_report
@@ -35,10 +36,12 @@ OUTPUT_NAMES = ("attribution", "scores", "target_used")
 class Method:
     rule: str    # gradient rule: "plain" chain rule or "guided" (positive gating)
     factor: str  # what the weighted gradient is multiplied by: "delta" (image - baseline), "image", "none"
-    path: str    # how the runtime places the points: "image" (alpha 1), "line" (baseline -> image), "noise"
+    path: str    # how the runtime places the points: "image" (alpha 1), "line" (baseline -> image), "noise",
+    #              "reference" (the image and the baseline in one run: alphas [1, 0], weights [1, 0])
     summary: str
     cam: str | None = None     # a class activation map (gnl_onnx/cam.py) at the target layer(s)
     cam_times: bool = False    # the attribution is the gradient part times the map (else the map alone)
+    complete: bool = False     # sums to F(image) - F(baseline): the Explainer reports the gap as delta
 
 
 METHODS = {
@@ -47,7 +50,7 @@ METHODS = {
     "guided_backprop": Method("guided", "none", "image", "the guided gradient at the image "
                               "(Springenberg et al.): only positive gradients through active units"),
     "ig": Method("plain", "delta", "line", "integrated gradients (Sundararajan et al.): "
-                 "(image - baseline) times the mean plain gradient along the straight path"),
+                 "(image - baseline) times the mean plain gradient along the straight path", complete=True),
     "gnl_ig": Method("guided", "delta", "line", "integrated gradients with guided non-linearity "
                      "(Kwon et al., ICPR 2020): as ig, with guided gradients"),
     "smoothgrad": Method("plain", "none", "noise", "SmoothGrad (Smilkov et al.): the mean plain "
@@ -55,6 +58,20 @@ METHODS = {
 }
 
 METHODS.update({name: Method(*row) for name, row in CAM_METHODS.items()})
+# Relevance propagation (gnl_onnx/autodiff/relevance): the seed is the one-hot of the target, so
+# an LRP map sums to about 1 (what biases and stabilizers absorb is missing), as in Zennit.
+METHODS.update({
+    "lrp_epsilon_plus_flat": Method("lrp_epsilon_plus_flat", "none", "image", "LRP, Zennit's EpsilonPlusFlat: "
+                                    "Flat at the first layer, ZPlus at convolutions, Epsilon at dense layers"),
+    "lrp_epsilon_gamma_box": Method("lrp_epsilon_gamma_box", "none", "image", "LRP, Zennit's EpsilonGammaBox: "
+                                    "ZBox at the first layer, Gamma(0.25) at convolutions, Epsilon at dense layers"),
+    "lrp_epsilon_alpha2_beta1_flat": Method("lrp_epsilon_alpha2_beta1_flat", "none", "image",
+                                            "LRP, Zennit's EpsilonAlpha2Beta1Flat: Flat at the first layer, "
+                                            "AlphaBeta(2, 1) at convolutions, Epsilon at dense layers"),
+    "deeplift": Method("deeplift", "delta", "reference", "DeepLIFT, Rescale rule (Shrikumar et al.; as Captum): "
+                       "(image - baseline) times multipliers (y - y0) / (x - x0) at non-linear units", complete=True),
+})
+LRP_METHODS = tuple(m for m in METHODS if m.startswith("lrp_"))
 
 
 def get_method(name: str) -> Method:
@@ -113,16 +130,21 @@ def selected(prepared: PreparedModel, kind: str = "logit") -> PreparedModel:
 
 def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
                       output: str = "logit", input: str | None = None,
-                      output_name: str | None = None, layer=None) -> onnx.ModelProto:
+                      output_name: str | None = None, layer=None, bounds=None) -> onnx.ModelProto:
     """One ONNX model computing an attribution end to end (see the module docstring).
     `layer`: the target layer(s) of CAM methods, value names (default: found, see gnl_onnx/cam.py).
+    `bounds`: (low, high), the lowest and highest input values (scalars or broadcastable to the
+    image, e.g. [1, C, 1, 1]) for lrp_epsilon_gamma_box's ZBox rule: the defaults of its optional
+    inputs `low` and `high` (default (0, 1): pixels 0..1 with no mean/std).
 
     Inputs: the image batch (the model's own input name and layout), `baseline` (broadcastable to
     it), `target` (int64 [N]; negative = the top-1 class), `alphas` and `weights` (float [S]),
     `noise` (broadcastable to [S, N, *image dims]; zeros of shape [1, 1, 1, 1, 1] for none with 4-D
     images). `baseline` has the image's rank (size-1 dims broadcast).
     Outputs: `attribution` (shaped like the image), `scores` (the explained output at the image,
-    [N, classes]) and `target_used` (int64 [N])."""
+    [N, classes]) and `target_used` (int64 [N]).
+    deeplift takes alphas [1, 0] and weights [1, 0]: the last block of points is the reference of
+    the others (the baseline)."""
     spec = get_method(method)
     chosen = selected(prepare(model, input, output_name).for_rows, output)
     if chosen.batch == "fixed":
@@ -130,7 +152,8 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     x = chosen.input
     n_classes = (GraphBuilder(chosen.proto).shape(chosen.output) or [None])[-1]
     layers, image_axis = locate(chosen.proto, x, chosen.output, layer) if spec.cam else ([], None)
-    vjp = vjp_model(chosen, rule=spec.rule, gate=gate, layers=[a.name for a in layers], layer_rule="plain")
+    vjp = vjp_model(chosen, rule=spec.rule, gate=gate, layers=[a.name for a in layers], layer_rule="plain",
+                    bounds=bounds)
     report = vjp_report(vjp)
     graph = vjp.graph
     row_bytes = bytes_per_row(vjp, x)
@@ -146,8 +169,10 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     # Free the public names: the model's own values keep working under fresh names.
     builder = GraphBuilder(vjp)
     renamed = {}
-    for public in INPUT_NAMES + OUTPUT_NAMES:
-        if builder.has_name(public):
+    extras = {name: public for name, public in zip(report["extra_inputs"], ("low", "high"))} \
+        if spec.rule in LRP_METHODS else {}
+    for public in INPUT_NAMES + OUTPUT_NAMES + tuple(extras.values()):
+        if builder.has_name(public) and public not in extras:
             renamed[public] = builder.fresh(public)
             rename_value(graph, public, renamed[public])
     points, seed, scores_all, grads_all = (builder.fresh(n) for n in
@@ -155,6 +180,10 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     rename_value(graph, x, points)
     for old, new in ((report["seed"], seed), (report["output"], scores_all), (report["gradient"], grads_all)):
         rename_value(graph, renamed.get(old, old), new)
+    extra_types = {i.name: i.type for i in graph.input if i.name in report["extra_inputs"]}
+    for old, new in extras.items():  # ZBox's bounds: optional inputs with defaults (initializers)
+        rename_value(graph, renamed.get(old, old), new)
+        extra_types[new] = extra_types.pop(old)
     del graph.input[:]
     del graph.output[:]
     rank = len(image_type.tensor_type.shape.dim)
@@ -166,6 +195,7 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
         helper.make_tensor_value_info("weights", TensorProto.FLOAT, ["S"]),
         helper.make_tensor_value_info("noise", TensorProto.FLOAT, [f"noise_{i}" for i in range(rank + 1)]),
     ])
+    graph.input.extend(helper.make_value_info(name, extra_types[name]) for name in extras.values())
     g = builder
     # the batch of points: S blocks of N images, then the N images themselves (for their scores)
     delta = g.op("Sub", x, "baseline", name="image_minus_baseline")
@@ -176,6 +206,12 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     item_shape = g.op("Slice", image_shape, g.ints([1]), g.ints([rank]))
     flat = g.op("Reshape", path, g.op("Concat", g.ints([-1]), item_shape, axis=0))
     g.op("Concat", flat, x, axis=0, out=points)
+    if spec.path == "reference":  # DeepLIFT: row r's reference is row (S-1) N + r mod N (the last block)
+        n_rows = g.op("Slice", image_shape, g.ints([0]), g.ints([1]))
+        every = g.op("Range", g.ints(0), g.op("Squeeze", g.op("Shape", points, end=1), g.ints([0])), g.ints(1))
+        last = g.op("Mul", g.op("Sub", g.op("Shape", "alphas"), g.ints([1])), n_rows)
+        g.op("Add", last, g.op("Mod", every, n_rows), out=renamed.get(report["extra_inputs"][0],
+                                                                        report["extra_inputs"][0]))
     # scores at the images, the target, and the seed (one-hot on the target, zero for image rows)
     n = g.op("Slice", image_shape, g.ints([0]), g.ints([1]))
     steps = g.op("Shape", "alphas")
@@ -212,13 +248,14 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     info = {"method": method, "rule": spec.rule, "gate": gate, "output": output, "input": x,
             "layers": [a.name for a in layers],
             "gated": report["gated"], "summary": spec.summary, "bytes_per_row": row_bytes,
+            "rules": dict(Counter(r["rule"] for r in report.get("rules", []))),
             "classes": n_classes if isinstance(n_classes, int) else None,
             "image_shape": [d.dim_value if d.HasField("dim_value") else None for d in image_type.tensor_type.shape.dim]}
     kept = [p for p in vjp.metadata_props if p.key != "gnl_onnx.vjp"]
     del vjp.metadata_props[:]
     vjp.metadata_props.extend(kept)
     vjp.metadata_props.add(key=METADATA_KEY, value=json.dumps(info))
-    onnx.checker.check_model(vjp)
+    onnx.checker.check_model(skeleton(vjp))  # the weights were checked on loading: the new structure is what needs it
     return vjp
 
 

@@ -23,6 +23,7 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
 
     if isinstance(model, PreparedModel):
         return model.copy()
+    checkable = None  # what the checker reads: the file itself where it holds the whole model
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)  # never mutate the caller's model
@@ -39,11 +40,13 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         if not proto.graph.node and not proto.graph.input:
             raise ModelError(f"{path}: no ONNX graph in this file (empty, or another format); "
                              "give the .onnx file the exporter wrote")
-        _load_external_data(proto, path.parent.resolve())
+        if not _load_external_data(proto, path):
+            # the checker reads the file in C++: serializing a large model again for it cost seconds
+            checkable = str(path)
     if not proto.graph.node:
         raise ModelError("the model's graph has no nodes; export the model again")
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(proto if checkable is None else checkable)
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300].rstrip(".")
         raise ModelError(f"the model is not valid ONNX: {first}; re-export it") from None
@@ -91,12 +94,16 @@ def _check_input_dims(graph: onnx.GraphProto) -> None:
                              "values: not an image size; re-export the model with the real image size")
 
 
-def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
-    """Load tensors stored beside the model, refusing any location outside the model's folder."""
+def _load_external_data(proto: onnx.ModelProto, path: Path) -> bool:
+    """Load tensors stored beside the model, refusing any location outside the model's folder.
+    Returns whether there were any."""
     from onnx.external_data_helper import _get_all_tensors, uses_external_data, load_external_data_for_tensor
 
+    folder = path.parent.resolve()
     external = [t for t in _get_all_tensors(proto) if uses_external_data(t)]
-    total = proto.ByteSize()
+    if not external:
+        return False
+    total = path.stat().st_size  # the file's size is the proto's: ByteSize() walks every weight
     for tensor in external:
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
@@ -128,6 +135,7 @@ def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
                              "copy the weight file beside the model again") from None
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
+    return True
 
 
 def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
