@@ -45,7 +45,7 @@ class Explanation:
     integration: str
     provider: str
     seconds: float
-    delta: np.ndarray | None = None  # ig only: sum(attribution) - (F(image) - F(baseline))
+    delta: np.ndarray | None = None  # ig, deeplift (complete methods): sum(attribution) - (F(image) - F(baseline))
     gated: list = field(default_factory=list)
 
     def summary(self, i: int = 0) -> dict:
@@ -66,12 +66,12 @@ class Explainer:
                  gate: str = "paper", output: str = "logit", input: str | None = None,
                  output_name: str | None = None, black=None, layout: str | None = None, noise_level: float = 0.15,
                  seed: int = 0,
-                 threads: int | None = None, layer=None):
+                 threads: int | None = None, layer=None, bounds=None):
         self.spec = get_method(method)
         if not isinstance(steps, (int, np.integer)) or steps < 1 or steps > MAX_STEPS:
             raise UsageError(f"steps must be an integer from 1 to {MAX_STEPS} (got {steps!r})")
         self.method, self.integration = method, integration
-        self.steps = int(steps) if self.spec.path != "image" else 1
+        self.steps = {"image": 1, "reference": 2}.get(self.spec.path, int(steps))
         self.alphas, self.weights = self._points()
         self.baseline, self.black, self.layout = baseline, black, layout
         self.noise_level, self.seed = noise_level, seed
@@ -80,7 +80,7 @@ class Explainer:
             raise UsageError(f"the seed must be a non-negative integer (got {seed!r})")
         # The attribution model is not kept: the session holds its own copy of the weights.
         attribution = attribution_model(model, method=method, gate=gate, output=output, input=input,
-                                        output_name=output_name, layer=layer)
+                                        output_name=output_name, layer=layer, bounds=bounds)
         self.info = attribution_info(attribution)
         self.row_bytes = self.info["bytes_per_row"]
         if self.budget < 2 * self.row_bytes:
@@ -92,6 +92,8 @@ class Explainer:
     def _points(self):
         if self.spec.path == "line":
             return path_points(self.steps, self.integration)
+        if self.spec.path == "reference":  # the image, then its reference (the baseline), in one run
+            return np.array([1.0, 0.0], np.float32), np.array([1.0, 0.0], np.float32)
         ones = np.ones(self.steps, np.float32)
         return ones, ones / self.steps
 
@@ -102,6 +104,8 @@ class Explainer:
         every run on score rows)."""
         rows = self.budget // self.row_bytes
         images = max(1, min(n_images, rows // (self.steps + 1)))
+        if self.spec.path == "reference":  # the image and its reference must share a run
+            return images, self.steps
         steps = max(1, min(self.steps, rows // images - 1))
         return images, -(-self.steps // -(-self.steps // steps))  # runs of equal size: 128 = 43+43+42
 
@@ -120,7 +124,7 @@ class Explainer:
             raise UsageError(f"target {int(targets.max())} is out of range: the model has {classes} classes "
                              f"(0 to {classes - 1}); a negative target means the top-1 class")
         baseline_name = self.baseline if isinstance(self.baseline, str) else "array"
-        baselines = make_baseline(self.baseline if self.spec.path == "line" else "zeros", images,
+        baselines = make_baseline(self.baseline if self.spec.path in ("line", "reference") else "zeros", images,
                                   black=self.black, layout=self.layout, seed=self.seed)
         if not np.all(np.isfinite(baselines)):
             raise UsageError("the baseline contains NaN or infinite values; give a finite baseline")
@@ -148,7 +152,7 @@ class Explainer:
         forward_bad = ~np.isfinite(scores).all(axis=1)
         backward_bad = ~np.isfinite(attributions.reshape(n, -1)).all(axis=1) & ~forward_bad
         delta = None
-        if self.method == "ig":
+        if self.spec.complete:
             reference = np.zeros_like(score)
             for lo in range(0, n, per_run):
                 part = slice(lo, min(n, lo + per_run))
@@ -158,7 +162,7 @@ class Explainer:
             axes = tuple(range(1, images.ndim))
             delta = attributions.sum(axis=axes) - (score - reference)
         result = Explanation(attributions, targets, score, scores, self.method,
-                             baseline_name if self.spec.path == "line" else "none", self.steps,
+                             baseline_name if self.spec.path in ("line", "reference") else "none", self.steps,
                              self.integration if self.spec.path == "line" else "none", self.provider,
                              time.perf_counter() - start, delta, self.info["gated"])
         bad = np.flatnonzero(forward_bad | backward_bad)

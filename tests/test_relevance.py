@@ -349,3 +349,113 @@ def test_average_pool_norm_brute_force():
                 z = window.mean()
                 ref[0, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2] = window / 4 * r[0, c, i, j] / (z + 1e-6 * np.sign(z))
     assert rel_err(got, ref) < 1e-5
+
+
+# ---------------------------------------------------------------- DeepLIFT
+def _deeplift_ours(path: str, rule: str, x: np.ndarray, x0: np.ndarray):
+    """(attribution, target, F(x) - F(x0)) from vjp_model(rule=deeplift...): images and references
+    in one batch, each row's reference named by the reference rows."""
+    model = gnl_onnx.vjp_model(path, rule=rule)
+    rep = gnl_onnx.vjp_report(model)
+    classes = next(o for o in model.graph.output if o.name == rep["output"]).type.tensor_type.shape.dim[1].dim_value
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    del model
+    n = len(x)
+    feeds = {rep["input"]: np.concatenate([x, x0]), rep["extra_inputs"][0]: np.tile(np.arange(n, 2 * n), 2)}
+    (logits,) = sess.run([rep["output"]], {**feeds, rep["seed"]: np.zeros((2 * n, classes), np.float32)})
+    target = logits[:n].argmax(1)
+    seed = np.eye(logits.shape[1], dtype=np.float32)[np.concatenate([target, target])]
+    (multipliers,) = sess.run([rep["gradient"]], {**feeds, rep["seed"]: seed})
+    gap = logits[np.arange(n), target].astype(np.float64) - logits[n + np.arange(n), target]
+    return (x - x0) * multipliers[:n], target, gap
+
+
+def _captum(module, x, x0, target):
+    from captum.attr import DeepLift
+
+    module = module.double()
+    for m in module.modules():  # Captum needs its hooks' inputs intact
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+    attribution = DeepLift(module).attribute(torch.from_numpy(x).double(), baselines=torch.from_numpy(x0).double(),
+                                             target=torch.from_numpy(target))
+    return attribution.detach().numpy()
+
+
+def _small_cnn():
+    """ReLUs as distinct modules, MaxPool, average pools, a dense head."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 16), nn.ReLU(),
+                         nn.Linear(16, 10)).eval()
+
+
+def _pair(shape, seed=1):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape).astype(np.float32), (0.3 * rng.standard_normal(shape)).astype(np.float32))
+
+
+def test_deeplift_matches_captum_small_cnn(tmp_path):
+    module = _small_cnn()
+    path = tmp_path / "small.onnx"
+    torch.onnx.export(module, (torch.randn(2, 3, 16, 16),), str(path), dynamo=False, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+    x, x0 = _pair((2, 3, 16, 16))
+    got, target, gap = _deeplift_ours(str(path), "deeplift_captum", x, x0)
+    ref = _captum(module, x, x0, target)
+    assert rel_err(got, ref) <= REL_TOL
+    # the complete MaxPool rule (the `deeplift` method) sums to the gap; Captum does not here
+    complete, _, _ = _deeplift_ours(str(path), "deeplift", x, x0)
+    assert np.allclose(complete.reshape(2, -1).sum(1), gap, rtol=0, atol=REL_TOL * np.abs(gap).max())
+    assert np.abs(ref.reshape(2, -1).sum(1) - gap).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_deeplift_matches_captum_vgg16():
+    x, x0 = _pair((1, 3, 224, 224))
+    got, target, _ = _deeplift_ours(str(zoo.export("vgg16", "legacy")), "deeplift_captum", x, x0)
+    ref = _captum(zoo.build("vgg16"), x, x0, target)
+    err = rel_err(got, ref)
+    print(f"\nvgg16 deeplift vs captum: {err:.2e}")
+    assert err <= REL_TOL
+
+
+SUMMATION = ["resnet18", "densenet121", "squeezenet1_1", "mobilenet_v2", "shufflenet_v2_x1_0", "efficientnet_b0",
+             "googlenet", "mnasnet1_0", "resnet50", "resnext50_32x4d", "inception_v3", "mobilenet_v3_small",
+             "regnet_y_400mf", "alexnet", "vgg16", "vgg11_bn"]
+FAST = {"resnet18", "densenet121", "squeezenet1_1", "regnet_y_400mf"}
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=[] if a in FAST else [pytest.mark.slow]) for a in SUMMATION])
+def test_deeplift_sums_to_the_gap(arch):
+    """sum(attribution) = F(x) - F(x0) within 1e-4 of |F(x) - F(x0)| (products of path values, as
+    in SiLU and SE blocks, use the exact two-term split)."""
+    x, x0 = _pair((2, 3, zoo.default_size(arch), zoo.default_size(arch)), seed=zoo.ARCHS.index(arch))
+    got, _, gap = _deeplift_ours(str(zoo.export(arch, "legacy")), "deeplift", x, x0)
+    total = got.reshape(len(x), -1).astype(np.float64).sum(1)
+    err = np.abs(total - gap) / max(np.abs(gap).max(), 1e-2)  # random mobilenet_v2: gap ~1e-8
+    print(f"\n{arch}: sum {total} gap {gap} rel {err.max():.1e}")
+    assert err.max() <= REL_TOL
+
+
+def test_deeplift_explainer_delta():
+    x, x0 = _pair((2, 3, 64, 64))
+    result = gnl_onnx.Explainer(str(zoo.export("resnet18", "legacy")), method="deeplift", baseline=x0).explain(x)
+    assert result.steps == 2 and result.baseline == "array"
+    assert np.abs(result.delta).max() <= REL_TOL * np.abs(result.score).max()
+
+
+@pytest.mark.parametrize("method", ["lrp_epsilon_plus_flat", "lrp_epsilon_gamma_box"])
+def test_lrp_explainer_equals_vjp(method):
+    """The attribution graph of an LRP method is the composite's relevance (one-hot seed), and
+    the ZBox bounds are inputs with defaults."""
+    path = str(zoo.export("resnet18", "legacy"))
+    x = inputs("resnet18")
+    result = gnl_onnx.Explainer(path, method=method, bounds=(LOW, HIGH)).explain(x)
+    ref, _, _ = ours(path, method, x, bounds=(LOW, HIGH))
+    assert rel_err(result.attributions, ref.astype(np.float64)) < 1e-5
+    model = gnl_onnx.attribution_model(path, method=method)
+    names = [i.name for i in model.graph.input]
+    assert ("low" in names) == (method == "lrp_epsilon_gamma_box")

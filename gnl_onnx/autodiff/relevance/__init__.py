@@ -21,4 +21,4 @@ def rule_set(name: str):
     return register
 
 
-from . import composites  # noqa: E402,F401
+from . import composites, deeplift  # noqa: E402,F401
