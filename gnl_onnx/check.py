@@ -35,7 +35,9 @@ from .errors import GnlOnnxError, InputError, UnsupportedModelError, UsageError
 from .metrics import randomize_layers, ranking, spearman, weighted_layers
 from .metrics import reduce_to_pixels as pixel_map
 
-CHECKS = ("supported", "gradient", "completeness", "randomization", "drift")
+CHECKS = ("supported", "gradient", "completeness", "randomization", "drift")  # the default set
+OPTIONAL_CHECKS = ("conservation",)  # run when named in --checks (LRP models)
+KNOWN_CHECKS = ("supported", "gradient", "completeness", "conservation", "randomization", "drift")
 CONFIG_NAME = "gnl-onnx-check.toml"
 REFERENCE_FORMAT = "gnl-onnx-check-reference/1"
 # Settings a reference must share with the check that uses it (the model itself may differ).
@@ -56,6 +58,7 @@ class Thresholds:
     gradient_inputs: int = 3                   # inputs (images, or seeded random ones) checked
     gradient_directions: int = 8               # random directions per input
     completeness_max_delta: float = 0.05       # worst |delta| / |F(x) - F(baseline)|
+    conservation_max_error: float = 0.25       # LRP: worst |sum of input relevance - 1| (one-hot seed)
     randomization_max_spearman: float = 0.5    # worst rank correlation after randomizing
     randomized_layers: int = 2                 # top weighted layers randomized (output side first)
     drift_min_spearman: float = 0.8            # worst rank correlation with the reference
@@ -134,11 +137,11 @@ def _read_config(path: Path) -> dict:
 
 def parse_checks(text) -> list[str]:
     names = [c.strip() for c in (text.split(",") if isinstance(text, str) else text) if c.strip()]
-    unknown = [c for c in names if c not in CHECKS]
+    unknown = [c for c in names if c not in KNOWN_CHECKS]
     if unknown or not names:
         raise UsageError(f"unknown check {', '.join(map(repr, unknown)) or '(none given)'}; choose from "
-                         f"{', '.join(CHECKS)}")
-    return [c for c in CHECKS if c in names]  # the order that lets later checks reuse earlier work
+                         f"{', '.join(KNOWN_CHECKS)}")
+    return [c for c in KNOWN_CHECKS if c in names]  # the order that lets later checks reuse earlier work
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -531,6 +534,22 @@ class ModelChecker:
                                                 "<=", t.completeness_max_delta)], note,
                        {"delta": result.delta.tolist(), "difference": difference.tolist(),
                         "relative": relative.tolist()})
+
+    def check_conservation(self) -> CheckResult:
+        """LRP: the relevance at the input sums to the relevance put at the output, the one-hot of
+        the target (1), as in Zennit; biases and stabilizers absorb the rest. Uses the chosen
+        method when it is an LRP composite, else lrp_epsilon_plus_flat."""
+        from .attribution import LRP_METHODS
+
+        t = self.thresholds
+        inputs, described = self._inputs()
+        method = self.method if self.method in LRP_METHODS else "lrp_epsilon_plus_flat"
+        result = self._explain(method, inputs)
+        sums = result.attributions.astype(np.float64).reshape(len(inputs), -1).sum(axis=1)
+        error = np.abs(sums - 1.0)
+        return _judged("conservation", [Measure("worst |sum of input relevance - 1|", float(error.max()), "<=",
+                                                t.conservation_max_error)], f"{method}, {described}",
+                       {"sums": sums.tolist()})
 
     def check_randomization(self) -> CheckResult:
         t = self.thresholds

@@ -459,3 +459,11 @@ def test_lrp_explainer_equals_vjp(method):
     model = gnl_onnx.attribution_model(path, method=method)
     names = [i.name for i in model.graph.input]
     assert ("low" in names) == (method == "lrp_epsilon_gamma_box")
+
+
+def test_conservation_check():
+    from gnl_onnx.check import check_model
+
+    report = check_model(str(zoo.export("resnet18", "legacy")), checks=["conservation"])
+    (result,) = report.results
+    assert result.status == "pass" and result.measures[0].value < 0.25
