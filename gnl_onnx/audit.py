@@ -176,7 +176,7 @@ class AuditWorker:
             s["model"], method=m, steps=s["steps"], baseline=s["baseline"], integration=s["integration"],
             memory_budget=s["memory_budget"], gate=s["gate"], output=s["output"], input=s["input"],
             black=s["prep"].black(), layout=s["prep"].layout, output_name=s["output_name"], seed=s["seed"],
-            providers=providers, threads=threads) for m in s["methods"]}
+            bounds=s["prep"].bounds(), providers=providers, threads=threads) for m in s["methods"]}
 
     def _load(self, path: str) -> np.ndarray:
         from pyarrow.fs import LocalFileSystem

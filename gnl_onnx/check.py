@@ -371,6 +371,7 @@ class ModelChecker:
                 self.source if model is None else model, method=method, steps=self.steps, baseline=self.baseline,
                 integration=self.integration, gate=self.gate, output=self.output, input=self.input_name,
                 output_name=self.output_name, black=None if self.prep is None else self.prep.black(),
+                bounds=None if self.prep is None else self.prep.bounds(),
                 layout=self._layout(), seed=self.seed, **self.runtime)
             if model is not None:
                 return explainer  # a changed copy of the model: not kept

@@ -297,7 +297,7 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
              deletion_substrate=DELETION_SUBSTRATE, insertion_substrate=INSERTION_SUBSTRATE,
              batch_size: int = BATCH_SIZE, seed: int = 0, names=None, progress=None, providers=None,
              threads: int | None = None, metrics=DEFAULT_METRICS, road_fractions=road.FRACTIONS,
-             road_noise: float = road.NOISE, road_span=None, keep=None) -> Evaluation:
+             road_noise: float = road.NOISE, road_span=None, keep=None, bounds=None) -> Evaluation:
     """Explain `images` (float32 [N, ...], the model's input) with every method and score each
     attribution by deletion and insertion, and by ROAD when metrics include "road" (road_span: the
     pixel range in the model's input space, road.span_of(preprocessing); None: 1.0, inputs in [0, 1];
@@ -305,7 +305,8 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
     model's top-1 (or `target`), the class whose probability the curves track. "random" is a
     random attribution (seeded per image), the floor. `progress(n)` is called after each image.
     `providers` and `threads` go to every ONNX Runtime session (default: CUDA when present, all cores).
-    keep(method, indices, attributions), when given, sees each batch's attributions (the report's overlays)."""
+    keep(method, indices, attributions), when given, sees each batch's attributions (the report's overlays).
+    bounds: (low, high) of the input for lrp_epsilon_gamma_box (Preprocessing.bounds(); None: 0 and 1)."""
     from .explain import Explainer
     from .intake import prepare
 
@@ -341,7 +342,7 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
             explainer = Explainer(model, method=method, steps=steps, baseline=baseline, integration=integration,
                                   memory_budget=memory_budget, gate=gate, output=output, input=input,
                                   black=black, layout=layout, output_name=output_name, seed=seed,
-                                  providers=providers, threads=threads)
+                                  providers=providers, threads=threads, bounds=bounds)
         per = curves.setdefault(method, {"deletion": [], "insertion": []}
                                 | ({"road_morf": [], "road_lerf": []} if settings.road else {}))
         for lo in range(0, n, BATCH):
@@ -517,6 +518,7 @@ def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, over
     options.setdefault("road_span", road.span_of(prep))  # ROAD's noise: a fraction of the pixel range
     try:
         evaluation = evaluate(model, np.concatenate(loaded), methods, black=prep.black(), layout=prep.layout,
+                              bounds=prep.bounds(),
                               names=names, progress=bar.update if bar is not None else None,
                               keep=shown.keeper(stems), **options)
     finally:

@@ -162,6 +162,14 @@ class Preprocessing:
         s = np.asarray(self.std, np.float32).reshape(self._channel_shape())
         return (np.float32(0.0) - m) / s
 
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high): pixel values 0 and 255 in the model's input space, (0 - mean) / std and
+        (value_range - mean) / std, shaped as black(): the input range ZBox (lrp_epsilon_gamma_box)
+        needs."""
+        m = np.asarray(self.mean, np.float32).reshape(self._channel_shape())
+        s = np.asarray(self.std, np.float32).reshape(self._channel_shape())
+        return (np.float32(0.0) - m) / s, (np.float32(self.value_range) - m) / s
+
     def to_pixels(self, array: np.ndarray) -> np.ndarray:
         """Model input ([1,...] or without the batch dim) -> uint8 HxWx3 RGB for display."""
         a = np.asarray(array, dtype=np.float32)

@@ -84,7 +84,8 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
         raise UsageError(f"{existing[0]} exists (and {len(existing) - 1} more); pass --overwrite to replace")
     explainer = Explainer(model, method=method, steps=steps, baseline=baseline, integration=integration,
                           memory_budget=memory_budget, gate=gate, output=output, input=input,
-                          black=prep.black(), layout=prep.layout, output_name=output_name, layer=layer)
+                          black=prep.black(), layout=prep.layout, output_name=output_name, layer=layer,
+                          bounds=prep.bounds())
     labels = class_names(preset) if preset else None
     records, failed_names = [], []
     bar = progress(len(arrays), method)

@@ -285,3 +285,28 @@ def test_convert_unsupported_model_fails_with_one_line(files, tmp_path, capfd):
     code, _, err = cli(capfd, "convert", files / "custom.onnx", "-o", tmp_path / "x.onnx")
     assert code == 1 and "Foo" in one_error_line(err)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_zbox_bounds_come_from_the_preprocessing(files, tmp_path, capfd):
+    """lrp_epsilon_gamma_box from the CLI takes ZBox's bounds from the preprocessing (pixels 0 and
+    255 through the preset's mean/std), as the API given those bounds, not the default 0..1."""
+    from gnl_onnx.images import load_image
+    from gnl_onnx.presets import get_preset
+
+    out = tmp_path / "out"
+    code, _, err = cli(capfd, "explain", files / "small.onnx", files / "photo.png", "--out", out,
+                       "--method", "lrp_epsilon_gamma_box", "--preset", "imagenet", *PREP)
+    assert code == 0, err
+    raw = np.load(json.loads((out / "summary.json").read_text())["explained"][0]["files"]["npy"])
+    from dataclasses import replace
+
+    prep = replace(get_preset("imagenet").preprocessing, size=HW, crop=(HW, HW))
+    low, high = prep.bounds()
+    np.testing.assert_allclose(low.ravel(), (0 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225], rtol=1e-6)
+    np.testing.assert_allclose(high.ravel(), (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225], rtol=1e-6)
+    x = load_image(files / "photo.png", prep)
+    model = str(files / "small.onnx")
+    want = Explainer(model, method="lrp_epsilon_gamma_box", bounds=(low, high)).explain(x).attributions
+    np.testing.assert_allclose(raw, want, rtol=0, atol=1e-6 * np.abs(want).max())
+    unit = Explainer(model, method="lrp_epsilon_gamma_box").explain(x).attributions  # bounds 0..1
+    assert np.abs(raw - unit).max() > 0.01 * np.abs(want).max()

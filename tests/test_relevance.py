@@ -467,3 +467,49 @@ def test_conservation_check():
     report = check_model(str(zoo.export("resnet18", "legacy")), checks=["conservation"])
     (result,) = report.results
     assert result.status == "pass" and result.measures[0].value < 0.25
+
+
+def _prefixed_cnn(prefix, layout="NCHW"):
+    """`prefix` nodes (image "x" -> "t"), then Conv-Relu-GlobalAveragePool-Flatten-MatMul."""
+    rng = np.random.default_rng(6)
+    w, b, wd = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4), rng.standard_normal((4, 5))
+    nodes = prefix + [helper.make_node("Conv", ["t", "w", "b"], ["c"], pads=[1] * 4, kernel_shape=[3, 3]),
+                      helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+                      helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("MatMul", ["f", "wd"], ["y"])]
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in
+             (("w", w), ("b", b), ("wd", wd), ("mean", [[[[0.4]], [[0.5]], [[0.3]]]]), ("std", [[[[0.2]], [[-0.3]], [[0.25]]]]))]
+    dims = ["N", 3, 8, 8] if layout == "NCHW" else ["N", 8, 8, 3]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_zbox_bounds_follow_the_image_to_the_first_layer(tmp_path):
+    """ZBox's bounds are given for the image; ops between the image and the first layer (an NHWC
+    model's Transpose, a normalization inside the model, here with a negative scale) carry them
+    there: the same network without those ops, given the carried bounds, has the same relevance."""
+    paths = {}
+    for name, prefix, layout in (
+            ("plain", [helper.make_node("Identity", ["x"], ["t"])], "NCHW"),
+            ("nhwc", [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2])], "NHWC"),
+            ("normalized", [helper.make_node("Sub", ["x", "mean"], ["d"]),
+                            helper.make_node("Div", ["d", "std"], ["t"])], "NCHW")):
+        paths[name] = str(tmp_path / f"{name}.onnx")
+        onnx.save(_prefixed_cnn(prefix, layout), paths[name])
+    rng = np.random.default_rng(7)
+    x = rng.uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    low, high = np.array([-1.0, -2.0, 0.0], np.float32).reshape(1, 3, 1, 1), np.float32(1.5)
+
+    def relevance(path, images, bounds):
+        return gnl_onnx.Explainer(path, method="lrp_epsilon_gamma_box", bounds=bounds).explain(images).attributions
+
+    plain = relevance(paths["plain"], x, (low, high))
+    nhwc = relevance(paths["nhwc"], x.transpose(0, 2, 3, 1), (low.transpose(0, 2, 3, 1), high))
+    assert rel_err(nhwc.transpose(0, 3, 1, 2), plain.astype(np.float64)) < 1e-6
+    mean, std = np.array([0.4, 0.5, 0.3]).reshape(1, 3, 1, 1), np.array([0.2, -0.3, 0.25]).reshape(1, 3, 1, 1)
+    ends = ((0 - mean) / std, (1 - mean) / std)
+    inside = relevance(paths["normalized"], x, (np.float32(0), np.float32(1)))
+    outside = relevance(paths["plain"], ((x - mean) / std).astype(np.float32),
+                        tuple(f(*ends).astype(np.float32) for f in (np.minimum, np.maximum)))
+    # relevance per input of the first layer: the normalization passes it through unchanged
+    assert rel_err(inside, outside.astype(np.float64)) < 1e-5

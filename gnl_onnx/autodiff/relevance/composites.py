@@ -19,6 +19,7 @@ model whose image feeds two branches gets the first-layer rule on both)."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import TensorProto
 
 from ..gating import OTHER_NONLINEAR_UNITS, PAPER_UNITS
@@ -34,8 +35,9 @@ AVERAGES = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"}
 DEFAULT_BOUNDS = (0.0, 1.0)  # ZBox: the pixel range 0..1 with no mean/std, unless told
 
 
-def first_layers(builder, path, x) -> set[str]:
-    """Names of the linear nodes the input reaches without passing another linear node."""
+def first_layers(builder, path, x, prefix: list | None = None) -> set[str]:
+    """Names of the linear nodes the input reaches without passing another linear node; the
+    nodes between the input and them are appended to `prefix` when given (graph order)."""
     reached, first = {x}, set()
     for node in path:
         if not any(i in reached for i in node.input):
@@ -44,6 +46,8 @@ def first_layers(builder, path, x) -> set[str]:
             first.add(node.name)
         else:
             reached.update(node.output)
+            if prefix is not None:
+                prefix.append(node)
     return first
 
 
@@ -62,10 +66,11 @@ class Composite(RuleSet):
         self.g = None
         self.firsts: set[str] = set()
         self.low = self.high = None
+        self.x, self.prefix, self._ends = None, [], None
 
     def start(self, builder, path, active, x):
-        self.g = builder
-        self.firsts = first_layers(builder, path, x)
+        self.g, self.x, self.prefix, self._ends = builder, x, [], None
+        self.firsts = first_layers(builder, path, x, self.prefix)
         if self.needs_bounds:
             self.low, self.high = (builder.fresh(f"{x}_{end}") for end in ("low", "high"))
 
@@ -83,7 +88,7 @@ class Composite(RuleSet):
         if op in linear.LINEAR_OPS:
             if len(paths) == 1 and paths[0] < 2:
                 if node.name in self.firsts:
-                    return Backward(self.first_name, self.first_rule())
+                    return Backward(self.first_name, self.first_rule(node))
                 return Backward(self.conv_name, self.conv()) if op == "Conv" else \
                     Backward("epsilon", linear.epsilon())
             if op == "MatMul":
@@ -102,8 +107,32 @@ class Composite(RuleSet):
                 Backward("numerator", split.numerator)
         return None
 
-    def first_rule(self):
+    def first_rule(self, node):
         return self.first()
+
+    def bounds_at(self, value: str) -> tuple[str, str]:
+        """The bounds, given for the image (broadcastable to it), at `value`, a first layer's input:
+        the image filled with each bound goes through the ops between the image and the layer
+        (a transpose in NHWC models, a normalization inside the model) and the two results, taken
+        elementwise as (min, max), bound that input."""
+        g = self.g
+        if self._ends is None:
+            shape = g.runtime_shape(self.x)
+            self._ends = [{self.x: g.op("Expand", b, shape, name=f"{b}_image")} for b in (self.low, self.high)]
+            for node in self.prefix:
+                for names in self._ends:
+                    copy = onnx.NodeProto()
+                    copy.CopyFrom(node)
+                    copy.name = g.fresh(f"{node.name}_bound")
+                    copy.input[:] = [names.get(i, i) for i in node.input]
+                    for k, out in enumerate(node.output):
+                        if out:
+                            names[out] = copy.output[k] = g.fresh(f"{out}_bound")
+                    g.graph.node.append(copy)
+        low, high = (names[value] for names in self._ends)
+        if value == self.x:
+            return low, high
+        return g.op("Min", low, high), g.op("Max", low, high)
 
 
 @rule_set("lrp_epsilon_plus_flat")
@@ -129,5 +158,5 @@ class EpsilonGammaBox(Composite):
     conv = staticmethod(lambda: linear.gamma(0.25))
     needs_bounds = True
 
-    def first_rule(self):
-        return linear.z_box(self.low, self.high)
+    def first_rule(self, node):
+        return linear.z_box(*self.bounds_at(linear.Layer(self.g, node).x))
