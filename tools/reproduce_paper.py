@@ -149,7 +149,8 @@ def dataset(network: str, args) -> tuple[str, list]:
 
 
 # -- measuring -------------------------------------------------------------------------------------
-def measure(network: str, args) -> dict:
+def measure(network: str, args, only=None) -> dict:
+    """One network: every variant (or the labels in `only`) on every image, scored."""
     from gnl_onnx import road
     from gnl_onnx.explain import Explainer
     from gnl_onnx.metrics import Scorer, auc, perturbation_curve, random_attribution, ranking, reduce_to_pixels
@@ -178,6 +179,8 @@ def measure(network: str, args) -> dict:
     black = prep.black()
     span = road.span_of(prep)  # ROAD's noise: a fraction of the pixel range, as evaluate --metrics road
     table = variants(args.methods, args.exclude, network)
+    if only is not None:
+        table = {label: v for label, v in table.items() if label in only}
     log(f"{network}: {len(table)} method variants: {', '.join(table)}")
     seconds = {}
 
@@ -186,7 +189,8 @@ def measure(network: str, args) -> dict:
         explainer = None
         if method != "random":
             explainer = Explainer(model, method=method, steps=args.steps, baseline=baseline or "zeros",
-                                  black=black, layout=prep.layout, seed=args.seed, threads=args.threads)
+                                  black=black, layout=prep.layout, seed=args.seed, threads=args.threads,
+                                  bounds=prep.bounds())  # the input range: ZBox (lrp_epsilon_gamma_box)
         for lo in range(0, len(images), 8):
             part = slice(lo, min(len(images), lo + 8))
             delta = [None] * (part.stop - part.start)
@@ -235,7 +239,7 @@ def measure(network: str, args) -> dict:
 
     return {"network": network, "data": source, "preset": preset_name(network), "model": str(model),
             "steps": args.steps, "curve_steps": args.curve_steps, "methods_registered": list(METHODS),
-            "variants": {label: list(v) for label, v in table.items()}, "failed": failed, "variant_seconds": seconds,
+            "variants": {label: list(v) for label, v in table.items()}, "failed": failed, "variant_seconds": seconds, "zbox_bounds": "preprocessing",
             "road_reduce": list(args.road_reduce), "road_fractions": list(road.FRACTIONS), "road_noise": road.NOISE,
             "images": list(records.values()), "seconds": round(time.perf_counter() - start, 1)}
 
@@ -484,17 +488,55 @@ def versions() -> dict:
     return v
 
 
-def reuse_or_measure(path, settings, label, fresh, compute):
-    """A result saved by an earlier run with the same settings, or a new one, saved atomically."""
+def reuse_or_measure(path, settings, label, fresh, compute, extend=None):
+    """A result saved by an earlier run with the same settings, or a new one, saved atomically.
+    extend(saved result) -> the result with missing (or --redo) variants measured and merged, or
+    None when nothing is missing."""
     if path.is_file() and not fresh:
         saved = json.loads(path.read_text())
         if saved.get("settings") == settings:
             log(f"{label}: reusing {path}")
-            return saved["result"]
+            result = extend(saved["result"]) if extend is not None else None
+            if result is None:
+                return saved["result"]
+            atomic_write(path, json.dumps({"settings": settings, "result": result}))
+            return result
     log(f"{label}: measuring")
     result = compute()
     atomic_write(path, json.dumps({"settings": settings, "result": result}))
     return result
+
+
+def extend(network: str, args, saved: dict):
+    """The variants this run has and the saved result lacks (a method registered since), and those in
+    --redo, measured and merged into the saved result; None when there are none."""
+    table = variants(args.methods, args.exclude, network)
+    redo = {x.strip() for x in args.redo.split(",") if x.strip()}
+    todo = [label for label in table if label not in labels_of(saved) or label in redo or table[label][0] in redo]
+    todo = [label for label in todo if label not in saved.get("failed", {}) or label in redo]
+    if not todo:
+        return None
+    log(f"{network}: measuring {', '.join(todo)} into the saved result")
+    new = measure(network, args, only=todo)
+    assert [x["image"] for x in new["images"]] == [x["image"] for x in saved["images"]]
+    for old, fresh in zip(saved["images"], new["images"]):
+        old["methods"].update(fresh["methods"])
+        for label in new["failed"]:
+            old["methods"].pop(label, None)
+    order = list(table)  # keep the run's method order
+    for x in saved["images"]:
+        x["methods"] = {k: x["methods"][k] for k in sorted(x["methods"], key=lambda k: order.index(k)
+                                                                 if k in order else len(order))}
+    saved["variants"] = {label: list(table[label]) if label in table else saved["variants"].get(label)
+                         for label in labels_of(saved)}
+    saved["failed"] = {**{k: v for k, v in saved.get("failed", {}).items() if k not in todo}, **new["failed"]}
+    saved["variant_seconds"] = {**saved.get("variant_seconds", {}), **new["variant_seconds"]}
+    saved["methods_registered"] = new["methods_registered"]
+    saved["remeasured"] = sorted(set(saved.get("remeasured", [])) | set(todo))
+    if any(table[label][0] == "lrp_epsilon_gamma_box" for label in todo):
+        saved["zbox_bounds"] = "preprocessing"
+    saved["seconds"] = round(saved["seconds"] + new["seconds"], 1)
+    return saved
 
 
 def main(argv=None) -> int:
@@ -521,6 +563,8 @@ def main(argv=None) -> int:
                    help="NETWORK:METHOD pairs to skip, fnmatch patterns, e.g. 'efficientnet-lite*:scorecam'")
     p.add_argument("--road-reduce", default="sum",
                    help="reductions ROAD ranks by: sum (signed, evaluate's default), abs_sum, or sum,abs_sum")
+    p.add_argument("--redo", default="",
+                   help="methods or labels to measure again into the saved results (the others are reused)")
     p.add_argument("--quick", action="store_true", help="smoke run: few images, 4 steps, 8 curve steps")
     p.add_argument("--fresh", action="store_true", help="ignore finished networks in OUT")
     args = p.parse_args(argv)
@@ -552,7 +596,8 @@ def main(argv=None) -> int:
             log(f"fashion-mnist skipped: {skipped[network]}")
             continue
         results[network] = reuse_or_measure(out / f"{network}.json", settings, network, args.fresh,
-                                            lambda n=network: measure(n, args))
+                                            lambda n=network: measure(n, args),
+                                            lambda saved, n=network: extend(n, args, saved))
     for network in [n.strip() for n in args.sanity_networks.split(",") if n.strip()]:
         if network not in NETWORKS or (network == "fashion-mnist" and network in skipped):
             continue
