@@ -565,6 +565,9 @@ def main(argv=None) -> int:
                    help="reductions ROAD ranks by: sum (signed, evaluate's default), abs_sum, or sum,abs_sum")
     p.add_argument("--redo", default="",
                    help="methods or labels to measure again into the saved results (the others are reused)")
+    p.add_argument("--assemble", action="store_true",
+                   help="measure nothing: summarize the saved OUT/<network>.json files whatever settings they "
+                        "were run with (each network's own settings go into results.json)")
     p.add_argument("--quick", action="store_true", help="smoke run: few images, 4 steps, 8 curve steps")
     p.add_argument("--fresh", action="store_true", help="ignore finished networks in OUT")
     args = p.parse_args(argv)
@@ -589,7 +592,24 @@ def main(argv=None) -> int:
     # the sanity check runs its own fixed variants: --methods, --exclude and ROAD do not change it
     sanity_settings = {k: v for k, v in settings.items() if k not in ("methods", "exclude", "road_reduce", "documents")}
     started = time.perf_counter()
-    results, sanity_results, skipped = {}, {}, {}
+    results, sanity_results, skipped, network_settings = {}, {}, {}, {}
+    if args.assemble:
+        for network in networks:
+            path = out / f"{network}.json"
+            if path.is_file():
+                saved = json.loads(path.read_text())
+                results[network], network_settings[network] = saved["result"], saved["settings"]
+                log(f"{network}: assembling {path} ({saved['settings']})")
+            else:
+                skipped[network] = f"no saved result {path}"
+                log(f"{network}: skipped, {skipped[network]}")
+        networks = []
+        for network in [n.strip() for n in args.sanity_networks.split(",") if n.strip()]:
+            path = out / f"sanity_{network}.json"
+            if path.is_file():
+                saved = json.loads(path.read_text())
+                sanity_results[network], network_settings[f"sanity {network}"] = saved["result"], saved["settings"]
+        args.sanity_networks = ""
     for network in networks:
         if network == "fashion-mnist" and not FASHION_DIR.is_dir():
             skipped[network] = f"{FASHION_DIR} does not exist (apt install dataset-fashion-mnist)"
@@ -611,7 +631,8 @@ def main(argv=None) -> int:
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "seconds_this_invocation": round(time.perf_counter() - started, 1),
             "seconds_per_network": {n: r["seconds"] for n, r in results.items()},
-            "seconds_sanity": {n: r["seconds"] for n, r in sanity_results.items()}, "skipped": skipped}
+            "seconds_sanity": {n: r["seconds"] for n, r in sanity_results.items()}, "skipped": skipped,
+            "network_settings": network_settings}
     from gnl_onnx import METHODS
 
     meta["methods_registered"] = list(METHODS)
