@@ -177,18 +177,31 @@ def export_path(arch: str, cache_dir: str | os.PathLike | None = None, seed: int
 
 
 def export(arch: str, cache_dir: str | os.PathLike | None = None, seed: int = SEED,
-           model: keras.Model | None = None) -> pathlib.Path:
+           model: keras.Model | None = None, subprocess: bool = False) -> pathlib.Path:
     """Export build(arch, seed) (or `model`, which must be that build) with tf2onnx and return
     the file path, as users export a Keras model: tf2onnx.convert.from_keras with an input
     signature that leaves the batch dynamic, opset(arch). (from_function on a tf.function of the
     model would also work, but leaves the constants Keras keeps as captured tensors, such as
     Normalization's mean and variance, as extra graph inputs.) Input "input" (NHWC float32),
-    output as tf2onnx names it. The file is reused when present and written atomically."""
-    import tf2onnx
+    output as tf2onnx names it. The file is reused when present and written atomically.
 
+    subprocess=True exports in a child Python (this file run as a script), building the model
+    there: tf2onnx's conversion peaks at several GB (11.9 GB over the test sweep), which a child
+    hands back to the system when it exits."""
     path = export_path(arch, cache_dir, seed)
     if path.is_file():
         return path
+    if subprocess:
+        import subprocess as sp
+        import sys
+
+        sp.run([sys.executable, str(pathlib.Path(__file__).resolve()), arch, str(path.parent), str(seed)],
+               check=True)
+        if not path.is_file():
+            raise RuntimeError(f"the export subprocess wrote no {path}")
+        return path
+    import tf2onnx
+
     path.parent.mkdir(parents=True, exist_ok=True)
     model = build(arch, seed) if model is None else model
     tf, _ = _tf()
@@ -338,6 +351,12 @@ def logits(model: keras.Model, x: np.ndarray) -> np.ndarray:
     tf, _ = _tf()
     dtype = model.dtype_policy.compute_dtype
     return model(tf.constant(np.asarray(x), dtype), training=False).numpy()
+
+
+if __name__ == "__main__":  # export(ARCH, CACHE_DIR, SEED) in this process (export(subprocess=True))
+    import sys
+
+    print(export(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 
 
 __all__ = ["ARCHS", "NOT_EXPORTABLE", "SEED", "SIZES", "build", "cache_root", "default_size", "export", "export_path",
