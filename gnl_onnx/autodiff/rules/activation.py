@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import rule
+
+# Masks of Relu/Clip outputs as 1x1 depthwise Convs (see conv_mask) instead of comparisons + Cast.
+# Off: alone it measured 2-10 % more CPU time (ONNX Runtime still reorders the gradient around the
+# masked Mul, whose batch dimension it cannot prove equal to the mask's); with static input shapes
+# it paid 10 % on MobileNetV2 (docs/performance.md, issue 16).
+CONV_MASKS = False
+_SCALE = 2.0 ** 127  # the largest power of two below float32's maximum
 
 
 def _select(g, condition, value, otherwise=0.0):
@@ -20,8 +29,43 @@ def masked(g, condition, value):
     return g.op("Mul", value, g.op("Cast", condition, to=g.float_type))
 
 
+def conv_mask(g, y, high=None):
+    """The float 0/1 mask of 0 < y (< high) for y = Relu(x) or Clip(x, 0, high), built only from ops
+    that ONNX Runtime runs in its blocked NCHWc layout, so that neither y (read in the layout of the
+    Conv that made it) nor the gradient (in the layout of the Conv that consumes it) is reordered:
+    Clip(Conv1x1(y * (high - y), 2^127), 0, 1), every Conv depthwise. y >= 2^-126 (every normal
+    float) gives 1, y = 0 (or y = high) gives 0; high - y is exact near high (Sterbenz). Only a
+    subnormal y below 2^-127 (or a product of such size) gets a fraction instead of 1.
+    None where y is not a 4-D tensor with a known channel count (the caller compares instead)."""
+    shape = g.shape(y)
+    if not CONV_MASKS or shape is None or len(shape) != 4 or not isinstance(shape[1], int) or shape[1] < 1:
+        return None
+    channels = shape[1]
+
+    def pointwise(x, scale, shift=None):
+        inputs = [x, g.const(np.full((channels, 1, 1, 1), scale))]
+        if shift is not None:
+            inputs.append(g.const(np.full(channels, shift)))
+        return g.op("Conv", *inputs, group=channels, kernel_shape=[1, 1])
+
+    if high is not None:
+        y = g.op("Mul", y, pointwise(y, -1.0, high))
+    return g.op("Clip", pointwise(y, _SCALE), g.const(0.0), g.const(1.0))
+
+
+def _scalar(g, name):
+    """The value of a constant scalar input, else None."""
+    value = g.constants.get(name) if name else None
+    if value is None or np.size(value) != 1:
+        return None
+    return float(np.asarray(value).reshape(()))
+
+
 @rule("Relu")
 def relu(g, node, dy):
+    mask = conv_mask(g, node.outputs[0])
+    if mask is not None:
+        return [g.op("Mul", dy, mask)]
     return [_select(g, g.op("Greater", node.outputs[0], g.const(0.0)), dy)]
 
 
@@ -29,6 +73,11 @@ def relu(g, node, dy):
 def clip(g, node, dy):
     # y is strictly inside (lo, hi) exactly where x is; at the bounds the unit is flat.
     y, inside = node.outputs[0], None
+    low, high = _scalar(g, node.input(1)), _scalar(g, node.input(2))
+    if low == 0.0 and high is not None and 0 < high < 1e30:  # ReLU6 and kin
+        mask = conv_mask(g, y, high)
+        if mask is not None:
+            return [g.op("Mul", dy, mask)]
     for bound, compare in ((node.input(1), "Greater"), (node.input(2), "Less")):
         if bound is not None:
             test = g.op(compare, y, bound)

@@ -11,6 +11,11 @@ import numpy as np
 from ...errors import UnsupportedModelError
 from . import rule
 
+# Strided input gradients as s*s stride-1 Convs + DepthToSpace (subpixel_spread) instead of
+# ConvTranspose. Off: on ONNX Runtime CPU the interleave (DepthToSpace, Concat) costs more than the
+# ConvTranspose it replaces (docs/performance.md, issue 16); not measured on CUDA.
+SUBPIXEL = False
+
 
 def explicit_pads(auto_pad, in_sizes, kernel, strides, dilations, pads):
     """(begin, end) pads per spatial axis, with auto_pad resolved against the known input sizes."""
@@ -51,9 +56,70 @@ def transposed_kernel(g, weight, group):
                 g.ints([-1] * len(axes)))
 
 
-def spread_back(g, dy, weight, in_sizes, out_sizes, kernel, strides, dilations, begin, group=1):
+def subpixel_plan(in_sizes, out_sizes, kernel, strides, dilations, begin):
+    """The sub-pixel decomposition of a strided window's transpose, per spatial axis, or None where
+    it does not apply (not 2-D, unequal strides, dilation, a phase without taps, negative pads).
+
+    With stride s, input position i = m*s + r (phase r) receives sum_t w[p + t*s] dy[m + q - t],
+    where r + begin = q*s + p: a stride-1 correlation of dy with the taps p, p+s, ... reversed.
+    Per axis and phase r: (p, taps, pad_begin, pad_end), every phase M = ceil(in/s) long."""
+    if len(in_sizes) != 2 or len(set(strides)) != 1 or strides[0] < 2 or any(d != 1 for d in dilations):
+        return None
+    s = strides[0]
+    plan = []
+    for size, out, k, b in zip(in_sizes, out_sizes, kernel, begin):
+        m, phases = -(-size // s), []
+        for r in range(s):
+            q, p = divmod(r + b, s)
+            taps = -(-(k - p) // s) if p < k else 0
+            pad_begin = taps - 1 - q
+            pad_end = m - out - pad_begin + taps - 1
+            if taps == 0 or pad_begin < 0 or pad_end < 0:
+                return None
+            phases.append((p, taps, pad_begin, pad_end))
+        plan.append(phases)
+    return plan
+
+
+def subpixel_spread(g, dy, weight, in_sizes, out_sizes, kernel, strides, dilations, begin, group=1):
+    """Input gradient of a stride-s Conv as s*s stride-1 Convs, one per output phase, each with its
+    sub-kernel (every s-th tap, flipped), concatenated phase-major and interleaved by DepthToSpace
+    (DCR: channel block rh*s + rw lands at row offset rh, column offset rw), then cropped to the
+    input. ONNX Runtime runs these Convs in its NCHWc layout (depthwise ones with its depthwise
+    kernel); ConvTranspose has neither. None where the plan does not apply or the weights are not
+    constants (the caller then takes the ConvTranspose path)."""
+    known = g.constants.get(weight)
+    plan = subpixel_plan(in_sizes, out_sizes, kernel, strides, dilations, begin)
+    if known is None or plan is None or known.ndim != 4 or known.shape[0] % group:
+        return None
+    s = strides[0]
+    cout, cin_g = known.shape[:2]
+    # [Cout, Cin/g, kh, kw] -> [Cin, Cout/g, kh, kw]: each group's in/out channels swapped
+    swapped = known.reshape(group, cout // group, cin_g, *kernel).swapaxes(1, 2)
+    swapped = swapped.reshape(group * cin_g, cout // group, *kernel)
+    phases = []
+    for rh, (ph, th, bh, eh) in enumerate(plan[0]):
+        for rw, (pw, tw, bw, ew) in enumerate(plan[1]):
+            sub = np.ascontiguousarray(swapped[:, :, ph::s, pw::s][:, :, ::-1, ::-1])
+            assert sub.shape[2:] == (th, tw)
+            w = g.const(sub, dtype=known.dtype, name=f"{weight}_phase{rh}{rw}")
+            phases.append(g.op("Conv", dy, w, kernel_shape=[th, tw], group=group, pads=[bh, bw, eh, ew]))
+    dx = g.op("DepthToSpace", g.op("Concat", *phases, axis=1), blocksize=s, mode="DCR")
+    full = [-(-size // s) * s for size in in_sizes]
+    if full != list(in_sizes):
+        dx = g.op("Slice", dx, g.ints([0, 0]), g.ints(list(in_sizes)), g.ints([2, 3]))
+    return dx
+
+
+def spread_back(g, dy, weight, in_sizes, out_sizes, kernel, strides, dilations, begin, group=1,
+                subpixel=False):
     """Transpose of a strided, dilated, padded sliding window with weights `weight`: map dy (spatial
-    sizes out_sizes) back to the unpadded input (spatial sizes in_sizes)."""
+    sizes out_sizes) back to the unpadded input (spatial sizes in_sizes). subpixel: strided windows
+    with constant weights as stride-1 Convs + DepthToSpace where the geometry allows it."""
+    if subpixel and SUBPIXEL and any(s > 1 for s in strides):
+        dx = subpixel_spread(g, dy, weight, in_sizes, out_sizes, kernel, strides, dilations, begin, group)
+        if dx is not None:
+            return dx
     if all(s == 1 for s in strides):
         # Stride 1: a Conv with the transposed kernel. ONNX Runtime runs Conv in its blocked NCHWc
         # layout (and depthwise Conv with a dedicated kernel), ConvTranspose not.
@@ -107,4 +173,4 @@ def conv(g, node, dy):
     kernel = node.attr("kernel_shape") or list(g.static_shape(weight, "Conv weight")[2:])
     in_sizes, out_sizes, strides, dilations, begin, _ = window_geometry(g, node, kernel)
     return [spread_back(g, dy, weight, in_sizes, out_sizes, kernel, strides, dilations, begin,
-                        group=node.attr("group", 1))]
+                        group=node.attr("group", 1), subpixel=True)]
