@@ -15,9 +15,9 @@ reference row, and v0 = Gather(v, reference_rows) is any value at the reference.
         complete; with this split the attributions sum to F(x) - F(x0) through such products too)
     everything else (linear ops): the chain rule.
 
-attribution = (x - x0) * multiplier sums to F(x) - F(x0) up to rounding. Captum documents the
-MaxPool rule above but, under torch 2.x, computes the plain gradient there (see
-DeepLiftAsCaptumRuns, rule set "deeplift_captum", which reproduces it)."""
+attribution = (x - x0) * multiplier sums to F(x) - F(x0) up to rounding. Captum computes the
+MaxPool rule above only where the MaxPool's input is not another hooked module's output; after a
+ReLU it loses it (see DeepLiftAsCaptumRuns, rule set "deeplift_captum", which reproduces that)."""
 from __future__ import annotations
 
 import numpy as np
@@ -154,9 +154,12 @@ def _zero(g):
 
 @rule_set("deeplift_captum")
 class DeepLiftAsCaptumRuns(DeepLift):
-    """DeepLIFT as Captum 0.9 computes it under torch 2.x: its MaxPool hook does not take effect
-    (measured: its attributions equal the plain gradient through MaxPool to 2e-7, and miss
-    F(x) - F(x0) by up to 1e-2 on a small CNN), so MaxPool keeps the chain rule. For comparisons
-    with Captum; the `deeplift` method uses the complete rule above."""
+    """DeepLIFT as Captum 0.9 computes it where every MaxPool follows a ReLU (VGG, most CNNs):
+    Captum's ReLU reads its output gradient with a tensor hook that runs before the MaxPool's hook
+    on that same tensor rewrites it, so the ReLU's multiplier takes the plain gradient through the
+    MaxPool and the MaxPool's rule is lost (measured: equal to Captum to 2e-7; Captum misses
+    F(x) - F(x0) by up to 1e-2 on a small CNN). Here MaxPool keeps the chain rule. For comparisons
+    with Captum; the `deeplift` method uses the complete rule above, which equals Captum where a
+    new tensor separates the ReLU from the MaxPool."""
     name = "deeplift_captum"
     rescale_maxpool = False
