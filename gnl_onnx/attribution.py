@@ -7,7 +7,11 @@
 with factor = image - baseline (integrated gradients), image (input x gradient) or 1. The method
 fixes the gradient rule and the factor; the caller (the Explainer, or any ONNX Runtime user of a
 converted model) chooses the points and weights, so one converted model serves any step count,
-quadrature rule and chunking."""
+quadrature rule and chunking. The scores are at the images, on N extra rows, except for the
+relevance methods, which are defined at the image: LRP composites (alphas [1], no noise) and
+deeplift (alphas [1, 0]) take them from their first block of points, the images, so a run has no
+rows beyond the points (half the rows of an LRP run); deeplift also outputs `baseline_scores`, the
+scores at its last block (the baselines)."""
 from __future__ import annotations
 
 import json
@@ -29,7 +33,7 @@ METADATA_KEY = "gnl_onnx.attribution"
 OUTPUT_KINDS = ("logit", "prob", "logprob")
 MAX_GAUSS_LEGENDRE_STEPS = 1024
 INPUT_NAMES = ("baseline", "target", "alphas", "weights", "noise")
-OUTPUT_NAMES = ("attribution", "scores", "target_used")
+OUTPUT_NAMES = ("attribution", "scores", "target_used", "baseline_scores")
 
 
 @dataclass(frozen=True)
@@ -142,9 +146,10 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     `noise` (broadcastable to [S, N, *image dims]; zeros of shape [1, 1, 1, 1, 1] for none with 4-D
     images). `baseline` has the image's rank (size-1 dims broadcast).
     Outputs: `attribution` (shaped like the image), `scores` (the explained output at the image,
-    [N, classes]) and `target_used` (int64 [N]).
+    [N, classes]) and `target_used` (int64 [N]); deeplift also `baseline_scores` (at the baseline).
     deeplift takes alphas [1, 0] and weights [1, 0]: the last block of points is the reference of
-    the others (the baseline)."""
+    the others (the baseline). LRP methods take alphas [1] and no noise: their scores are at the
+    first block of points."""
     spec = get_method(method)
     chosen = selected(prepare(model, input, output_name).for_rows, output)
     if chosen.batch == "fixed":
@@ -198,6 +203,8 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     graph.input.extend(helper.make_value_info(name, extra_types[name]) for name in extras.values())
     g = builder
     # the batch of points: S blocks of N images, then the N images themselves (for their scores)
+    # unless the first block is the images (LRP, deeplift: see the module docstring): scores from there
+    direct = spec.rule in LRP_METHODS or spec.path == "reference"
     delta = g.op("Sub", x, "baseline", name="image_minus_baseline")
     per_step = g.ints([-1] + [1] * rank)  # [S, 1, ..., 1]: one alpha or weight per block of N images
     along = g.op("Mul", g.op("Reshape", "alphas", per_step), g.op("Unsqueeze", delta, g.ints([0])))
@@ -205,7 +212,10 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     image_shape = g.op("Shape", x)
     item_shape = g.op("Slice", image_shape, g.ints([1]), g.ints([rank]))
     flat = g.op("Reshape", path, g.op("Concat", g.ints([-1]), item_shape, axis=0))
-    g.op("Concat", flat, x, axis=0, out=points)
+    if direct:
+        g.op("Identity", flat, out=points)
+    else:
+        g.op("Concat", flat, x, axis=0, out=points)
     if spec.path == "reference":  # DeepLIFT: row r's reference is row (S-1) N + r mod N (the last block)
         n_rows = g.op("Slice", image_shape, g.ints([0]), g.ints([1]))
         every = g.op("Range", g.ints(0), g.op("Squeeze", g.op("Shape", points, end=1), g.ints([0])), g.ints(1))
@@ -216,13 +226,21 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     n = g.op("Slice", image_shape, g.ints([0]), g.ints([1]))
     steps = g.op("Shape", "alphas")
     rows = g.op("Mul", steps, n)
-    g.op("Slice", scores_all, rows, g.ints([np.iinfo(np.int64).max]), g.ints([0]), out="scores")
+    if direct:
+        g.op("Slice", scores_all, g.ints([0]), n, g.ints([0]), out="scores")
+    else:
+        g.op("Slice", scores_all, rows, g.ints([np.iinfo(np.int64).max]), g.ints([0]), out="scores")
+    if spec.path == "reference":
+        g.op("Slice", scores_all, g.op("Sub", rows, n), rows, g.ints([0]), out="baseline_scores")
     top1 = g.op("ArgMax", "scores", axis=1, keepdims=0)
     g.op("Where", g.op("Less", "target", g.ints(0)), top1, "target", out="target_used")
     classes = g.op("Slice", g.op("Shape", "scores"), g.ints([1]), g.ints([2]))
     one_hot = g.op("OneHot", "target_used", classes, g.const([0.0, 1.0]), axis=-1)
     tiled = g.op("Tile", one_hot, g.op("Concat", steps, g.ints([1]), axis=0))
-    g.op("Concat", tiled, one_hot if spec.cam else g.op("Mul", one_hot, g.const(0.0)), axis=0, out=seed)
+    if direct:
+        g.op("Identity", tiled, out=seed)
+    else:
+        g.op("Concat", tiled, one_hot if spec.cam else g.op("Mul", one_hot, g.const(0.0)), axis=0, out=seed)
     # weighted sum of the path gradients, times the method's factor
     path_grads = g.op("Slice", grads_all, g.ints([0]), rows, g.ints([0]))
     stacked = g.op("Reshape", path_grads, g.op("Concat", g.ints([-1]), image_shape, axis=0))
@@ -239,6 +257,8 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", None]),
         helper.make_tensor_value_info("target_used", TensorProto.INT64, ["N"]),
     ])
+    if spec.path == "reference":
+        graph.output.append(helper.make_tensor_value_info("baseline_scores", TensorProto.FLOAT, ["N", None]))
     del graph.value_info[:]  # shapes of the renamed batch changed; the runtime infers them again
     topological_sort(graph)
     if spec.cam:  # map-only methods need no input gradient; Score-CAM's masked batch costs rows too

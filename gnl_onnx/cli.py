@@ -329,13 +329,14 @@ FEEDING = """feed it with any ONNX Runtime (Python shown):
   import numpy as np, onnxruntime as ort
   s = ort.InferenceSession("{path}")
   alphas, weights = np.polynomial.legendre.leggauss(32); alphas = (alphas + 1) / 2; weights /= 2
-  attribution, scores, target = s.run(None, {{
+  attribution, scores, target = s.run(["attribution", "scores", "target_used"], {{
       "{image}": images,                                  # float32, the model's own layout
       "baseline": np.zeros((1, 1, 1, 1), np.float32),    # same rank as the images, broadcast
       "target": np.full(len(images), -1, np.int64),      # -1: explain the top-1 class
       "alphas": alphas.astype(np.float32), "weights": weights.astype(np.float32),
       "noise": np.zeros((1, 1, 1, 1, 1), np.float32)}})   # SmoothGrad: [S, N, ...] Gaussian noise
-  (gradient-type methods: alphas = weights = [1.0])"""
+  (gradient-type and LRP methods: alphas = weights = [1.0])
+  (deeplift: alphas = weights = [1.0, 0.0]; its output "baseline_scores" holds the scores at the baseline)"""
 
 
 def preprocessing_from(args, model=None, images=()):

@@ -88,6 +88,8 @@ class Explainer:
                              f"the smallest that works is {_human(2 * self.row_bytes)}")
         self.session, self.provider = make_session(attribution, providers, threads, memory_pattern=False)
         self.input_name = self.info["input"]
+        self.outputs = ["attribution", "scores", "target_used"] + \
+            [o.name for o in self.session.get_outputs() if o.name == "baseline_scores"]  # deeplift: F(baseline)
 
     def _points(self):
         if self.spec.path == "line":
@@ -130,7 +132,7 @@ class Explainer:
             raise UsageError("the baseline contains NaN or infinite values; give a finite baseline")
         per_run, steps_per_run = self.chunks(n)
         attributions = np.zeros_like(images)
-        scores = None
+        scores = reference = None
         for lo in range(0, n, per_run):
             part = slice(lo, min(n, lo + per_run))
             for s in range(0, self.steps, steps_per_run):
@@ -141,24 +143,28 @@ class Explainer:
                     alphas = np.concatenate([alphas, np.repeat(alphas[-1:], short)])
                     weights = np.concatenate([weights, np.zeros(short, weights.dtype)])
                 noise = self._noise(images[part], lo, slice(s, s + steps_per_run))
-                attribution, part_scores, used = self._run(images[part], baselines[part], targets[part],
-                                                           alphas, weights, noise)
+                attribution, part_scores, used, *at_baseline = self._run(images[part], baselines[part],
+                                                                         targets[part], alphas, weights, noise)
                 attributions[part] += attribution
                 targets[part] = used  # later chunks explain the class the first one chose
                 if scores is None:
                     scores = np.zeros((n, part_scores.shape[1]), np.float32)
                 scores[part] = part_scores
+                if at_baseline:
+                    reference = np.zeros(n, np.float32) if reference is None else reference
+                    reference[part] = at_baseline[0][np.arange(len(used)), used]
         score = scores[np.arange(n), targets]
         forward_bad = ~np.isfinite(scores).all(axis=1)
         backward_bad = ~np.isfinite(attributions.reshape(n, -1)).all(axis=1) & ~forward_bad
         delta = None
-        if self.spec.complete:
+        if self.spec.complete and reference is None:
             reference = np.zeros_like(score)
             for lo in range(0, n, per_run):
                 part = slice(lo, min(n, lo + per_run))
                 _, base_scores, _ = self._run(baselines[part], baselines[part], targets[part],
                                               np.ones(1, np.float32), np.zeros(1, np.float32), None)
                 reference[part] = base_scores[np.arange(part.stop - part.start), targets[part]]
+        if self.spec.complete:
             axes = tuple(range(1, images.ndim))
             delta = attributions.sum(axis=axes) - (score - reference)
         result = Explanation(attributions, targets, score, scores, self.method,
@@ -202,7 +208,7 @@ class Explainer:
         feed = {self.input_name: images, "baseline": baselines, "target": targets, "alphas": alphas,
                 "weights": weights, "noise": noise}
         try:
-            return self.session.run(["attribution", "scores", "target_used"], feed)
+            return self.session.run(self.outputs, feed)
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own unrelated classes
