@@ -17,12 +17,13 @@ import contextlib
 import os
 import pathlib
 import re
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from .cache import exports_root as cache_root, save_whole
 
 SIZE = 32
 CLASSES = 10
@@ -69,13 +70,6 @@ def sample_input(batch: int, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal((batch, SIZE, SIZE, 3)).astype(np.float32)
 
 
-def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
-    if cache_dir is not None:
-        return pathlib.Path(cache_dir)
-    env = os.environ.get("GNL_ONNX_CACHE")
-    if env:
-        return pathlib.Path(env)
-    return pathlib.Path.home() / ".cache" / "gnl-onnx" / "exports"
 
 
 def export_path(cache_dir: str | os.PathLike | None = None, seed: int = SEED) -> pathlib.Path:
@@ -99,16 +93,7 @@ def export(cache_dir: str | os.PathLike | None = None, seed: int = SEED,
     model = build(seed) if model is None else model
     proto = to_onnx(model, [("B", SIZE, SIZE, 3)], model_name="smallcnn",
                     input_names=["input"], output_names=["logits"])
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_whole(proto.SerializeToString(), path)
 
 
 def _guided(fn, name: str, calls: collections.Counter | None):

@@ -28,10 +28,14 @@ import contextlib
 import os
 import pathlib
 import re
-import tempfile
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+try:
+    from .cache import exports_root as cache_root, save_whole
+except ImportError:  # run as a script (export(subprocess=True)): its folder is on sys.path
+    from cache import exports_root as cache_root, save_whole
 
 if TYPE_CHECKING:
     import keras
@@ -152,14 +156,6 @@ def build(arch: str, seed: int = SEED, dtype: str = "float32",
     return model
 
 
-def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
-    """$GNL_ONNX_CACHE, else ~/.cache/gnl-onnx/exports (as torchvision_zoo)."""
-    if cache_dir is not None:
-        return pathlib.Path(cache_dir)
-    env = os.environ.get("GNL_ONNX_CACHE")
-    if env:
-        return pathlib.Path(env)
-    return pathlib.Path.home() / ".cache" / "gnl-onnx" / "exports"
 
 
 def _versions() -> str:
@@ -209,16 +205,7 @@ def export(arch: str, cache_dir: str | os.PathLike | None = None, seed: int = SE
     spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="input"),)
 
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset(arch))
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_whole(proto.SerializeToString(), path)
 
 
 # --- TensorFlow's own gradients ------------------------------------------------------------

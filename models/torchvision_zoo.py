@@ -16,6 +16,8 @@ import warnings
 import torch
 import torchvision
 
+from .cache import exports_root as cache_root
+
 # Per-arch input resolution: as small as the exporters allow, to keep CI fast on 2 cores.
 # alexnet / vgg*: the legacy exporter fails unless the adaptive average pool divides the feature
 # map evenly (224); inception_v3: 75 is the architecture's minimum, 96 leaves a margin.
@@ -110,13 +112,6 @@ def build(arch: str, seed: int = SEED) -> torch.nn.Module:
     return model.eval()
 
 
-def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
-    if cache_dir is not None:
-        return pathlib.Path(cache_dir)
-    env = os.environ.get("GNL_ONNX_CACHE")
-    if env:
-        return pathlib.Path(env)
-    return pathlib.Path.home() / ".cache" / "gnl-onnx" / "exports"
 
 
 def export_path(arch: str, exporter: str = "legacy", size: int | None = None,

@@ -1,0 +1,33 @@
+"""Where exported test and benchmark models live, and how they get there: one folder outside the
+repository ($GNL_ONNX_CACHE, else ~/.cache/gnl-onnx/exports), files written whole or not at all."""
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+
+def exports_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """`cache_dir` when given, else $GNL_ONNX_CACHE, else ~/.cache/gnl-onnx/exports."""
+    if cache_dir is not None:
+        return pathlib.Path(cache_dir)
+    env = os.environ.get("GNL_ONNX_CACHE")
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path.home() / ".cache" / "gnl-onnx" / "exports"
+
+
+def save_whole(data: bytes, path: pathlib.Path) -> pathlib.Path:
+    """Write `data` to a temporary file beside `path`, then rename it into place: an interrupted
+    export never leaves a truncated model that a later run would trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
