@@ -14,10 +14,21 @@ the fastest is kept); Zennit is IntegratedGradients over its GuidedBackprop comp
 peer of GNL-IG; it gates nn.ReLU only). Models: torchvision resnet50, vgg16 and mobilenet_v2 with
 random weights (the ONNX files are exports of exactly those modules) and the real EfficientNet-Lite0,
 all at their native 224 x 224 (Lite0: 224). Times are medians over --repeat runs after a warm-up.
+
+    python tools/bench.py --relevance --threads 1 --repeat 5 --json out/bench_relevance.json
+
+--relevance times the relevance methods instead: each LRP composite beside Zennit's same composite
+(Gradient attributor, one-hot seed, its ResNet/VGG canonizers; mobilenet_v2: BatchNorm merging only)
+and deeplift beside Captum's DeepLift (baseline zeros; it refuses ReLU modules used twice, as in
+ResNets, and leaves mobilenet_v2's ReLU6 unhooked, so there it is not DeepLIFT), on resnet50, vgg16
+and mobilenet_v2 by default. Each pair is built once, warmed, then timed alternately (the order
+flips every round), so a loaded machine slows both alike; the ratio is the median of the per-round
+ratios peer / gnl-onnx (above 1: gnl-onnx faster).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -223,6 +234,108 @@ def bench_config(name, path, module, images, steps, args, providers, device) -> 
     return result
 
 
+# -- relevance methods ------------------------------------------------------------------------------
+COMPOSITES = {"lrp_epsilon_plus_flat": "EpsilonPlusFlat", "lrp_epsilon_gamma_box": "EpsilonGammaBox",
+              "lrp_epsilon_alpha2_beta1_flat": "EpsilonAlpha2Beta1Flat"}
+RELEVANCE_MODELS = ("resnet50", "vgg16", "mobilenet_v2")
+BOUNDS = (-2.2, 2.7)  # ZBox: about ImageNet's normalized range, scalars for both tools
+
+
+def zennit_canonizers(name: str):
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+    if name.startswith("resnet"):
+        return [ResNetCanonizer()]
+    if name.startswith("vgg"):
+        return [VGGCanonizer()]
+    return [SequentialMergeBatchNorm()]
+
+
+def interleaved(ours, peer, repeat: int) -> tuple[list[float], list[float]]:
+    """Times of ours and peer, alternating (ours first in even rounds), after one warm-up each."""
+    ours(), peer()
+    times = ([], [])
+    for r in range(repeat):
+        for k in ((0, 1) if r % 2 == 0 else (1, 0)):
+            start = time.perf_counter()
+            (ours, peer)[k]()
+            times[k].append(time.perf_counter() - start)
+    return times
+
+
+def bench_relevance(name, path, module, images, args, providers) -> dict:
+    import torch
+
+    from gnl_onnx import Explainer
+
+    n = len(images)
+    inputs = torch.from_numpy(images)
+    with torch.no_grad():
+        targets = module(inputs).argmax(1)
+    one_hot = torch.nn.functional.one_hot(targets, num_classes=1000).to(inputs.dtype)
+    rows = {}
+    print(f"  {name}: {n} image(s), {args.threads} thread(s), {args.repeat} interleaved rounds", flush=True)
+    pairs = [(m, f"zennit {c}") for m, c in COMPOSITES.items()] + [("deeplift", "captum DeepLift")]
+    for method, peer_name in pairs:
+        opened = contextlib.ExitStack()
+        explainer = Explainer(path, method=method, memory_budget=args.memory_budget, threads=args.threads,
+                              providers=providers, bounds=BOUNDS)
+        if method == "deeplift":
+            from captum.attr import DeepLift
+
+            for m in module.modules():  # Captum needs its hooks' inputs intact
+                if isinstance(m, torch.nn.ReLU):
+                    m.inplace = False
+            deeplift = DeepLift(module)
+
+            def peer():
+                deeplift.attribute(inputs, baselines=inputs * 0, target=targets)
+        else:
+            import zennit.composites
+
+            kwargs = {"low": BOUNDS[0], "high": BOUNDS[1]} if method == "lrp_epsilon_gamma_box" else {}
+            from zennit.attribution import Gradient
+
+            composite = getattr(zennit.composites, COMPOSITES[method])(canonizers=zennit_canonizers(name), **kwargs)
+            attributor = opened.enter_context(Gradient(module, composite))  # hooks registered once, as in a loop
+
+            def peer():
+                attributor(inputs, one_hot)
+        row = {"peer": peer_name}
+        try:
+            ours_t, peer_t = interleaved(lambda: explainer.explain(images), peer, args.repeat)
+        except Exception as e:  # noqa: BLE001 - a peer refusing a network is a result
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            ours_t = timed(lambda: explainer.explain(images), args.repeat, lambda: explainer.explain(images))
+            peer_t = None
+        opened.close()
+        row.update(ours_s_per_image=statistics.median(ours_t) / n, ours_times=ours_t)
+        if peer_t:
+            ratios = [p / o for o, p in zip(ours_t, peer_t)]
+            row.update(peer_s_per_image=statistics.median(peer_t) / n, peer_times=peer_t,
+                       speedup=statistics.median(ratios), speedup_range=[min(ratios), max(ratios)])
+        rows[method] = row
+        print(f"    {method:<30} {row['ours_s_per_image']:7.3f} s/image   {peer_name:<30} "
+              + (f"{row['peer_s_per_image']:7.3f} s/image   x{row['speedup']:.2f} "
+                 f"({row['speedup_range'][0]:.2f}-{row['speedup_range'][1]:.2f})" if peer_t else
+                 f"failed: {row['error']}"), flush=True)
+        del explainer
+        gc.collect()
+    return {"model": name, "images": n, "threads": args.threads, "methods": rows}
+
+
+def relevance_table(results: list[dict]) -> str:
+    lines = ["| model | method | gnl-onnx s/image | peer | peer s/image | peer / gnl-onnx (median, range) |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        for method, m in r["methods"].items():
+            peer = (f"{m['peer_s_per_image']:.3f} | {m['speedup']:.2f}x ({m['speedup_range'][0]:.2f}-"
+                    f"{m['speedup_range'][1]:.2f})") if "speedup" in m else f"failed: {m['error']} |"
+            lines.append(f"| {r['model']} | {method} | {m['ours_s_per_image']:.3f} | {m['peer']} | {peer} |")
+    return "\n".join(lines)
+
+
 # -- report ----------------------------------------------------------------------------------------
 def table(results: list[dict]) -> str:
     lines = ["| model | images | steps | method | s/image | images/s | x floor | vs best Captum | vs Zennit "
@@ -284,6 +397,9 @@ def main(argv=None) -> int:
     p.add_argument("--forward-rows", type=int, default=32, help="batch of the floor's forward measurement")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--relevance", action="store_true",
+                   help="time the LRP composites and deeplift beside Zennit and Captum instead (see above)")
+    p.add_argument("--relevance-batch", type=int, default=2, help="images per call with --relevance")
     args = p.parse_args(argv)
     args.captum_batches = [int(b) for b in args.captum_batches.split(",")]
 
@@ -294,6 +410,25 @@ def main(argv=None) -> int:
     skip = {tuple(s.split(":")) for s in args.skip.split(",") if s}
     started = time.perf_counter()
     results = []
+    if args.relevance:
+        models = args.models if args.models != ",".join(MODELS) else ",".join(RELEVANCE_MODELS)
+        for name in [m.strip() for m in models.split(",") if m.strip()]:
+            path, module = networks(name)
+            images = np.random.default_rng(0).standard_normal((args.relevance_batch, 3, 224, 224)).astype(np.float32)
+            results.append(bench_relevance(name, path, module, images, args, providers))
+            del module
+            gc.collect()
+        print(relevance_table(results))
+        if args.json:
+            from gnl_onnx.report import atomic_write
+
+            atomic_write(args.json, json.dumps({"results": results, "versions": versions(), "threads": args.threads,
+                                                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                                            "load_average": os.getloadavg()},
+                                                "command": "python tools/bench.py " + " ".join(
+                                                    sys.argv[1:] if argv is None else argv),
+                                                "seconds": round(time.perf_counter() - started, 1)}, indent=1))
+        return 0
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         path, module = networks(name)
         for batch in [int(b) for b in args.batches.split(",")]:
