@@ -151,9 +151,14 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     the others (the baseline). LRP methods take alphas [1] and no noise: their scores are at the
     first block of points."""
     spec = get_method(method)
+    if layer and not spec.cam:
+        raise UsageError(f"--layer (layer=) is for the CAM methods ({', '.join(CAM_METHODS)}), not {method}")
     chosen = selected(prepare(model, input, output_name).for_rows, output)
     if chosen.batch == "fixed":
         raise ModelError(chosen.notes[0])
+    if chosen.one_per_run and spec.path == "reference":  # its image and reference rows must meet in one run
+        raise ModelError(f"{method} runs each image beside its baseline in one batch, which this model cannot "
+                         "take (its batch is fixed at 1 in its graph); re-export it with a dynamic batch")
     x = chosen.input
     n_classes = (GraphBuilder(chosen.proto).shape(chosen.output) or [None])[-1]
     layers, image_axis = locate(chosen.proto, x, chosen.output, layer) if spec.cam else ([], None)

@@ -173,6 +173,10 @@ def run_rows_one_at_a_time(model: onnx.ModelProto, rows: list[str]) -> None:
                 needed.update(i for i in node.input if i)
         nodes.reverse()
         body = helper.make_graph(nodes, fresh(f"{output.name}_body"), [], [])
+        # values computed inside get names of their own: the same name in two bodies, or in a body
+        # and the outer graph, is not valid ONNX (and renaming an outer value would reach them)
+        local = {o: fresh(o) for node in body.node for o in node.output if o}
+        _rename_all(body, local)
         used = [inputs[name] for name in inputs if name in needed]
         prologue = []
         for value in used:
@@ -180,8 +184,7 @@ def run_rows_one_at_a_time(model: onnx.ModelProto, rows: list[str]) -> None:
             rename_value(body, value.name, inside)
             body.input.append(_without_first_dim(value, row))
             prologue.append(helper.make_node("Unsqueeze", [row, axes], [inside], name=fresh("unsqueeze")))
-        inside, row = fresh(output.name), fresh(f"{output.name}_slice")
-        rename_value(body, output.name, inside)
+        inside, row = local[output.name], fresh(f"{output.name}_slice")
         body.output.append(_without_first_dim(output, row))
         squeeze = helper.make_node("Squeeze", [inside, axes], [row], name=fresh("squeeze"))
         ordered = prologue + list(body.node) + [squeeze]
@@ -197,6 +200,17 @@ def run_rows_one_at_a_time(model: onnx.ModelProto, rows: list[str]) -> None:
             dims[0].Clear()
             dims[0].dim_param = BATCH_SYMBOL
     del graph.value_info[:]
+
+
+def _rename_all(graph: onnx.GraphProto, names: dict[str, str]) -> None:
+    """Rename values by `names` in one pass over a graph's nodes and their subgraphs."""
+    for node in graph.node:
+        for values in (node.input, node.output):
+            for i, name in enumerate(values):
+                values[i] = names.get(name, name)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                _rename_all(sub, names)
 
 
 def _without_first_dim(value: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:

@@ -394,10 +394,10 @@ def run_explain(args) -> int:
 
 def run_evaluate(args) -> int:
     from .evaluate import evaluate_files, find_images, parse_methods, parse_metrics
-
     from .intake import prepare
 
-    methods = parse_methods(args.methods)  # a bad name fails before anything is loaded
+    methods = parse_methods(args.methods)  # bad names fail before anything is loaded or written
+    metrics = parse_metrics(args.metrics)
     model = prepare(args.model, args.input, args.output_name)
     prep, _ = preprocessing_from(args, model, args.images)
     named = list(args.images)
@@ -413,7 +413,7 @@ def run_evaluate(args) -> int:
                           input=args.input, output_name=args.output_name,
                           deletion_substrate=args.deletion_substrate,
                           insertion_substrate=args.insertion_substrate, batch_size=args.batch_size,
-                          seed=args.seed, threads=args.threads, metrics=parse_metrics(args.metrics),
+                          seed=args.seed, threads=args.threads, metrics=metrics,
                           road_fractions=args.road_fractions, road_noise=args.road_noise)
 
 

@@ -105,6 +105,14 @@ def all_nodes(graph: onnx.GraphProto):
                 yield from (helper.make_node("Identity", [], [v.name]) for v in (*sub.input, *sub.initializer))
 
 
+def all_nodes_of(node: onnx.NodeProto):
+    """The node and the nodes of its subgraphs."""
+    yield node
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            yield from all_nodes(sub)
+
+
 class GraphBuilder:
     """Appends nodes and initializers to a model's graph, with names that never collide."""
 
@@ -294,14 +302,14 @@ def prune(graph: onnx.GraphProto) -> None:
     for node in reversed(graph.node):
         if any(o in needed for o in node.output):
             live.append(node)
-            needed.update(i for i in node.input if i)
+            needed.update(i for inner in all_nodes_of(node) for i in inner.input if i)  # bodies read outer values
     del graph.node[:]
     graph.node.extend(reversed(live))
     drop_unused_initializers(graph)
 
 
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used = {i for n in all_nodes(graph) for i in n.input} | {o.name for o in graph.output}
     keep = [t for t in graph.initializer if t.name in used]
     if len(keep) != len(graph.initializer):
         declared_inputs = {t.name for t in graph.initializer} - used

@@ -82,14 +82,16 @@ def plan_cost(model, methods=("gnl_ig", "ig", "gradient"), steps: int = 32, thre
     image = images[:1]
     costs = []
     for method in methods:
+        along_steps = get_method(method).path in ("line", "noise")  # the others run a fixed set of points
         explainer = Explainer(prepared, method=method, steps=min(steps, MEASURED_STEPS), threads=threads,
                               providers=providers)
-        measured_rows = explainer.steps + 1
-        per_row = _best_of(lambda e=explainer: e.explain(image), repeats=2) / measured_rows
-        runs = 1 if get_method(method).path == "image" else steps
-        seconds = per_row * (runs + 1)
+        measured = _best_of(lambda e=explainer: e.explain(image), repeats=2)
+        # a path run is its steps plus one row for the scores: the cost per row is what stays constant
+        seconds = measured * (steps + 1) / (explainer.steps + 1) if along_steps else measured
+        runs = steps if along_steps else 1
         floor = 2 * runs * forward
-        costs.append(MethodCost(method, runs, seconds, seconds / floor if runs > 1 else None, explainer.row_bytes))
+        costs.append(MethodCost(method, runs, seconds, seconds / floor if along_steps else None,
+                                explainer.row_bytes))
     return CostPlan(provider, threads, forward, steps, costs)
 
 

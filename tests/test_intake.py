@@ -120,6 +120,50 @@ def test_fixed_batch_models_explain_any_number_of_images(build, expected, shape)
     assert np.max(np.abs(ig.delta)) < 1e-3 * max(scale, 1.0), ig.delta
 
 
+def conv_models():
+    """The same small CNN twice: flattened per image (any batch), and flattened to one vector with
+    the batch put back at the end (batch 1 only: runs one row at a time)."""
+    rng = np.random.default_rng(8)
+    p = {"cw": rng.normal(size=(4, 3, 3, 3)).astype(F32) * 0.5, "cb": rng.normal(size=4).astype(F32) * 0.1,
+         "w": rng.normal(size=(4 * 6 * 6, 5)).astype(F32) * 0.2, "flat": np.array([144], np.int64),
+         "axes": np.array([0], np.int64)}
+    head = [node("Conv", ["x", "cw", "cb"], ["c"], kernel_shape=[3, 3]), node("Relu", ["c"], ["r"])]
+    baked = make_model(head + [node("Reshape", ["r", "flat"], ["v"]), node("MatMul", ["v", "w"], ["h"]),
+                               node("Unsqueeze", ["h", "axes"], ["logits"])],
+                       [("x", F32, [1, 3, 8, 8])], [("logits", F32, [1, 5])], p, opset=17)
+    free = make_model(head + [node("Flatten", ["r"], ["v"], axis=1), node("MatMul", ["v", "w"], ["logits"])],
+                      [("x", F32, ["N", 3, 8, 8])], [("logits", F32, ["N", 5])],
+                      {k: v for k, v in p.items() if k not in ("flat", "axes")}, opset=17)
+    return baked, free
+
+
+@pytest.mark.parametrize("method", ["gnl_ig", "gradcam", "scorecam", "guided_gradcam", "lrp_epsilon_plus_flat"])
+def test_one_row_at_a_time_gives_what_a_free_batch_gives(method):
+    baked, free = conv_models()
+    images = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(F32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IntakeNote)
+        prepared = prepare(baked).for_rows
+        assert prepared.batch == "one per run"
+        got = Explainer(prepared, method=method, steps=8).explain(images)
+    want = Explainer(free, method=method, steps=8).explain(images)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.attributions, want.attributions, rtol=1e-4, atol=1e-6)
+
+
+def test_deeplift_on_a_batch_baked_at_one_is_refused_in_one_line():
+    baked, _ = conv_models()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IntakeNote)
+        with pytest.raises(gnl_onnx.ModelError, match="re-export it with a dynamic batch"):
+            Explainer(baked, method="deeplift")
+
+
+def test_layer_is_for_cam_methods_only():
+    with pytest.raises(gnl_onnx.UsageError, match="CAM methods"):
+        gnl_onnx.attribution_model(relu_cnn(0, 16, 5), method="gradient", layer=["r2"])
+
+
 def test_a_graph_that_needs_its_batch_is_verified_not_trusted():
     """A rewrite that does not run at batch 2, and one that runs but mixes the images of a batch,
     are both caught by running them; a correct one passes."""

@@ -132,10 +132,17 @@ class DeepLift(RuleSet):
     def global_max_pool(self, g, node, dy):
         x, y = node.inputs[0], node.outputs[0]
         own, other = self._deltas(g, node, dy)
-        zero = g.const(0.0)
         chain = RULES["GlobalMaxPool"](g, node, dy)[0]
-        at_x = g.op("Where", g.op("Equal", x, y), own, zero)
-        at_x0 = g.op("Where", g.op("Equal", self.ref(x), self.ref(y)), other, zero)
+        spatial = g.ints(list(range(2, g.rank(x))))
+
+        def shared_among_maxima(values, pooled, part):
+            # every position equal to the max gets an equal share: a flat map (a zero baseline)
+            # ties everywhere, and each tied position taking all of it broke completeness
+            hit = g.op("Cast", g.op("Equal", values, pooled), to=g.float_type)
+            return g.op("Div", g.op("Mul", hit, part), g.op("ReduceSum", hit, spatial, keepdims=1))
+
+        at_x = shared_among_maxima(x, y, own)
+        at_x0 = shared_among_maxima(self.ref(x), self.ref(y), other)
         return [self._secant(g, x, None, chain, dy, g.op("Add", at_x, at_x0))]
 
     def product(self, g, node, dy):
