@@ -43,7 +43,7 @@ class Method:
     path: str    # how the runtime places the points: "image" (alpha 1), "line" (baseline -> image), "noise",
     #              "reference" (the image and the baseline in one run: alphas [1, 0], weights [1, 0])
     summary: str
-    cam: str | None = None     # a class activation map (gnl_onnx/cam.py) at the target layer(s)
+    cam: str | None = None     # a class activation map (gnl_onnx/cam/) at the target layer(s)
     cam_times: bool = False    # the attribution is the gradient part times the map (else the map alone)
     complete: bool = False     # sums to F(image) - F(baseline): the Explainer reports the gap as delta
 
@@ -136,7 +136,7 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
                       output: str = "logit", input: str | None = None,
                       output_name: str | None = None, layer=None, bounds=None) -> onnx.ModelProto:
     """One ONNX model computing an attribution end to end (see the module docstring).
-    `layer`: the target layer(s) of CAM methods, value names (default: found, see gnl_onnx/cam.py).
+    `layer`: the target layer(s) of CAM methods, value names (default: found, see gnl_onnx/cam/).
     `bounds`: (low, high), the lowest and highest input values (scalars or broadcastable to the
     image, e.g. [1, C, 1, 1]) for lrp_epsilon_gamma_box's ZBox rule: the defaults of its optional
     inputs `low` and `high` (default (0, 1): pixels 0..1 with no mean/std).

@@ -1,4 +1,4 @@
-"""Class activation maps (gnl_onnx/cam.py) against the anchor, pytorch-grad-cam 1.5.7 (PyPI
+"""Class activation maps (gnl_onnx/cam/) against the anchor, pytorch-grad-cam 1.5.7 (PyPI
 `grad-cam`), on torch exports of torchvision CNNs (random weights, both exporters), plus the
 layer locator, NHWC graphs and bad layer names.
 
@@ -151,7 +151,7 @@ def test_cams_match_anchor(arch, exporter):
         assert np.all(attribution == attribution[:, :1]), "every channel holds the map"
         ref = anchor_maps(ANCHORS[method], net, [module], x, target)[0]
         assert ref.max() > 0, f"{method}: the anchor's map is all zero (a degenerate case)"
-        if method == "eigencam":  # the principal component's sign is arbitrary (see gnl_onnx/cam.py)
+        if method == "eigencam":  # the principal component's sign is arbitrary (see gnl_onnx/cam/)
             flipped = anchor_maps_flipped(net, module, x)
             err = max(min(rel_err([o], [r]), rel_err([o], [f])) for o, r, f in zip(ours, ref, flipped))
         else:

@@ -1,0 +1,52 @@
+"""Class activation maps as ONNX graphs: where the target layer is (the locator), and the CAM part
+of an attribution graph (weights per channel, the map, ReLU, bilinear upsampling), from standard
+ONNX ops only.
+
+Definitions follow pytorch-grad-cam 1.5.7 (PyPI `grad-cam`), with A a layer's activation
+[N, K, h, w] at the image and g = dY/dA (the plain gradient of the explained score):
+
+    gradcam      w_k = mean_ij g                         map = sum_k w_k A_k
+    gradcam_pp   w_k = sum_ij relu(g) a,  a = g^2 / (2 g^2 + sum_ij(A) g^3 + 1e-6)  (0 where g = 0)
+    hirescam     map = sum_k g_k * A_k
+    xgradcam     w_k = sum_ij g A / (sum_ij A + 1e-7)
+    layercam     map = sum_k relu(g_k) * A_k
+    eigencam     map = the centred A (pixels x channels) projected on its first principal component
+    scorecam     w = softmax_k(score of the image masked by the min-max scaled, upsampled A_k)
+
+then map = resize_bilinear(relu(map)) to the image's height and width (cv2's INTER_LINEAR, i.e.
+ONNX Resize linear with half_pixel coordinates). Several layers: each layer's map is min-max
+scaled (x - min) / (max + 1e-7) per image before upsampling and the upsampled maps are averaged, as
+the anchor aggregates; one layer: the raw map. guided_gradcam and gnl_gradcam multiply guided backprop or
+GNL-IG by the Grad-CAM map.
+
+The map [N, 1, H, W] ([N, H, W, 1] for NHWC images) is broadcast to the image's shape, so the
+attribution output keeps the image's shape for every method: each channel holds the map."""
+from __future__ import annotations
+
+# name: (rule of the input gradient, factor, path, summary, cam, the gradient part is used)
+CAM_METHODS = {
+    "gradcam": ("plain", "none", "image", "Grad-CAM (Selvaraju et al.): the target layer's channels weighted "
+                "by their mean gradient, ReLU, upsampled", "gradcam", False),
+    "gradcam_pp": ("plain", "none", "image", "Grad-CAM++ (Chattopadhyay et al.): channel weights from "
+                   "positive gradients and second/third-order alphas", "gradcam_pp", False),
+    "hirescam": ("plain", "none", "image", "HiResCAM (Draelos and Carin): the sum over channels of gradient "
+                 "times activation, per position", "hirescam", False),
+    "xgradcam": ("plain", "none", "image", "XGradCAM (Fu et al.): channels weighted by the activation-"
+                 "normalized sum of gradient times activation", "xgradcam", False),
+    "layercam": ("plain", "none", "image", "LayerCAM (Jiang et al.): the sum over channels of the positive "
+                 "gradient times activation", "layercam", False),
+    "eigencam": ("plain", "none", "image", "Eigen-CAM (Muhammad and Yeasin): the layer's first principal "
+                 "component (no gradient; power iteration in the graph)", "eigencam", False),
+    "scorecam": ("plain", "none", "image", "Score-CAM (Wang et al.): channels weighted by the softmax of the "
+                 "scores of the image masked by each upsampled channel (forward passes only)", "scorecam", False),
+    "guided_gradcam": ("guided", "none", "image", "Guided Grad-CAM: guided backprop times the upsampled "
+                       "Grad-CAM map", "gradcam", True),
+    "gnl_gradcam": ("guided", "delta", "line", "GNL-IG times the upsampled Grad-CAM map", "gradcam", True),
+}
+
+from .locate import Layer, candidates_report, default_layer, layer_candidates, locate, locate_layers  # noqa: E402
+from .maps import broadcast_to_image, cam_attribution, cam_map  # noqa: E402
+from .scorecam import scorecam_chunk, scorecam_rescore  # noqa: E402
+
+__all__ = ["CAM_METHODS", "Layer", "locate", "locate_layers", "layer_candidates", "default_layer", "candidates_report",
+           "cam_map", "cam_attribution", "broadcast_to_image", "scorecam_rescore", "scorecam_chunk"]
