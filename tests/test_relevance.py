@@ -155,8 +155,10 @@ def test_lrp_matches_zennit(arch, composite):
     print(f"\n{arch} {composite}: rel err {err:.2e} (ours {t1 - t0:.1f} s, zennit {t2 - t1:.1f} s), "
           f"sums {got.reshape(len(x), -1).sum(1)} vs {ref.reshape(len(x), -1).sum(1)}")
     if err > REL_TOL:
-        # Some nets are ill-conditioned for LRP (DenseNet: Norm splits of average pools whose
-        # signed inputs nearly cancel): then hold the engine to 10x Zennit's own float32 error.
+        # DenseNet only is ill-conditioned for LRP (Norm splits of average pools whose signed
+        # inputs nearly cancel; measured 1.1e-4..4.7e-4 against Zennit's own float32 error of
+        # 3e-5..6e-5): there the engine is held to 10x that error, every other net to REL_TOL.
+        assert arch == "densenet121", f"{arch} {composite}: {err:.2e} > {REL_TOL}"
         own = rel_err(zennit_relevance(arch, composite, x, seed, torch.float32), ref)
         print(f"  zennit float32 vs float64: {own:.2e}")
         assert err <= 10 * own
