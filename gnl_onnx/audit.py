@@ -35,6 +35,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .attribution import METHODS
 from .check import model_sha256
 from .errors import GnlOnnxError, InputError, UsageError
 from .intake import prepare
@@ -176,7 +177,8 @@ class AuditWorker:
             s["model"], method=m, steps=s["steps"], baseline=s["baseline"], integration=s["integration"],
             memory_budget=s["memory_budget"], gate=s["gate"], output=s["output"], input=s["input"],
             black=s["prep"].black(), layout=s["prep"].layout, output_name=s["output_name"], seed=s["seed"],
-            bounds=s["prep"].bounds(), providers=providers, threads=threads) for m in s["methods"]}
+            bounds=s["prep"].bounds(), providers=providers, threads=threads,
+            layer=s.get("layer") if METHODS[m].cam else None) for m in s["methods"]}
 
     def _load(self, path: str) -> np.ndarray:
         from pyarrow.fs import LocalFileSystem
@@ -519,7 +521,7 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
           deletion_substrate=DELETION_SUBSTRATE, insertion_substrate=INSERTION_SUBSTRATE,
           batch_size: int = BATCH_SIZE, seed: int = 0, providers=None, threads: int | None = None,
           progress: bool = True, metrics=DEFAULT_METRICS, road_fractions=ROAD_FRACTIONS,
-          road_noise: float = ROAD_NOISE) -> AuditResult:
+          road_noise: float = ROAD_NOISE, layer=None) -> AuditResult:
     """Audit every image under `images` (a folder or URI) with `methods`; write OUT as the module
     docstring says and return what happened. Resumes an earlier audit in OUT with the same settings.
     metrics: "deletion,insertion" or "deletion,insertion,road" (ROAD's noise: road_noise of the
@@ -555,7 +557,7 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
                 "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(prep).items()},
                 "steps": int(steps), "baseline": baseline, "integration": integration, "gate": gate,
                 "output": output, "target": target, "seed": int(seed), "input": input, "output_name": output_name,
-                **checked.config()}
+                **checked.config(), **({"layer": list(layer)} if layer else {})}  # no key without: old runs resume
     out = Path(out)
     _prepare_out(out, identity, overwrite)
     store = _Store(out, checked.road_fractions if checked.road else None)
@@ -571,7 +573,7 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
                 "integration": integration, "gate": gate, "output": output, "target": target, "seed": int(seed),
                 "input": input, "output_name": output_name, "memory_budget": memory_budget,
                 "providers": providers, "batch_size": int(batch_size), **checked.config(),
-                "crash_marker": os.environ.get(CRASH_ENV)}
+                "crash_marker": os.environ.get(CRASH_ENV), "layer": list(layer) if layer else None}
     if rows:
         bar = _progress(pending) if progress else None
 

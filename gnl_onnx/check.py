@@ -330,7 +330,7 @@ class ModelChecker:
                  gate: str = "paper", output: str = "logit", target: int | None = None,
                  input: str | None = None, output_name: str | None = None, thresholds: Thresholds | None = None,
                  memory_budget="2GB", seed: int = 0, providers=None, threads: int | None = None,
-                 config: str | None = None):
+                 config: str | None = None, layer=None):
         from .attribution import get_method
         from .intake import prepare
 
@@ -350,6 +350,7 @@ class ModelChecker:
         self.thresholds = thresholds or Thresholds()
         self.config = config
         self.runtime = {"memory_budget": memory_budget, "providers": providers, "threads": threads}
+        self.layer = layer  # the CAM methods' target layer(s); None: the default
         self._explanations: dict = {}
         self._random_inputs = None
 
@@ -363,6 +364,7 @@ class ModelChecker:
                 "seed": self.seed, "preprocessing": None if self.prep is None else _plain(asdict(self.prep))}
 
     def _explainer(self, method: str, model=None):
+        from .attribution import get_method
         from .explain import Explainer
 
         key = ("explainer", method)
@@ -372,7 +374,8 @@ class ModelChecker:
                 integration=self.integration, gate=self.gate, output=self.output, input=self.input_name,
                 output_name=self.output_name, black=None if self.prep is None else self.prep.black(),
                 bounds=None if self.prep is None else self.prep.bounds(),
-                layout=self._layout(), seed=self.seed, **self.runtime)
+                layout=self._layout(), seed=self.seed, layer=self.layer if get_method(method).cam else None,
+                **self.runtime)
             if model is not None:
                 return explainer  # a changed copy of the model: not kept
             self._explanations[key] = explainer

@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     metric_args(p)
     explain_args(p)
+    layer_args(p)
     p.set_defaults(run=run_evaluate)
 
     p = commands.add_parser("check", help="CI checks of a model version: gradient rules, finite differences, IG "
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_number, default=0, help="seed of the random inputs and directions")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per session (default: all cores)")
     explain_args(p)
+    layer_args(p)
     p.set_defaults(run=run_check)
 
     p = commands.add_parser("audit", help="a whole data set: every image x method, deletion/insertion, as Parquet; "
@@ -198,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="local engine: ONNX Runtime threads per session (default: all cores)")
     metric_args(p)
     explain_args(p)
+    layer_args(p)
     p.set_defaults(run=run_audit)
 
     p = commands.add_parser("demo", help="EfficientNet-Lite0 on real photos: GNL-IG beside IG, as HTML")
@@ -414,7 +417,7 @@ def run_evaluate(args) -> int:
                           deletion_substrate=args.deletion_substrate,
                           insertion_substrate=args.insertion_substrate, batch_size=args.batch_size,
                           seed=args.seed, threads=args.threads, metrics=metrics,
-                          road_fractions=args.road_fractions, road_noise=args.road_noise)
+                          road_fractions=args.road_fractions, road_noise=args.road_noise, layer=args.layer)
 
 
 def save_dataset(name: str, limit, seed: int, folder: Path, overwrite: bool) -> list[str]:
@@ -452,7 +455,7 @@ def run_check(args) -> int:
                        overwrite=args.overwrite, thresholds=thresholds, config=config, method=args.method,
                        steps=args.steps, baseline=args.baseline, integration=args.integration, gate=args.gate,
                        output=args.output, target=args.target, input=args.input, output_name=args.output_name,
-                       memory_budget=args.memory_budget, seed=args.seed, threads=args.threads)
+                       memory_budget=args.memory_budget, seed=args.seed, threads=args.threads, layer=args.layer)
 
 
 def run_audit(args) -> int:
@@ -472,7 +475,7 @@ def run_audit(args) -> int:
                        memory_budget=args.memory_budget, input=args.input, output_name=args.output_name,
                        deletion_substrate=args.deletion_substrate, insertion_substrate=args.insertion_substrate,
                        batch_size=args.batch_size, seed=args.seed, threads=args.threads, metrics=args.metrics,
-                       road_fractions=args.road_fractions, road_noise=args.road_noise)
+                       road_fractions=args.road_fractions, road_noise=args.road_noise, layer=args.layer)
 
 
 def run_demo(args) -> int:

@@ -297,7 +297,7 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
              deletion_substrate=DELETION_SUBSTRATE, insertion_substrate=INSERTION_SUBSTRATE,
              batch_size: int = BATCH_SIZE, seed: int = 0, names=None, progress=None, providers=None,
              threads: int | None = None, metrics=DEFAULT_METRICS, road_fractions=road.FRACTIONS,
-             road_noise: float = road.NOISE, road_span=None, keep=None, bounds=None) -> Evaluation:
+             road_noise: float = road.NOISE, road_span=None, keep=None, bounds=None, layer=None) -> Evaluation:
     """Explain `images` (float32 [N, ...], the model's input) with every method and score each
     attribution by deletion and insertion, and by ROAD when metrics include "road" (road_span: the
     pixel range in the model's input space, road.span_of(preprocessing); None: 1.0, inputs in [0, 1];
@@ -306,7 +306,9 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
     random attribution (seeded per image), the floor. `progress(n)` is called after each image.
     `providers` and `threads` go to every ONNX Runtime session (default: CUDA when present, all cores).
     keep(method, indices, attributions), when given, sees each batch's attributions (the report's overlays).
-    bounds: (low, high) of the input for lrp_epsilon_gamma_box (Preprocessing.bounds(); None: 0 and 1)."""
+    bounds: (low, high) of the input for lrp_epsilon_gamma_box (Preprocessing.bounds(); None: 0 and 1).
+    layer: the CAM methods' target layer(s) (value names; None: the default layer)."""
+    from .attribution import METHODS
     from .explain import Explainer
     from .intake import prepare
 
@@ -334,6 +336,8 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
               "methods": methods, "steps": steps, **settings.config(),
               "baseline": baseline if isinstance(baseline, str) else "array", "integration": integration,
               "gate": gate, "output": output, "seed": seed, "provider": scorer.provider}
+    if layer:
+        config["layer"] = list(layer)
     evaluation = Evaluation(config)
     curves: dict[str, dict[str, list]] = {}
     for method in methods:
@@ -342,7 +346,8 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
             explainer = Explainer(model, method=method, steps=steps, baseline=baseline, integration=integration,
                                   memory_budget=memory_budget, gate=gate, output=output, input=input,
                                   black=black, layout=layout, output_name=output_name, seed=seed,
-                                  providers=providers, threads=threads, bounds=bounds)
+                                  providers=providers, threads=threads, bounds=bounds,
+                                  layer=layer if METHODS[method].cam else None)
         per = curves.setdefault(method, {"deletion": [], "insertion": []}
                                 | ({"road_morf": [], "road_lerf": []} if settings.road else {}))
         for lo in range(0, n, BATCH):
