@@ -373,7 +373,8 @@ def preprocessing_from(args, model=None, images=()):
             if "mean" not in given and "std" not in given and not all(is_array_file(i) for i in images):
                 warnings.warn(f"no --preset: photos are resized and centre-cropped to the model's "
                               f"{derived.crop[0]}x{derived.crop[1]}, pixels scaled to 0..1 with no mean/std; "
-                              "pass --preset or --mean/--std if the model was trained otherwise", IntakeNote)
+                              "pass --preset or --mean/--std if the model was trained otherwise", IntakeNote,
+                              stacklevel=2)
             return derived, None
         if images and all(is_array_file(i) for i in images):  # arrays are fed as they are: no resize
             return Preprocessing(size=1, **{k: v for k, v in given.items() if k in ("layout", "channels")}), None

@@ -26,10 +26,10 @@ class IntakeNote(UserWarning):
 class PreparedModel:
     """A checked, normalized model with its image input and explained output chosen.
 
-    batch (see for_rows): "dynamic" (as exported or not yet looked at), "made dynamic" (a fixed batch rewritten to a free one and
-    verified), "one per run" (a batch of 1 that the graph bakes in: attribution graphs run their
-    rows one at a time, inside the graph) or "fixed" (a larger batch baked in: the model's own
-    gradient works, attribution graphs are refused with `notes[0]`)."""
+    batch (see for_rows): "dynamic" (as exported or not yet looked at), "made dynamic" (a fixed
+    batch rewritten to a free one and verified), "one per run" (a batch of 1 that the graph bakes
+    in: attribution graphs run their rows one at a time, inside the graph) or "fixed" (a larger
+    batch baked in: the model's own gradient works, attribution graphs are refused with `notes[0]`)."""
 
     proto: onnx.ModelProto
     input: str

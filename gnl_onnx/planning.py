@@ -74,11 +74,10 @@ def plan_cost(model, methods=("gnl_ig", "ig", "gradient"), steps: int = 32, thre
         raise UsageError("the model's image size is not fixed, so its cost depends on the images: export it with "
                          "a fixed image size to plan")
     rng = np.random.default_rng(0)
-    session, provider = make_session(selected(prepared).proto, providers, threads)
     batch = 1 if prepared.one_per_run else FORWARD_BATCH
     images = rng.standard_normal((batch, *shape[1:])).astype(np.float32)
-    forward = _best_of(lambda: session.run(None, {prepared.input: images}), repeats=3) / batch
-    del session
+    forward, provider = _forward_seconds(make_session(selected(prepared).proto, providers, threads), prepared.input,
+                                         images)
     image = images[:1]
     costs = []
     for method in methods:
@@ -93,6 +92,12 @@ def plan_cost(model, methods=("gnl_ig", "ig", "gradient"), steps: int = 32, thre
         costs.append(MethodCost(method, runs, seconds, seconds / floor if along_steps else None,
                                 explainer.row_bytes))
     return CostPlan(provider, threads, forward, steps, costs)
+
+
+def _forward_seconds(opened, name: str, images) -> tuple[float, str]:
+    """Seconds per image of the plain model's forward pass (its session is dropped on return)."""
+    session, provider = opened
+    return _best_of(lambda: session.run(None, {name: images}), repeats=3) / len(images), provider
 
 
 def _best_of(run, repeats: int) -> float:

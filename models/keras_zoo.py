@@ -4,7 +4,8 @@
 classifier_activation=None)` at a small input size; every kernel, bias and BatchNormalization
 statistic is redrawn from a seeded numpy generator, so the weights do not depend on Keras' own
 random state. `export(arch)` writes (or reuses) the ONNX file of that same model the way users
-export one: tf2onnx.convert.from_keras with an input signature that leaves the batch dynamic. `input_gradient(model, x, seed, guided=...)` is TensorFlow's own d sum(seed * logits) / dx:
+export one: tf2onnx.convert.from_keras with an input signature that leaves the batch dynamic.
+`input_gradient(model, x, seed, guided=...)` is TensorFlow's own d sum(seed * logits) / dx:
 GradientTape for the plain gradient, and for the guided one tf.gradients under a gradient override
 map that lets only positive gradients through the rectifiers and max-pooling (the "paper" gating,
 see tests/torch_reference.py):
@@ -116,10 +117,11 @@ def _redraw(model: keras.Model, seed: int) -> None:
         for w in layer.weights:
             shape, name = tuple(w.shape), w.name.split("/")[-1]
             if kind == "BatchNormalization":
-                value = {"gamma": lambda: 0.5 + rng.random(shape),
-                         "beta": lambda: 0.2 * rng.standard_normal(shape),
-                         "moving_mean": lambda: 0.2 * rng.standard_normal(shape),
-                         "moving_variance": lambda: 0.5 + rng.random(shape)}[name]()
+                draws = {"gamma": lambda: 0.5 + rng.random(shape),  # noqa: B023 - called at once, below
+                         "beta": lambda: 0.2 * rng.standard_normal(shape),  # noqa: B023
+                         "moving_mean": lambda: 0.2 * rng.standard_normal(shape),  # noqa: B023
+                         "moving_variance": lambda: 0.5 + rng.random(shape)}  # noqa: B023
+                value = draws[name]()
             elif name.endswith("kernel") and len(shape) >= 2:
                 # depthwise (H, W, C, M): fan-in H*W; conv (..., I, O) and dense (I, O): all but O
                 fan_in = np.prod(shape[:2]) if name == "depthwise_kernel" else np.prod(shape[:-1])

@@ -250,7 +250,8 @@ def nhwc_model(seed=0):
              helper.make_node("ReduceMean", ["features", "axes"], ["pooled"], keepdims=0),
              helper.make_node("MatMul", ["pooled", "m"], ["mm"]),
              helper.make_node("Add", ["mm", "b"], ["logits"])]
-    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 12, 10, 3])],
+    graph = helper.make_graph(nodes, "nhwc",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 12, 10, 3])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], [w, m, b, axes])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 

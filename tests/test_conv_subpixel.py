@@ -62,7 +62,8 @@ GEOMETRIES = [
      False),
     ("dw_k3_s21", (1, 2, 8, 8), (2, 1, 3, 3), 2, dict(strides=[2, 1], pads=[1, 1, 1, 1]), False),
     ("dw_k3_s2_p3", (1, 2, 9, 9), (2, 1, 3, 3), 2, dict(strides=[2, 2], pads=[3, 3, 3, 3]), False),
-    ("dw_k3_s3_p1", (1, 2, 10, 9), (2, 1, 3, 3), 2, dict(strides=[3, 3], pads=[1, 1, 1, 1]), False),  # a phase would need a negative pad
+    # a phase would need a negative pad
+    ("dw_k3_s3_p1", (1, 2, 10, 9), (2, 1, 3, 3), 2, dict(strides=[3, 3], pads=[1, 1, 1, 1]), False),
 ]
 
 

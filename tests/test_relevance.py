@@ -27,7 +27,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 import gnl_onnx
 from gnl_onnx.autodiff.relevance import linear as lrp
-from gnl_onnx.autodiff.relevance import split
 from gnl_onnx.autodiff.rulesets import Backward, RuleSet
 
 torch = pytest.importorskip("torch")
@@ -512,7 +511,8 @@ def _prefixed_cnn(prefix, layout="NCHW"):
                       helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
                       helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("MatMul", ["f", "wd"], ["y"])]
     inits = [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in
-             (("w", w), ("b", b), ("wd", wd), ("mean", [[[[0.4]], [[0.5]], [[0.3]]]]), ("std", [[[[0.2]], [[-0.3]], [[0.25]]]]))]
+             (("w", w), ("b", b), ("wd", wd), ("mean", [[[[0.4]], [[0.5]], [[0.3]]]]),
+              ("std", [[[[0.2]], [[-0.3]], [[0.25]]]]))]
     dims = ["N", 3, 8, 8] if layout == "NCHW" else ["N", 8, 8, 3]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)

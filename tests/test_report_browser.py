@@ -40,7 +40,8 @@ def small(tmp_path_factory):
     yy, xx = np.mgrid[0:HW, 0:HW]
     (d / "photos").mkdir()
     for k in range(5):
-        rgb = np.stack([np.sin(xx / (2 + k)), np.cos(yy / (3 + k)), np.exp(-((xx - 4 * k) ** 2 + (yy - 16) ** 2) / 40)], -1)
+        rgb = np.stack([np.sin(xx / (2 + k)), np.cos(yy / (3 + k)),
+                        np.exp(-((xx - 4 * k) ** 2 + (yy - 16) ** 2) / 40)], -1)
         rgb = rgb * 90 + 128 + rng.normal(0, 15, (HW, HW, 3))
         Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(d / "photos" / f"photo{k}.png")
     return d
@@ -115,7 +116,8 @@ def test_audit_report_in_chromium(browser, small, tmp_path):
     from gnl_onnx.audit import audit
 
     out = tmp_path / "audit"
-    result = audit(str(small / "model.onnx"), str(small / "photos"), out, Preprocessing(size=HW), METHODS[:2] + ["random"],
+    result = audit(str(small / "model.onnx"), str(small / "photos"), out, Preprocessing(size=HW),
+                   METHODS[:2] + ["random"],
                    steps=4, curve_steps=8, progress=False)
     assert result.computed == 15
     page = open_checked(browser, out / "report.html")
@@ -131,7 +133,8 @@ def test_demo_style_page_in_chromium(browser, small, tmp_path):
     photos = sorted(str(p) for p in (small / "photos").iterdir())[:3]
     runs = {m: explain_to_folder(str(small / "model.onnx"), photos, tmp_path / m, Preprocessing(size=HW), None,
                                  method=m, steps=4)[0] for m in METHODS[:3]}
-    rows = [Row(image=records[0]["image"], label=f"class {records[0]['target']}", title=pathlib.Path(records[0]["image"]).name,
+    rows = [Row(image=records[0]["image"], label=f"class {records[0]['target']}",
+                title=pathlib.Path(records[0]["image"]).name,
                 panels=[Panel(r["files"]["overlay"], r["method"], r["baseline"]) for r in records])
             for records in zip(*runs.values())]
     page = open_checked(browser, html_page(rows, tmp_path / "index.html", title="demo"))

@@ -24,7 +24,8 @@ gnl_gradcam under the zeros baseline) and any other method in gnl_onnx.METHODS w
 (--methods filters, --exclude drops NETWORK:METHOD pairs; a method that fails on a network is
 recorded under "failed" and the run goes on). ROAD (gnl_onnx.road: noisy linear imputation, noise
 0.01 of the pixel range, fractions 0.1..0.9, MoRF and LeRF AUCs and LeRF - MoRF), seeded by the
-image's position as `gnl-onnx evaluate --metrics road`, for the rankings in --road-reduce. Means with standard errors over all images and over the
+image's position as `gnl-onnx evaluate --metrics road`, for the rankings in --road-reduce. Means with
+standard errors over all images and over the
 correctly classified ones (where labels exist). Cascading randomization (Adebayo et al.) on
 --sanity-networks. Each network's results go to OUT/<network>.json as soon as it finishes (atomic
 write); a rerun with the same settings reuses them (resumable). Then OUT/results.json,
@@ -239,7 +240,8 @@ def measure(network: str, args, only=None) -> dict:
 
     return {"network": network, "data": source, "preset": preset_name(network), "model": str(model),
             "steps": args.steps, "curve_steps": args.curve_steps, "methods_registered": list(METHODS),
-            "variants": {label: list(v) for label, v in table.items()}, "failed": failed, "variant_seconds": seconds, "zbox_bounds": "preprocessing",
+            "variants": {label: list(v) for label, v in table.items()}, "failed": failed, "variant_seconds": seconds,
+            "zbox_bounds": "preprocessing",
             "road_reduce": list(args.road_reduce), "road_fractions": list(road.FRACTIONS), "road_noise": road.NOISE,
             "images": list(records.values()), "seconds": round(time.perf_counter() - start, 1)}
 
@@ -587,7 +589,8 @@ def main(argv=None) -> int:
         p.error(f"unknown network(s) {unknown}; choose from {NETWORKS}")
     out = pathlib.Path(args.out)
     settings = {"steps": args.steps, "curve_steps": args.curve_steps, "max_images": args.max_images,
-                "images": args.images, "mnist": args.mnist, "documents": args.documents, "seed": args.seed, "quick": args.quick,
+                "images": args.images, "mnist": args.mnist, "documents": args.documents, "seed": args.seed,
+                "quick": args.quick,
                 "methods": args.methods, "exclude": args.exclude, "road_reduce": list(args.road_reduce)}
     # the sanity check runs its own fixed variants: --methods, --exclude and ROAD do not change it
     sanity_settings = {k: v for k, v in settings.items() if k not in ("methods", "exclude", "road_reduce", "documents")}

@@ -155,7 +155,8 @@ _REPORT_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;m
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{padding:4px 8px;vertical-align:top}
 #summary td,#summary th{border-bottom:1px solid #ddd;text-align:right}#summary td:first-child{text-align:left}
 th.sortable{cursor:pointer;text-decoration:underline dotted}th.sorted-asc::after{content:" \\25B2"}
-th.sorted-desc::after{content:" \\25BC"}.rec{font-weight:600;background:#f4f6ff;padding:0.6em;border-left:4px solid #36c}
+th.sorted-desc::after{content:" \\25BC"}
+.rec{font-weight:600;background:#f4f6ff;padding:0.6em;border-left:4px solid #36c}
 #images td{text-align:center;border-top:1px solid #ddd}#images img{width:192px;height:auto;display:block;margin:auto}
 .cap{font-size:12px;max-width:200px;margin:auto}.cap b{font-size:13px}.scores{font-size:12px;color:#333}
 .agree{font-size:12px;color:#555}dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13px}
