@@ -27,14 +27,13 @@ from __future__ import annotations
 import collections
 import datetime
 import functools
-import json
-import pathlib
 import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from results_files import merge_results
 import torch
 from torch_reference import ONNX_OP, input_gradient
 
@@ -44,7 +43,6 @@ from models import torchvision_zoo as zoo
 BATCH = 2
 # Max abs error / max abs value of the gate-matched float64 reference. Measured: <= 2.1e-6.
 REL_TOL = 1e-4
-RESULTS_FILE = pathlib.Path(__file__).parent / ".results" / "architectures.json"
 CASES = [(a, e) for a in zoo.ARCHS for e in zoo.EXPORTERS]
 # Small archs with BN after Conv: plain, depthwise + Clip, channel shuffle, SiLU + SE blocks.
 UNFUSED_BN_ARCHS = ["resnet18", "mobilenet_v2", "shufflenet_v2_x1_0", "efficientnet_b0"]
@@ -110,12 +108,7 @@ def results_file():
     yield _RESULTS
     if not _RESULTS:
         return
-    RESULTS_FILE.parent.mkdir(exist_ok=True)
-    (RESULTS_FILE.parent / ".gitignore").write_text("*\n")
-    # Merge so that a partial rerun (-k) updates its rows and keeps the others.
-    old = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else {}
-    old.update(_RESULTS)
-    RESULTS_FILE.write_text(json.dumps(dict(sorted(old.items())), indent=1) + "\n")
+    merge_results("architectures.json", _RESULTS)
 
 
 @pytest.mark.slow

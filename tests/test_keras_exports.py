@@ -33,14 +33,13 @@ from __future__ import annotations
 import collections
 import datetime
 import importlib.util
-import json
-import pathlib
 import sys
 import time
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from results_files import merge_results
 from onnx import helper
 from onnx_builders import Runner, fd_gradient, make_model, max_rel_err
 
@@ -54,7 +53,6 @@ needs_tf = pytest.mark.skipif(bool(_MISSING), reason=f"{' and '.join(_MISSING)} 
 BATCH = 2
 MIN_TOL = 1e-4
 FACTOR = 3.0
-RESULTS_FILE = pathlib.Path(__file__).parent / ".results" / "keras_exports.json"
 _RESULTS: dict[str, dict] = {}
 
 
@@ -82,11 +80,7 @@ def results_file():
         _RESULTS[arch] = {"opset": zoo.opset(arch), "status": f"skipped: {why}",
                           **{k: v for k, v in next(iter(_RESULTS.values())).items()
                              if k in ("tensorflow", "tf2onnx", "when")}}
-    RESULTS_FILE.parent.mkdir(exist_ok=True)
-    (RESULTS_FILE.parent / ".gitignore").write_text("*\n")
-    old = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else {}
-    old.update(_RESULTS)  # a partial rerun (-k) updates its rows and keeps the others
-    RESULTS_FILE.write_text(json.dumps(dict(sorted(old.items())), indent=1) + "\n")
+    merge_results("keras_exports.json", _RESULTS)
 
 
 def run_vjp(path: str, rule: str, x: np.ndarray, seed: np.ndarray):

@@ -22,14 +22,13 @@ from __future__ import annotations
 import collections
 import datetime
 import functools
-import json
-import pathlib
 import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from results_files import merge_results
 import torch
 import torch_reference as reference_module
 from torch_reference import ONNX_OP, input_gradient
@@ -39,7 +38,6 @@ from models import torchvision_zoo as zoo
 
 BATCH = 2
 REL_TOL = 1e-4
-RESULTS_FILE = pathlib.Path(__file__).parent / ".results" / "transformers.json"
 # (exporter, opset): each exporter's default, plus legacy at opset 20 (Gelu as one op)
 EXPORTS = [("legacy", 17), ("legacy", 20), ("dynamo", 18)]
 CASES = [(a, e, o) for a in zoo.TRANSFORMER_ARCHS for e, o in EXPORTS]
@@ -84,11 +82,7 @@ def results_file():
     yield _RESULTS
     if not _RESULTS:
         return
-    RESULTS_FILE.parent.mkdir(exist_ok=True)
-    (RESULTS_FILE.parent / ".gitignore").write_text("*\n")
-    old = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else {}
-    old.update(_RESULTS)  # a partial rerun (-k) updates its rows and keeps the others
-    RESULTS_FILE.write_text(json.dumps(dict(sorted(old.items())), indent=1) + "\n")
+    merge_results("transformers.json", _RESULTS)
 
 
 @pytest.mark.slow
