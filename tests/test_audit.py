@@ -285,10 +285,10 @@ def test_images_from_a_non_local_filesystem(model, digits, local, tmp_path, monk
     (here a SubTreeFileSystem over the digits, standing in for s3:// or gs://)."""
     import pyarrow.fs
 
-    import gnl_onnx.audit
+    import gnl_onnx.audit.sources
 
     remote = pyarrow.fs.SubTreeFileSystem(str(digits[0]), pyarrow.fs.LocalFileSystem())
-    monkeypatch.setattr(gnl_onnx.audit, "filesystem", lambda source: (remote, ""))
+    monkeypatch.setattr(gnl_onnx.audit.sources, "filesystem", lambda source: (remote, ""))
     result = audit(model, "remote://digits", tmp_path / "audit", PREP, ["gnl_ig"], steps=STEPS, progress=False)
     assert result.computed == N_DIGITS and not result.failed
     got = rows(tmp_path / "audit")

@@ -1,0 +1,221 @@
+"""Results on disk: Parquet parts written atomically per batch, resuming from them, and the end of
+a run (de-duplicated results, table, summary, curves, the HTML report)."""
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ..errors import UsageError
+from ..evaluate import (
+    FILES,
+    Evaluation,
+    plot_curves,
+    summarize,
+)
+from ..metrics import auc
+from ..report import OVERLAYS
+from ..road import FRACTIONS as ROAD_FRACTIONS
+from ..road import auc as road_auc
+from .layout import ATTRIBUTIONS, IDENTITY, PARTS, RESULTS, SETTINGS, SUMMARY
+from . import sources
+from .sources import _label, _load_local, need_pyarrow
+
+
+# -- results on disk ---------------------------------------------------------------------------
+class _Store:
+    """OUT/parts/*.parquet and OUT/attributions/: what is done, and writing finished batches."""
+
+    def __init__(self, out: Path, road_fractions=None):
+        self.out, self.parts = out, out / PARTS
+        self.road_fractions = road_fractions  # None: ROAD not measured
+        self.done: set[tuple[str, str]] = set()
+        self.errors: dict[tuple[str, str], str] = {}
+        self.written = 0
+
+    def read(self):
+        """Every part's rows as one pyarrow table (None when there are none)."""
+        pa = need_pyarrow()
+        files = sorted(p for p in self.parts.glob("part-*.parquet")) if self.parts.is_dir() else []
+        if not files:
+            return None
+        return pa.concat_tables([pa.parquet.read_table(p) for p in files])
+
+    def load_done(self):
+        table = self.read()
+        if table is not None:
+            self.done = set(zip(table.column("image").to_pylist(), table.column("method").to_pylist()))
+
+    def write(self, batch: dict):
+        """One finished batch: its attributions, then its part file (so a part never names a
+        missing .npy); keys done already (a retried batch) are dropped."""
+        from ..report import atomic_write
+
+        pa = need_pyarrow()
+        keep = []
+        for i, (image, method, error) in enumerate(zip(batch["image"], batch["method"], batch["error"])):
+            key = (str(image), str(method))
+            if error:
+                self.errors[key] = str(error)
+            elif key not in self.done:
+                self.done.add(key)
+                self.errors.pop(key, None)
+                keep.append(i)
+        if not keep:
+            return 0
+        paths = []
+        for i in keep:
+            relative = f"{ATTRIBUTIONS}/{batch['method'][i]}/{batch['image'][i]}.npy"
+            atomic_write(self.out / relative, bytes(batch["npy"][i]))
+            paths.append(relative)
+        steps = [int(s) for s in batch["steps"][keep]]
+        table = pa.table({
+            "image": pa.array([str(batch["image"][i]) for i in keep], pa.string()),
+            "method": pa.array([str(batch["method"][i]) for i in keep], pa.string()),
+            "target": pa.array(batch["target"][keep], pa.int64()),
+            "score": pa.array(batch["score"][keep], pa.float64()),
+            "deletion_auc": pa.array([auc(c) for c in batch["deletion_curve"][keep]], pa.float64()),
+            "insertion_auc": pa.array([auc(c) for c in batch["insertion_curve"][keep]], pa.float64()),
+            "steps": pa.array([None if s < 0 else s for s in steps], pa.int64()),
+            "attribution_seconds": pa.array(batch["attribution_seconds"][keep], pa.float64()),
+            "provider": pa.array([str(batch["provider"][i]) for i in keep], pa.string()),
+            "attribution": pa.array(paths, pa.string()),
+            "deletion_curve": pa.array([c.tolist() for c in batch["deletion_curve"][keep]], pa.list_(pa.float64())),
+            "insertion_curve": pa.array([c.tolist() for c in batch["insertion_curve"][keep]],
+                                        pa.list_(pa.float64()))})
+        if "road_morf_curve" in batch:  # ROAD: its AUCs beside deletion's, its curves at the end
+            morf = [road_auc(c, self.road_fractions) for c in batch["road_morf_curve"][keep]]
+            lerf = [road_auc(c, self.road_fractions) for c in batch["road_lerf_curve"][keep]]
+            at = table.schema.get_field_index("steps")
+            for name, values in (("road_difference", np.subtract(lerf, morf)), ("road_lerf_auc", lerf),
+                                 ("road_morf_auc", morf)):
+                table = table.add_column(at, name, pa.array(values, pa.float64()))
+            for k in ("road_morf_curve", "road_lerf_curve"):
+                table = table.append_column(k, pa.array([c.tolist() for c in batch[k][keep]], pa.list_(pa.float64())))
+        atomic_write(self.parts / f"part-{uuid.uuid4().hex}.parquet", lambda tmp: pa.parquet.write_table(table, tmp))
+        self.written += len(keep)
+        return len(keep)
+
+
+def _prepare_out(out: Path, identity: dict, overwrite: bool):
+    """Check that OUT is new or holds an audit with the same settings (else --overwrite clears it)."""
+    from ..pipeline import prepare_folder
+    from ..report import atomic_write
+
+    ours = [out / n for n in (RESULTS, SETTINGS, SUMMARY, PARTS, ATTRIBUTIONS, FILES["table"], FILES["curves"],
+                              FILES["report"], OVERLAYS)]
+    settings = out / SETTINGS
+    if settings.is_file() and not overwrite:
+        try:
+            earlier = json.loads(settings.read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{settings} cannot be read ({e}); pass --overwrite to start this audit afresh") from None
+        changed = [k for k in IDENTITY if earlier.get(k) != identity.get(k)]
+        if changed:
+            raise UsageError(f"{out} holds an audit with other settings ({', '.join(changed)}: "
+                             f"{', '.join(repr(earlier.get(k)) for k in changed)}); use another --out, the same "
+                             "settings to resume it, or --overwrite to start afresh")
+    elif any(p.exists() for p in ours) and not overwrite:
+        raise UsageError(f"{out} holds results but no {SETTINGS}; use another --out or pass --overwrite")
+    if overwrite:
+        for p in ours:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    prepare_folder(out)
+    atomic_write(settings, json.dumps(identity, indent=2))
+
+
+def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _Store, prep=None, source=None):
+    """De-duplicate the parts into results.parquet (the images found, the methods asked for, in
+    method then image order, with the true labels), and write the aggregate table, summary and
+    curves, and with the preprocessing `prep` the report (write_report). Returns (evaluation or
+    None when nothing is done, top-1 accuracy or None)."""
+    from ..report import atomic_write
+
+    pa = need_pyarrow()
+    table = store.read()
+    if table is None:
+        return None, None
+    ids = [image_id for image_id, _ in found]
+    wanted = {(i, m) for i in ids for m in methods}
+    first: dict[tuple[str, str], int] = {}
+    for row, key in enumerate(zip(table.column("image").to_pylist(), table.column("method").to_pylist())):
+        if key in wanted:
+            first.setdefault(key, row)
+    order = {m: k for k, m in enumerate(methods)}
+    chosen = sorted(first, key=lambda key: (order[key[1]], key[0]))
+    table = table.take(pa.array([first[key] for key in chosen], pa.int64()))
+    true = [_label(labels, i) for i in table.column("image").to_pylist()]
+    table = table.add_column(1, "label", pa.array(true, pa.int64()))
+    atomic_write(out / RESULTS, lambda tmp: pa.parquet.write_table(table, tmp))
+    if not len(table):
+        return None, None
+    config = {**identity, "methods": methods, "provider": ", ".join(sorted(set(table.column("provider").to_pylist())))}
+    evaluation = Evaluation(config)
+    modes = ("deletion", "insertion") + (("road_morf", "road_lerf") if "road_morf_curve" in table.column_names else ())
+    columns = {k: table.column(k).to_pylist() for k in ("method", "steps") + tuple(f"{m}_curve" for m in modes)}
+    for method in methods:
+        rows = [k for k, m in enumerate(columns["method"]) if m == method]
+        if rows:
+            per = {mode: [np.asarray(columns[f"{mode}_curve"][k]) for k in rows] for mode in modes}
+            evaluation.summaries[method] = summarize(method, per, columns["steps"][rows[0]],
+                                                     identity.get("road_fractions", ROAD_FRACTIONS))
+    # the model's top-1 accuracy on labelled images (every method explains the same target)
+    per_image = dict(zip(table.column("image").to_pylist(), zip(table.column("target").to_pylist(), true)))
+    labelled = [t == y for t, y in per_image.values() if y is not None]
+    # with --target the target is the forced class, not the model's top-1: no accuracy to report
+    accuracy = float(np.mean(labelled)) if labelled and identity.get("target") is None else None
+    summary = {"config": config, "summary": [s.as_dict() for s in evaluation.summaries.values()],
+               "recommendation": evaluation.recommendation(), "images": len(ids), "results": len(table),
+               "complete": len(table) == len(wanted), "labelled": len(labelled), "accuracy": accuracy,
+               "failed": [{"image": i, "method": m, "error": e} for (i, m), e in sorted(store.errors.items())]}
+    atomic_write(out / SUMMARY, json.dumps(summary, indent=2))
+    atomic_write(out / FILES["table"], evaluation.table() + "\n" + evaluation.recommendation() + "\n")
+    plot_curves(evaluation, out / FILES["curves"])
+    if prep is not None:
+        write_report(out, evaluation, table, found, prep, source)
+    return evaluation, accuracy
+
+
+def write_report(out: Path, evaluation: Evaluation, table, found, prep, source) -> Path:
+    """OUT/report.html and, for the images it shows, OUT/overlays/: the images where the methods
+    disagree most (lowest mean rank correlation of their per-pixel maps, read back from
+    OUT/attributions/), at most REPORT_IMAGES of them."""
+    from ..images import load_image
+    from ..pipeline import _stems
+    from ..report import REPORT_IMAGES, ReportImages, agreement, evaluation_page
+
+    pa = need_pyarrow()
+    columns = [f.name for f in table.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+    data = {k: table.column(k).to_pylist() for k in ("image", "method", "attribution", *columns)}
+    records = [{k: data[k][i] for k in ("image", "method", *columns)} for i in range(len(table))]
+    for r in records:
+        r["probability"] = r.pop("score", None)
+    files: dict[str, dict[str, str]] = {}
+    for image, method, relative in zip(data["image"], data["method"], data["attribution"]):
+        files.setdefault(image, {})[method] = relative
+    stems = dict(zip(files, _stems(list(files))))
+    shown = ReportImages(out, prep.layout, evaluation.config.get("reduce", "sum"))
+
+    def maps(image):  # every method's per-pixel map of one image, from its saved attribution
+        return {m: shown.add(stems[image], m, np.load(out / relative)) for m, relative in files[image].items()}
+
+    agree = {}
+    for image in files:  # one image at a time: the maps of all images need not fit in memory
+        agree[image] = agreement(maps(image))
+        shown.maps.pop(stems[image], None)
+    ranked = sorted(files, key=lambda i: (agree[i] is None, agree[i] if agree[i] is not None else 0.0))
+    fs, _ = sources.filesystem(source) if source is not None else (None, None)
+    paths = dict(found)
+    for image in ranked[:REPORT_IMAGES]:
+        maps(image)
+        shown.image(stems[image], image, prep.to_pixels(_load_local(fs, paths[image], prep, load_image)))
+    shown.write()
+    return evaluation_page(evaluation, out / FILES["report"], shown.results(), curves=out / FILES["curves"],
+                           records=records, total_images=len(files),
+                           title=f"gnl-onnx audit: {PurePosixPath(str(evaluation.config.get('model', ''))).name}")

@@ -1,0 +1,188 @@
+"""The worker: one Scorer and one Explainer per method for its lifetime (a Ray actor, or the local
+engine's single instance), turning a batch of images into result rows."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import PurePosixPath
+
+import numpy as np
+
+from ..attribution import METHODS
+from ..errors import InputError, UsageError
+from ..evaluate import (
+    DEFAULT_METRICS,
+    RANDOM,
+    attribute,
+    score_curves,
+    scoring,
+)
+from ..road import FRACTIONS as ROAD_FRACTIONS
+from ..road import NOISE as ROAD_NOISE
+from ..road import span_of
+from . import sources
+from .sources import image_key
+
+
+# -- the worker --------------------------------------------------------------------------------
+class AuditWorker:
+    """Holds one Scorer and one Explainer per method for its lifetime (a Ray actor, or the local
+    engine's single instance). Called with a batch {"image", "path", "methods"} (methods: the
+    comma-separated ones still to do for that image), it returns one row per (image, method)."""
+
+    def __init__(self, settings: dict, source: str, providers=None, threads: int | None = None):
+        from ..explain import Explainer
+        from ..metrics import Scorer
+
+        s = self.settings = settings
+        self.fs, _ = sources.filesystem(source)
+        self.scoring = scoring(s["curve_steps"], s["reduce"], s["prep"].layout, s["batch_size"],
+                               s["deletion_substrate"], s["insertion_substrate"], s["prep"].black(),
+                               s.get("metrics", DEFAULT_METRICS), s.get("road_fractions", ROAD_FRACTIONS),
+                               s.get("road_noise", ROAD_NOISE), span_of(s["prep"]), s["seed"])
+        self.scorer = Scorer(s["model"], input=s["input"], output_name=s["output_name"], providers=providers,
+                             threads=threads)
+        self.explainers = {m: None if m == RANDOM else Explainer(
+            s["model"], method=m, steps=s["steps"], baseline=s["baseline"], integration=s["integration"],
+            memory_budget=s["memory_budget"], gate=s["gate"], output=s["output"], input=s["input"],
+            black=s["prep"].black(), layout=s["prep"].layout, output_name=s["output_name"], seed=s["seed"],
+            bounds=s["prep"].bounds(), providers=providers, threads=threads,
+            layer=s.get("layer") if METHODS[m].cam else None) for m in s["methods"]}
+
+    def _load(self, path: str) -> np.ndarray:
+        from pyarrow.fs import LocalFileSystem
+
+        from ..images import load_image
+
+        if isinstance(self.fs, LocalFileSystem):
+            return load_image(path, self.settings["prep"])
+        with tempfile.TemporaryDirectory() as folder:  # load_image reads files: fetch a copy
+            local = os.path.join(folder, "image" + PurePosixPath(path).suffix)
+            try:
+                with self.fs.open_input_stream(path) as remote, open(local, "wb") as f:
+                    shutil.copyfileobj(remote, f)
+                return load_image(local, self.settings["prep"])
+            except OSError as e:
+                raise InputError(f"{path}: cannot read ({e})") from None
+            except InputError as e:
+                raise InputError(str(e).replace(local, path)) from None
+
+    def _attributions(self, method: str, images, targets, ids) -> np.ndarray:
+        explainer = self.explainers[method]
+        keys = [image_key(i) for i in ids]
+        if explainer is not None and (explainer.spec.path == "noise" or (
+                explainer.spec.path == "line" and explainer.baseline == "noise")):
+            # SmoothGrad's noise and the noise baseline are drawn per call: one image per call,
+            # seeded by its id, so the result does not depend on which batch the image is in
+            results = []
+            for k, key in enumerate(keys):
+                explainer.seed = int(self.settings["seed"]) * 2 ** 32 + key
+                results.append(explainer.explain(images[k:k + 1], targets[k:k + 1]).attributions)
+            explainer.seed = self.settings["seed"]
+            return np.concatenate(results)
+        return attribute(explainer, images, targets, keys, self.settings["seed"])
+
+    def __call__(self, batch: dict) -> dict:
+        s = self.settings
+        rows = _Rows(s["curve_steps"], len(self.scoring.road_fractions) if self.scoring.road else 0)
+        ids, loaded, todo = [], [], []
+        for image_id, path, methods in zip(batch["image"], batch["path"], batch["methods"]):
+            image_id, methods = str(image_id), str(methods).split(",")
+            try:
+                loaded.append(self._load(str(path)))
+            except InputError as e:
+                for method in methods:
+                    rows.failed(image_id, method, str(e))
+                continue
+            ids.append(image_id)
+            todo.append(set(methods))
+        if loaded:
+            shapes = {a.shape for a in loaded}
+            if len(shapes) > 1:
+                raise UsageError(f"the images came out in different shapes {sorted(shapes)}; give --crop or "
+                                 "--size H W so that every image fits the model")
+            images = np.concatenate(loaded)
+            probabilities = self.scorer.probabilities(images, s["batch_size"])
+            targets = (probabilities.argmax(axis=1) if s["target"] is None
+                       else np.full(len(images), s["target"], np.int64))
+            if np.any((targets < 0) | (targets >= probabilities.shape[1])):
+                raise UsageError(f"target {s['target']} is out of range: the model has {probabilities.shape[1]} "
+                                 "classes")
+            for method in s["methods"]:
+                which = [k for k in range(len(ids)) if method in todo[k]]
+                if not which:
+                    continue
+                start = time.perf_counter()
+                attributions = self._attributions(method, images[which], targets[which], [ids[k] for k in which])
+                seconds = (time.perf_counter() - start) / len(which)
+                curves = score_curves(self.scorer, images[which], attributions, targets[which], self.scoring,
+                                      [image_key(ids[k]) for k in which])  # ROAD's noise: seeded by the id
+                explainer = self.explainers[method]
+                for k, attribution, curve in zip(which, attributions, curves):
+                    rows.add(ids[k], method, int(targets[k]), float(probabilities[k, targets[k]]), curve,
+                             None if explainer is None else explainer.steps, seconds, self.scorer.provider,
+                             attribution)
+        self._maybe_crash(list(map(str, batch["image"])))
+        return rows.columns()
+
+    def _maybe_crash(self, ids):
+        marker = self.settings.get("crash_marker")
+        if not marker:
+            return
+        try:
+            with open(marker, encoding="utf-8") as f:
+                victim = f.read().strip()
+            if victim in ids:
+                os.remove(marker)  # only one process can claim it
+                os._exit(17)
+        except OSError:
+            pass
+
+
+class _Rows:
+    """Columns of a worker's output: one row per (image, method), a failed image with its error
+    and no numbers."""
+
+    def __init__(self, curve_steps: int, road_points: int = 0):
+        self.n = curve_steps + 1
+        self.road_points = road_points  # ROAD fractions; 0: ROAD not measured, no road columns
+        self.data = {k: [] for k in ("image", "method", "target", "score", "steps", "attribution_seconds",
+                                     "provider", "deletion_curve", "insertion_curve", "npy", "error")}
+        if road_points:
+            self.data.update(road_morf_curve=[], road_lerf_curve=[])
+
+    def add(self, image, method, target, score, curves, steps, seconds, provider, attribution):
+        from io import BytesIO
+
+        buffer = BytesIO()
+        np.save(buffer, attribution[None])  # [1, ...]: the model's input layout, as `explain` saves it
+        for k, v in (("image", image), ("method", method), ("target", target), ("score", score),
+                     ("steps", -1 if steps is None else steps), ("attribution_seconds", seconds),
+                     ("provider", provider), ("deletion_curve", curves["deletion"]),
+                     ("insertion_curve", curves["insertion"]), ("npy", buffer.getvalue()), ("error", "")):
+            self.data[k].append(v)
+        if self.road_points:
+            self.data["road_morf_curve"].append(curves["road_morf"])
+            self.data["road_lerf_curve"].append(curves["road_lerf"])
+
+    def failed(self, image, method, error):
+        nan = {"deletion": np.full(self.n, np.nan), "insertion": np.full(self.n, np.nan),
+               "road_morf": np.full(self.road_points, np.nan), "road_lerf": np.full(self.road_points, np.nan)}
+        self.add(image, method, -1, math.nan, nan, None, 0.0, "", np.zeros(0))
+        self.data["npy"][-1], self.data["error"][-1] = b"", error
+
+    def columns(self) -> dict:
+        d = self.data
+        out = {k: np.array(d[k], dtype=object) for k in ("image", "method", "provider", "npy", "error")}
+        out.update(target=np.array(d["target"], np.int64), score=np.array(d["score"], np.float64),
+                   steps=np.array(d["steps"], np.int64),
+                   attribution_seconds=np.array(d["attribution_seconds"], np.float64))
+        for k in ("deletion_curve", "insertion_curve"):
+            out[k] = np.array(d[k], np.float64).reshape(len(d[k]), self.n)
+        if self.road_points:
+            for k in ("road_morf_curve", "road_lerf_curve"):
+                out[k] = np.array(d[k], np.float64).reshape(len(d[k]), self.road_points)
+        return out
