@@ -1,320 +1,24 @@
-"""Attribution checks a CI pipeline runs on every new model version (`gnl-onnx check`).
-
-Five named checks, each pass/fail with what it measured and the threshold it was held to:
-
-- supported: every op between the image and the output has a gradient rule (lists the gated units);
-- gradient: the plain backward graph's directional derivatives <grad, v> agree with central finite
-  differences (f(x+hv) - f(x-hv)) / 2h of the explained logit, at several inputs and directions;
-- completeness: plain IG's convergence delta, relative to F(x) - F(baseline), at the configured steps;
-- randomization: the chosen method's attributions change when the top weighted layers are randomized
-  (the sanity check of Adebayo et al. 2018);
-- drift: against a reference saved earlier (save_reference), each image's attribution keeps its rank
-  correlation and top-k overlap and its predicted class.
-
-Thresholds have defaults (Thresholds), a TOML file `gnl-onnx-check.toml` beside the model (or any
-file) with a [thresholds] table, and overrides; unknown names are usage errors.
-"""
+"""The checks themselves: ModelChecker runs each named check on one prepared model, and the
+float64 copy the gradient check uses where ONNX Runtime can run it."""
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import math
 import os
 import re
 import time
-import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from .errors import GnlOnnxError, InputError, UnsupportedModelError, UsageError
-from .metrics import randomize_layers, ranking, spearman, weighted_layers
-from .metrics import reduce_to_pixels as pixel_map
-
-CHECKS = ("supported", "gradient", "completeness", "randomization", "drift")  # the default set
-OPTIONAL_CHECKS = ("conservation",)  # run when named in --checks (LRP models)
-KNOWN_CHECKS = ("supported", "gradient", "completeness", "conservation", "randomization", "drift")
-CONFIG_NAME = "gnl-onnx-check.toml"
-REFERENCE_FORMAT = "gnl-onnx-check-reference/1"
-# Settings a reference must share with the check that uses it (the model itself may differ).
-REFERENCE_SETTINGS = ("method", "steps", "baseline", "integration", "gate", "output", "target", "seed",
-                      "preprocessing")
-# Finite-difference steps, relative to the input's standard deviation, largest first. In float32 a
-# small step drowns in rounding and a large one crosses ReLU/MaxPool kinks; a correct gradient
-# agrees at one of them, a wrong one at none (see README, "CI model checks").
-FD_STEPS = {"float32": (1e-2, 3e-3, 1e-3, 3e-4, 1e-4), "float64": (1e-4, 1e-5, 1e-6)}
-JITTER = 0.05  # noise (x the input's std) that breaks exact MaxPool ties of flat image regions
-FD_BATCH = 16
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Pass/fail limits and the few sizes the checks use (measured defaults: README)."""
-    gradient_max_error: float = 0.25          # worst |FD - AD| / RMS(FD) over inputs x directions
-    gradient_inputs: int = 3                   # inputs (images, or seeded random ones) checked
-    gradient_directions: int = 8               # random directions per input
-    completeness_max_delta: float = 0.05       # worst |delta| / |F(x) - F(baseline)|
-    conservation_max_error: float = 0.25       # LRP: worst |sum of input relevance - 1| (one-hot seed)
-    randomization_max_spearman: float = 0.5    # worst rank correlation after randomizing
-    randomized_layers: int = 2                 # top weighted layers randomized (output side first)
-    drift_min_spearman: float = 0.8            # worst rank correlation with the reference
-    drift_min_top_k_overlap: float = 0.6       # worst shared fraction of the top-k pixels
-    drift_top_k: float = 0.1                   # k, as a fraction of the pixels
-
-    def updated(self, values: dict, source: str) -> Thresholds:
-        """A copy with `values` (name -> number) set; unknown names and bad values are usage errors."""
-        kinds = {f.name: f.type for f in fields(self)}
-        changes = {}
-        for name, value in values.items():
-            if name not in kinds:
-                raise UsageError(f"{source}: unknown threshold '{name}'; known: {', '.join(kinds)}")
-            integer = kinds[name] == "int"
-            if isinstance(value, str):
-                try:
-                    value = int(value) if integer else float(value)
-                except ValueError:
-                    raise UsageError(f"{source}: {name} must be {'an integer' if integer else 'a number'}, "
-                                     f"got '{value}'") from None
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and value != int(value)):
-                raise UsageError(f"{source}: {name} must be {'an integer' if integer else 'a number'}, got {value!r}")
-            if not math.isfinite(value) or value < 0 or (integer and value < 1):
-                raise UsageError(f"{source}: {name} must be {'at least 1' if integer else 'a finite number >= 0'}, "
-                                 f"got {value}")
-            if name == "drift_top_k" and not 0 < value <= 1:
-                raise UsageError(f"{source}: drift_top_k is a fraction of the pixels, in (0, 1]; got {value}")
-            changes[name] = int(value) if integer else float(value)
-        return replace(self, **changes)
-
-
-def parse_threshold_flags(items) -> dict:
-    """['gradient_max_error=0.1', ...] -> {name: text}."""
-    values = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise UsageError(f"--threshold takes NAME=VALUE, e.g. gradient_max_error=0.1 (got '{item}')")
-        values[name.strip()] = value.strip()
-    return values
-
-
-def load_thresholds(model=None, config=None, overrides: dict | None = None) -> tuple[Thresholds, Path | None]:
-    """Defaults, then the [thresholds] of `config` (or of gnl-onnx-check.toml beside the model
-    file, when there is one), then `overrides`. Returns (thresholds, config file used or None)."""
-    path = Path(config) if config is not None else None
-    if path is None and isinstance(model, (str, os.PathLike)):
-        beside = Path(model).parent / CONFIG_NAME
-        path = beside if beside.is_file() else None
-    thresholds = Thresholds()
-    if path is not None:
-        thresholds = thresholds.updated(_read_config(path), str(path))
-    return thresholds.updated(overrides or {}, "--threshold"), path
-
-
-def _read_config(path: Path) -> dict:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        raise UsageError(f"{path}: reading a config file needs Python 3.11 or newer (tomllib); give the "
-                         "thresholds with --threshold NAME=VALUE instead") from None
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read the config file ({e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{path}: not valid TOML ({e})") from None
-    unknown = [k for k in data if k != "thresholds"]
-    if unknown or not isinstance(data.get("thresholds", {}), dict):
-        raise UsageError(f"{path}: a check config holds one [thresholds] table, found "
-                         f"{', '.join(map(repr, unknown)) or 'thresholds = (not a table)'}")
-    return data.get("thresholds", {})
-
-
-def parse_checks(text) -> list[str]:
-    names = [c.strip() for c in (text.split(",") if isinstance(text, str) else text) if c.strip()]
-    unknown = [c for c in names if c not in KNOWN_CHECKS]
-    if unknown or not names:
-        raise UsageError(f"unknown check {', '.join(map(repr, unknown)) or '(none given)'}; choose from "
-                         f"{', '.join(KNOWN_CHECKS)}")
-    return [c for c in KNOWN_CHECKS if c in names]  # the order that lets later checks reuse earlier work
-
-
-# -- results -------------------------------------------------------------------------------------
-@dataclass
-class Measure:
-    name: str
-    value: float | None
-    op: str  # "<=" or ">=": how value must compare to limit
-    limit: float
-
-    @property
-    def passed(self) -> bool:
-        if self.value is None or math.isnan(self.value):
-            return False
-        return bool(self.value <= self.limit if self.op == "<=" else self.value >= self.limit)
-
-    def text(self) -> str:
-        shown = "n/a" if self.value is None else f"{self.value:.4g}"
-        verdict = self.op if self.passed else {"<=": ">", ">=": "<"}[self.op]
-        return f"{self.name} {shown} {verdict} {self.limit:.4g}"
-
-
-@dataclass
-class CheckResult:
-    name: str
-    status: str  # "pass", "fail" or "skip"
-    summary: str  # one line
-    measures: list[Measure] = field(default_factory=list)
-    details: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "status": self.status, "summary": self.summary,
-                "measures": [{**asdict(m), "value": _finite(m.value), "passed": m.passed} for m in self.measures],
-                "details": _jsonable(self.details), "seconds": round(self.seconds, 3)}
-
-
-def _judged(name: str, measures: list[Measure], note: str, details: dict) -> CheckResult:
-    status = "pass" if all(m.passed for m in measures) else "fail"
-    return CheckResult(name, status, "; ".join([m.text() for m in measures] + ([note] if note else [])),
-                       measures, details)
-
-
-def _finite(v):
-    return float(v) if v is not None and math.isfinite(v) else None
-
-
-def _jsonable(value):
-    """Plain JSON data: numpy scalars and arrays unwrapped, NaN and infinities as null."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return _finite(float(value))
-    return value
-
-
-@dataclass
-class CheckReport:
-    model: str
-    model_sha256: str
-    results: list[CheckResult]
-    thresholds: Thresholds
-    settings: dict
-    config: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return all(r.status != "fail" for r in self.results)
-
-    def counts(self) -> dict:
-        return {s: sum(r.status == s for r in self.results) for s in ("pass", "fail", "skip")}
-
-    def as_dict(self) -> dict:
-        return {"model": self.model, "model_sha256": self.model_sha256, "passed": self.passed,
-                "counts": self.counts(), "checks": [r.as_dict() for r in self.results],
-                "thresholds": asdict(self.thresholds), "config": self.config, "settings": self.settings}
-
-    def text(self) -> str:
-        lines = [f"gnl-onnx check {self.model} (sha256 {self.model_sha256[:12]})"]
-        lines += [f"{r.status.upper():<5}{r.name:<15}{r.summary}" for r in self.results]
-        c = self.counts()
-        lines.append(f"{c['pass']} passed, {c['fail']} failed, {c['skip']} skipped")
-        return "\n".join(lines)
-
-    def junit_xml(self) -> str:
-        """One <testsuite name="gnl-onnx check">, one <testcase> per check: <failure> for failed
-        checks, <skipped> for those that did not apply."""
-        c = self.counts()
-        total = f"{sum(r.seconds for r in self.results):.3f}"
-        suites = ET.Element("testsuites", name="gnl-onnx check", tests=str(len(self.results)),
-                            failures=str(c["fail"]), errors="0", skipped=str(c["skip"]), time=total)
-        suite = ET.SubElement(suites, "testsuite", name="gnl-onnx check", tests=str(len(self.results)),
-                              failures=str(c["fail"]), errors="0", skipped=str(c["skip"]), time=total)
-        properties = ET.SubElement(suite, "properties")
-        for name, value in (("model", self.model), ("model_sha256", self.model_sha256),
-                            ("config", self.config or "")):
-            ET.SubElement(properties, "property", name=name, value=value)
-        stem = Path(self.model).stem
-        for r in self.results:
-            case = ET.SubElement(suite, "testcase", name=r.name, classname=f"gnl-onnx check.{stem}",
-                                 time=f"{r.seconds:.3f}")
-            if r.status == "fail":
-                ET.SubElement(case, "failure", message=r.summary, type="CheckFailed").text = \
-                    json.dumps(r.as_dict(), indent=2)
-            elif r.status == "skip":
-                ET.SubElement(case, "skipped", message=r.summary)
-            else:
-                ET.SubElement(case, "system-out").text = r.summary
-        ET.indent(suites)
-        return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
-
-
-# -- the reference ---------------------------------------------------------------------------------
-@dataclass
-class Reference:
-    """What drift compares against: `header` (plain data: the model's sha256, the images' sha256s,
-    the settings, the explained and predicted classes) and the attributions [N, ...]."""
-    header: dict
-    attributions: np.ndarray
-
-    def save(self, path, overwrite: bool = False) -> Path:
-        """One portable .npz (no pickles): a JSON header string beside the attributions."""
-        from .report import atomic_write
-
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise UsageError(f"{path} exists; pass --overwrite to replace the reference")
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, header=np.array(json.dumps(self.header)), attributions=self.attributions)
-        return atomic_write(path, buffer.getvalue())
-
-
-def load_reference(path) -> Reference:
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            header = json.loads(str(data["header"]))
-            attributions = np.asarray(data["attributions"])
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such reference; save one with gnl-onnx check --save-reference") from None
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not a gnl-onnx check reference ({e.__class__.__name__}); save one with "
-                         "gnl-onnx check --save-reference") from None
-    if not isinstance(header, dict) or header.get("format") != REFERENCE_FORMAT:
-        raise InputError(f"{path}: not a {REFERENCE_FORMAT} reference; save a new one with --save-reference")
-    return Reference(header, attributions)
-
-
-def array_sha256(array: np.ndarray) -> str:
-    """sha256 of a preprocessed image: its float32 values, C order, with the shape."""
-    a = np.ascontiguousarray(array, dtype=np.float32)
-    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
-
-
-def model_sha256(model) -> str:
-    """Of the file as given (or of the model's bytes when it came from memory)."""
-    from .intake import PreparedModel
-
-    if isinstance(model, PreparedModel):
-        model = model.path or model.proto
-    if isinstance(model, onnx.ModelProto):
-        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-    digest = hashlib.sha256()
-    with open(model, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from ..errors import GnlOnnxError, InputError, UnsupportedModelError, UsageError
+from ..metrics import randomize_layers, ranking, spearman, weighted_layers
+from ..metrics import reduce_to_pixels as pixel_map
+from .reference import Reference, array_sha256, load_reference, model_sha256
+from .results import CheckReport, CheckResult, Measure, _judged, _plain, _show
+from .settings import CHECKS, FD_BATCH, FD_STEPS, JITTER, REFERENCE_FORMAT, REFERENCE_SETTINGS, Thresholds, parse_checks
 
 
 # -- the checks ------------------------------------------------------------------------------------
@@ -331,8 +35,8 @@ class ModelChecker:
                  input: str | None = None, output_name: str | None = None, thresholds: Thresholds | None = None,
                  memory_budget="2GB", seed: int = 0, providers=None, threads: int | None = None,
                  config: str | None = None, layer=None):
-        from .attribution import get_method
-        from .intake import prepare
+        from ..attribution import get_method
+        from ..intake import prepare
 
         get_method(method)
         self.source = prepare(model, input, output_name)  # read and normalized once for every check
@@ -356,7 +60,7 @@ class ModelChecker:
 
     # shared pieces
     def settings(self) -> dict:
-        from .attribution import get_method
+        from ..attribution import get_method
 
         steps = 1 if get_method(self.method).path == "image" else int(self.steps)  # as the Explainer runs it
         return {"method": self.method, "steps": steps, "baseline": self.baseline,
@@ -364,8 +68,8 @@ class ModelChecker:
                 "seed": self.seed, "preprocessing": None if self.prep is None else _plain(asdict(self.prep))}
 
     def _explainer(self, method: str, model=None):
-        from .attribution import get_method
-        from .explain import Explainer
+        from ..attribution import get_method
+        from ..explain import Explainer
 
         key = ("explainer", method)
         if model is not None or key not in self._explanations:
@@ -396,7 +100,7 @@ class ModelChecker:
         if self.images is not None:
             return self.images, f"{len(self.images)} image(s)"
         if self._random_inputs is None:
-            from .loading import graph_inputs
+            from ..loading import graph_inputs
 
             image_input = next(i for i in graph_inputs(self.source.proto.graph) if i.name == self.input_name)
             dims = image_input.type.tensor_type.shape.dim
@@ -441,7 +145,7 @@ class ModelChecker:
                            self.thresholds, self.settings(), self.config)
 
     def check_supported(self) -> CheckResult:
-        from .inspection import inspect_model
+        from ..inspection import inspect_model
 
         report = inspect_model(self.source, self.input_name, self.output_name)
         gated = ", ".join(f"{op} {n}" for op, n in report["gated_paper"].items()) or "none"
@@ -454,8 +158,8 @@ class ModelChecker:
         return _judged("supported", [measure], f"gated (gate=paper): {gated}", details)
 
     def check_gradient(self) -> CheckResult:
-        from .attribution import selected
-        from .vjp import vjp_model, vjp_report
+        from ..attribution import selected
+        from ..vjp import vjp_model, vjp_report
 
         t = self.thresholds
         chosen = selected(self.source, self.output)
@@ -503,7 +207,7 @@ class ModelChecker:
     def _fd_sessions(self, forward_model, vjp):
         """Sessions in float64 when ONNX Runtime runs a float64 copy, else float32 (its CPU Conv has
         no float64 kernel): (forward, backward, precision, why not float64)."""
-        from .runtime import make_session
+        from ..runtime import make_session
 
         try:
             forward, _ = make_session(as_float64(forward_model), **self._session_options())
@@ -543,7 +247,7 @@ class ModelChecker:
         """LRP: the relevance at the input sums to the relevance put at the output, the one-hot of
         the target (1), as in Zennit; biases and stabilizers absorb the rest. Uses the chosen
         method when it is an LRP composite, else lrp_epsilon_plus_flat."""
-        from .attribution import LRP_METHODS
+        from ..attribution import LRP_METHODS
 
         t = self.thresholds
         inputs, described = self._inputs()
@@ -643,66 +347,6 @@ class ModelChecker:
         return Reference(header, result.attributions.astype(np.float32))
 
 
-def check_model(model, checks=CHECKS, reference=None, **options) -> CheckReport:
-    """ModelChecker(model, **options).run(checks, reference)."""
-    return ModelChecker(model, **options).run(checks, reference)
-
-
-def load_image_files(paths, prep) -> tuple[np.ndarray, list[str]]:
-    """Image files (folders: every image in them, sorted) -> (float32 [N, ...], file names). An
-    unreadable image is an InputError: a check must not quietly run on fewer images."""
-    from .evaluate import find_images
-    from .images import load_all
-
-    files = [f for p in paths for f in (find_images([], p) if Path(p).is_dir() else [str(p)])]
-    loaded, files, _ = load_all(files, prep, strict=True)
-    shapes = sorted({a.shape for a in loaded})
-    if len(shapes) > 1:
-        raise UsageError(f"the images came out in different shapes {shapes}; give --crop or --size H W so that "
-                         "every image fits the model")
-    return np.concatenate(loaded), files
-
-
-def check_files(model, image_paths=None, prep=None, checks=CHECKS, reference=None, save_reference=None,
-                junit=None, json_path=None, overwrite: bool = False, thresholds: Thresholds | None = None,
-                config=None, **options) -> int:
-    """The `gnl-onnx check` command: run the checks, print the summary, write the JUnit, JSON and
-    reference files (atomically, never over existing ones unless overwrite). 0 all selected checks
-    passed, 1 one failed."""
-    from .report import atomic_write
-
-    checks = parse_checks(checks)
-    existing = [p for p in (junit, json_path, save_reference) if p and Path(p).exists()]
-    if existing and not overwrite:
-        raise UsageError(f"{existing[0]} exists; pass --overwrite to replace it")
-    if save_reference and not image_paths:
-        raise UsageError("--save-reference needs the images to explain: give --images")
-    images = names = None
-    if image_paths:
-        images, names = load_image_files(image_paths, prep)
-    checker = ModelChecker(model, images, names, prep, thresholds=thresholds,
-                           config=None if config is None else str(config), **options)
-    report = checker.run(checks, reference)
-    print(report.text())
-    if junit:
-        atomic_write(junit, report.junit_xml())
-    if json_path:
-        atomic_write(json_path, json.dumps(report.as_dict(), indent=2))
-    if save_reference:
-        checker.reference().save(save_reference, overwrite=True)
-        print(f"wrote reference {save_reference} ({len(names)} image(s), {checker.method})")
-    return 0 if report.passed else 1
-
-
-def _plain(value):
-    """JSON-comparable: tuples become lists (a reference's header goes through JSON)."""
-    return json.loads(json.dumps(value))
-
-
-def _show(value) -> str:
-    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-
-
 # -- float64 copies ----------------------------------------------------------------------------------
 def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy computing in float64: float32 initializers, Constant values, Cast targets and
@@ -728,9 +372,3 @@ def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
             elif a.name == "to" and node.op_type == "Cast" and a.i == TensorProto.FLOAT:
                 a.i = TensorProto.DOUBLE
     return m
-
-
-__all__ = ["CHECKS", "CheckReport", "CheckResult", "Measure", "ModelChecker", "Reference", "Thresholds",
-           "array_sha256", "as_float64", "check_files", "check_model", "load_reference", "load_thresholds",
-           "parse_checks",
-           "parse_threshold_flags"]
