@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .graph import GraphBuilder, rename_value
+from .graph import GraphBuilder, rename_value, rename_values, topological_sort
 from .loading import graph_inputs
 
 BATCH_SYMBOL = "N"
@@ -77,8 +77,8 @@ def _free_batch(model: onnx.ModelProto, x: str, fixed: int) -> tuple[onnx.ModelP
                     full = builder.op("Concat", batch, builder.ints(list(shape[1:])), axis=0)
                     node.input[k] = builder.op("Expand", name, full, name=f"{node.name}_batch_{k}")
                     changed.append(f"Concat '{node.name}'")
-    # the builder appended its nodes at the end: put each before its first consumer
-    _order_after_insertions(graph, len(nodes))
+    if len(graph.node) > len(nodes):  # the builder appended its nodes: put each before its consumer
+        topological_sort(graph)
     _free_first_dim(graph, x, fixed, batched)
     return copy, changed
 
@@ -89,13 +89,6 @@ def _downstream(graph: onnx.GraphProto, x: str) -> set[str]:
         if any(i in reached for i in node.input):
             reached.update(o for o in node.output if o)
     return reached
-
-
-def _order_after_insertions(graph: onnx.GraphProto, original_count: int) -> None:
-    from .graph import topological_sort
-
-    if len(graph.node) > original_count:
-        topological_sort(graph)
 
 
 def _free_first_dim(graph: onnx.GraphProto, x: str, fixed: int, batched: set[str]) -> None:
@@ -176,7 +169,7 @@ def run_rows_one_at_a_time(model: onnx.ModelProto, rows: list[str]) -> None:
         # values computed inside get names of their own: the same name in two bodies, or in a body
         # and the outer graph, is not valid ONNX (and renaming an outer value would reach them)
         local = {o: fresh(o) for node in body.node for o in node.output if o}
-        _rename_all(body, local)
+        rename_values(body, local)
         used = [inputs[name] for name in inputs if name in needed]
         prologue = []
         for value in used:
@@ -200,17 +193,6 @@ def run_rows_one_at_a_time(model: onnx.ModelProto, rows: list[str]) -> None:
             dims[0].Clear()
             dims[0].dim_param = BATCH_SYMBOL
     del graph.value_info[:]
-
-
-def _rename_all(graph: onnx.GraphProto, names: dict[str, str]) -> None:
-    """Rename values by `names` in one pass over a graph's nodes and their subgraphs."""
-    for node in graph.node:
-        for values in (node.input, node.output):
-            for i, name in enumerate(values):
-                values[i] = names.get(name, name)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                _rename_all(sub, names)
 
 
 def _without_first_dim(value: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:

@@ -94,23 +94,23 @@ class Node:
         return self.attrs.get(name, default)
 
 
-def all_nodes(graph: onnx.GraphProto):
-    """The graph's nodes and those of its subgraphs (Scan bodies...): names must be unique across
-    all of them."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                yield from all_nodes(sub)
-                yield from (helper.make_node("Identity", [], [v.name]) for v in (*sub.input, *sub.initializer))
+def subgraphs(node: onnx.NodeProto):
+    """The graphs a node holds as attributes (a Scan or Loop body, If branches)."""
+    for attr in node.attribute:
+        yield from ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)
 
 
 def all_nodes_of(node: onnx.NodeProto):
-    """The node and the nodes of its subgraphs."""
+    """The node and the nodes of its subgraphs, which read outer values by name."""
     yield node
-    for attr in node.attribute:
-        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-            yield from all_nodes(sub)
+    for sub in subgraphs(node):
+        yield from all_nodes(sub)
+
+
+def all_nodes(graph: onnx.GraphProto):
+    """The graph's nodes and those of its subgraphs."""
+    for node in graph.node:
+        yield from all_nodes_of(node)
 
 
 class GraphBuilder:
@@ -121,7 +121,10 @@ class GraphBuilder:
         self.graph = model.graph
         self.float_type = float_type
         self.np_float = helper.tensor_dtype_to_np_dtype(float_type)
+        # names must be unique across the graph and its subgraphs (their inputs and constants too)
         self._names = {n for node in all_nodes(self.graph) for n in (*node.input, *node.output, node.name)}
+        self._names |= {v.name for node in all_nodes(self.graph) for sub in subgraphs(node)
+                        for v in (*sub.input, *sub.initializer)}
         self._names |= {v.name for v in (*self.graph.input, *self.graph.output, *self.graph.value_info)}
         self._names |= {t.name for t in self.graph.initializer}
         self._const_cache: dict = {}
@@ -322,20 +325,22 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
 
 
 def rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename a value everywhere it appears in a graph (nodes, initializers, declarations), and in
-    its subgraphs (a Scan body reads outer values by name)."""
+    """Rename a value everywhere it appears in a graph (see rename_values)."""
+    rename_values(graph, {old: new})
+
+
+def rename_values(graph: onnx.GraphProto, names: dict[str, str]) -> None:
+    """Rename values by `names` in one pass: nodes, initializers, declarations, and subgraphs (a
+    Scan body reads outer values by name)."""
     for node in graph.node:
-        for names in (node.input, node.output):
-            for i, name in enumerate(names):
-                if name == old:
-                    names[i] = new
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                rename_value(sub, old, new)
+        for values in (node.input, node.output):
+            for i, name in enumerate(values):
+                values[i] = names.get(name, name)
+        for sub in subgraphs(node):
+            rename_values(sub, names)
     for field_ in (graph.initializer, graph.input, graph.output, graph.value_info):
         for item in field_:
-            if item.name == old:
-                item.name = new
+            item.name = names.get(item.name, item.name)
 
 
 def topological_sort(graph: onnx.GraphProto) -> None:
