@@ -27,7 +27,7 @@ from .errors import ModelError, UsageError
 from .graph import GraphBuilder, prune, rename_value, skeleton, topological_sort
 from .batch import run_rows_one_at_a_time
 from .intake import PreparedModel, prepare
-from .vjp import vjp_model, vjp_report
+from .vjp import build_vjp, vjp_report
 
 METADATA_KEY = "gnl_onnx.attribution"
 OUTPUT_KINDS = ("logit", "prob", "logprob")
@@ -162,8 +162,8 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     x = chosen.input
     n_classes = (GraphBuilder(chosen.proto).shape(chosen.output) or [None])[-1]
     layers, image_axis = locate(chosen.proto, x, chosen.output, layer) if spec.cam else ([], None)
-    vjp = vjp_model(chosen, rule=spec.rule, gate=gate, layers=[a.name for a in layers], layer_rule="plain",
-                    bounds=bounds)
+    vjp = build_vjp(chosen.proto, x, chosen.output, rule=spec.rule, gate=gate, layers=[a.name for a in layers],
+                    layer_rule="plain", bounds=bounds)  # chosen is selected()'s own copy: built in place
     report = vjp_report(vjp)
     graph = vjp.graph
     row_bytes = bytes_per_row(vjp, x)

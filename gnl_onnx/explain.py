@@ -11,7 +11,7 @@ import numpy as np
 from .attribution import METHODS, attribution_info, attribution_model, get_method, path_points
 from .baselines import make_baseline
 from .errors import GnlOnnxError, NonFiniteError, UsageError
-from .runtime import make_session
+from .runtime import detach_weights, make_session
 
 MAX_STEPS = 100_000
 
@@ -86,7 +86,10 @@ class Explainer:
         if self.budget < 2 * self.row_bytes:
             raise UsageError(f"memory budget {memory_budget} is too small for one step of one image; "
                              f"the smallest that works is {_human(2 * self.row_bytes)}")
-        self.session, self.provider = make_session(attribution, providers, threads, memory_pattern=False)
+        light, weights = detach_weights(attribution)
+        del attribution  # the weights are now held once (as arrays) until the session has its own copy
+        self.session, self.provider = make_session(light, providers, threads, memory_pattern=False,
+                                                   weights=weights, prepack=False)
         self.input_name = self.info["input"]
         self.outputs = ["attribution", "scores", "target_used"] + \
             [o.name for o in self.session.get_outputs() if o.name == "baseline_scores"]  # deeplift: F(baseline)

@@ -43,6 +43,7 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
     graph = light.graph
     graph.name = model.graph.name or "graph"
     graph.node.extend(model.graph.node)

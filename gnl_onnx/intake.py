@@ -84,7 +84,7 @@ def prepare(model, input: str | None = None, output: str | None = None) -> Prepa
     proto = load_model(model)
     x = choose_input(proto.graph, input)
     y = choose_output(proto.graph, output)
-    return PreparedModel(normalize(proto), x, y, path)
+    return PreparedModel(normalize(proto, in_place=True), x, y, path)  # load_model's proto is ours
 
 
 __all__ = ["PreparedModel", "prepare", "IntakeNote"]

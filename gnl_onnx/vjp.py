@@ -32,11 +32,17 @@ def vjp_model(model, rule: str = "plain", gate: str = "paper",
     `<input>_reference_rows`, int64 [rows], names each row's reference row). Rule sets that read
     extra values add them as inputs, with defaults where they have one (ZBox's bounds
     `<input>_low`/`<input>_high`, from `bounds` = (low, high), broadcastable to the image)."""
+    prepared = prepare(model, input, output)
+    return build_vjp(prepared.copy(), prepared.input, prepared.output, rule, gate, layers, layer_rule, bounds)
+
+
+def build_vjp(proto: onnx.ModelProto, x: str, y: str, rule: str = "plain", gate: str = "paper", layers=(),
+              layer_rule: str | None = None, bounds=None) -> onnx.ModelProto:
+    """vjp_model on a prepared model's proto that the caller hands over: it is extended in place
+    (attribution_model builds on its own copy; a second copy of vgg16 cost 0.26 s)."""
     policy = get_rule_set(rule, gate, bounds)
     layers = list(dict.fromkeys(layers))
     layer_policy = get_rule_set(layer_rule or rule, gate, bounds)
-    prepared = prepare(model, input, output)
-    proto, x, y = prepared.copy(), prepared.input, prepared.output
     value_types = {v.name: v.type for v in (*proto.graph.input, *proto.graph.output)}
     seed, grad = f"{y}_grad", f"{x}_grad"
     float_type = value_types[x].tensor_type.elem_type
