@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="gnl_ig,ig,gradient", help="with --cost: the methods to time")
     p.add_argument("--steps", type=int, default=32, help="with --cost: integration steps (default 32)")
     p.add_argument("--threads", type=int, help="with --cost: ONNX Runtime threads (default: all cores)")
+    p.add_argument("--memory-budget", default="auto", help="with --cost: the budget that splits the runs (default auto)")
     p.set_defaults(run=run_inspect)
 
     p = commands.add_parser("convert", help="write an ONNX model that computes the attribution")
@@ -263,7 +264,9 @@ def explain_args(p):
     p.add_argument("--integration", default="gausslegendre",
                    choices=["gausslegendre", "left", "right", "middle", "trapezoid"])
     p.add_argument("--target", type=int, default=None, help="class to explain (default: top-1)")
-    p.add_argument("--memory-budget", default="2GB", help="memory for one run, e.g. 2GB (default)")
+    p.add_argument("--memory-budget", default="auto",
+                   help="memory for one run: auto (default: about 1 GB, at most a quarter of what is available; "
+                        "the choice is in the summary) or a size, e.g. 2GB")
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
     p.add_argument("--preset", choices=sorted(PRESETS), help="preprocessing and class names of a known model")
     p.add_argument("--size", type=int, nargs="+", help="resize: shorter side (one number) or H W")
@@ -285,7 +288,7 @@ def run_inspect(args) -> int:
 
         methods = [m for m in parse_methods(args.methods) if m != "random"]
         report["cost"] = plan_cost(args.model, methods, args.steps, args.threads, input=args.input,
-                                   output_name=args.output_name)
+                                   output_name=args.output_name, memory_budget=args.memory_budget)
     if args.json:
         if "cost" in report:
             report["cost"] = report["cost"].as_dict()
@@ -339,7 +342,8 @@ FEEDING = """feed it with any ONNX Runtime (Python shown):
       "alphas": alphas.astype(np.float32), "weights": weights.astype(np.float32),
       "noise": np.zeros((1, 1, 1, 1, 1), np.float32)}})   # SmoothGrad: [S, N, ...] Gaussian noise
   (gradient-type and LRP methods: alphas = weights = [1.0])
-  (deeplift: alphas = weights = [1.0, 0.0]; its output "baseline_scores" holds the scores at the baseline)"""
+  (deeplift: alphas = weights = [1.0, 0.0]; its output "baseline_scores" holds the scores at the baseline)
+  (steps split over runs: later runs take the first one's target_used as "target", and "score_rows": [0])"""
 
 
 def preprocessing_from(args, model=None, images=()):

@@ -293,7 +293,7 @@ def road_record(curves: dict, fractions) -> dict:
 def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: int = CURVE_STEPS,
              reduce: str = "sum", baseline="zeros", black=None, layout: str | None = None,
              integration: str = "gausslegendre", target=None, gate: str = "paper", output: str = "logit",
-             memory_budget="2GB", input: str | None = None, output_name: str | None = None,
+             memory_budget="auto", input: str | None = None, output_name: str | None = None,
              deletion_substrate=DELETION_SUBSTRATE, insertion_substrate=INSERTION_SUBSTRATE,
              batch_size: int = BATCH_SIZE, seed: int = 0, names=None, progress=None, providers=None,
              threads: int | None = None, metrics=DEFAULT_METRICS, road_fractions=road.FRACTIONS,

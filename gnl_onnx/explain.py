@@ -11,15 +11,25 @@ import numpy as np
 from .attribution import METHODS, attribution_info, attribution_model, get_method, path_points
 from .baselines import make_baseline
 from .errors import GnlOnnxError, NonFiniteError, UsageError
-from .runtime import detach_weights, make_session
+from .runtime import detach_weights, make_session, release_freed_memory
 
 MAX_STEPS = 100_000
+# --memory-budget auto: runs of about this much activation memory. Measured on CPU (1 image, 32
+# steps, 2 threads, docs/performance.md): resnet50 and vgg16 run as fast in runs of 4-16 steps as
+# in one of 32 (once later runs skip the score rows), while the depthwise networks want long runs
+# (mobilenet_v2: 0.86 s in runs of 8 steps, 0.75 s in one of 32, which takes 0.9 GB). About 1 GB
+# runs both kinds at their speed, with the whole process under Captum's peak on all four. Never
+# more than a quarter of the memory the machine (or its cgroup) has available.
+AUTO_RUN_BYTES = 1 << 30
+AUTO_SHARE_OF_AVAILABLE = 4
 
 
-def parse_bytes(value) -> int:
-    """'2GB', '512MiB', 1e9 -> bytes."""
+def parse_bytes(value) -> int | None:
+    """'2GB', '512MiB', 1e9 -> bytes; 'auto' -> None (see resolve_budget)."""
     if isinstance(value, (int, float)):
         return int(value)
+    if str(value).strip().lower() == "auto":
+        return None
     text = str(value).strip().upper().replace("IB", "B")
     for unit, factor in (("KB", 1 << 10), ("MB", 1 << 20), ("GB", 1 << 30), ("TB", 1 << 40), ("B", 1)):
         if text.endswith(unit):
@@ -30,7 +40,39 @@ def parse_bytes(value) -> int:
     try:
         return int(float(text))
     except ValueError:
-        raise UsageError(f"cannot read memory budget '{value}'; write e.g. 2GB or 512MB") from None
+        raise UsageError(f"cannot read memory budget '{value}'; write auto, or a size such as 2GB or 512MB") from None
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still take: the kernel's MemAvailable, or less where a cgroup limit
+    (a container) leaves less; None where neither can be read (not Linux)."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        pass
+    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit) as f, open(used) as g:
+                found.append(int(f.read().strip()) - int(g.read().strip()))
+        except (OSError, ValueError):  # no such cgroup, or "max": no limit
+            continue
+    return max(0, min(found)) if found else None
+
+
+def resolve_budget(value) -> tuple[int, str]:
+    """(bytes for one run, how they were chosen): a given size as it is; 'auto' as AUTO_RUN_BYTES
+    says, capped at a quarter of the available memory."""
+    given = parse_bytes(value)
+    if given is not None:
+        return given, f"{_human(given)} (given)"
+    available = available_memory()
+    if available is not None and available // AUTO_SHARE_OF_AVAILABLE < AUTO_RUN_BYTES:
+        budget = available // AUTO_SHARE_OF_AVAILABLE
+        return budget, f"auto: {_human(budget)}, a quarter of the {_human(available)} available"
+    return AUTO_RUN_BYTES, f"auto: {_human(AUTO_RUN_BYTES)} per run"
 
 
 @dataclass
@@ -47,12 +89,15 @@ class Explanation:
     seconds: float
     delta: np.ndarray | None = None  # ig, deeplift (complete methods): sum(attribution) - (F(image) - F(baseline))
     gated: list = field(default_factory=list)
+    runs: dict = field(default_factory=dict)  # how the work was split: images and steps per run, and why
 
     def summary(self, i: int = 0) -> dict:
         row = {"method": self.method, "baseline": self.baseline, "steps": self.steps,
                "integration": self.integration, "target": int(self.target[i]),
                "score": float(self.score[i]), "provider": self.provider, "seconds": round(self.seconds, 3),
                "gated_units": len(self.gated)}
+        if self.runs:
+            row["runs"] = self.runs
         if self.delta is not None:
             row["convergence_delta"] = float(self.delta[i])
         return row
@@ -62,7 +107,7 @@ class Explainer:
     """Explainer(model, method="gnl_ig", steps=32, baseline="zeros").explain(images, target=None)."""
 
     def __init__(self, model, method: str = "gnl_ig", steps: int = 32, baseline="zeros",
-                 integration: str = "gausslegendre", providers=None, memory_budget="2GB",
+                 integration: str = "gausslegendre", providers=None, memory_budget="auto",
                  gate: str = "paper", output: str = "logit", input: str | None = None,
                  output_name: str | None = None, black=None, layout: str | None = None, noise_level: float = 0.15,
                  seed: int = 0,
@@ -75,7 +120,7 @@ class Explainer:
         self.alphas, self.weights = self._points()
         self.baseline, self.black, self.layout = baseline, black, layout
         self.noise_level, self.seed = noise_level, seed
-        self.budget = parse_bytes(memory_budget)
+        self.budget, self.budget_note = resolve_budget(memory_budget)
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise UsageError(f"the seed must be a non-negative integer (got {seed!r})")
         # The attribution model is not kept: the session holds its own copy of the weights.
@@ -83,6 +128,9 @@ class Explainer:
                                         output_name=output_name, layer=layer, bounds=bounds)
         self.info = attribution_info(attribution)
         self.row_bytes = self.info["bytes_per_row"]
+        if self.budget_note.startswith("auto") and self.budget < 2 * self.row_bytes:
+            self.budget = 2 * self.row_bytes  # auto always works: one step of one image and its score
+            self.budget_note = f"auto: {_human(self.budget)}, the least that works"
         if self.budget < 2 * self.row_bytes:
             raise UsageError(f"memory budget {memory_budget} is too small for one step of one image; "
                              f"the smallest that works is {_human(2 * self.row_bytes)}")
@@ -90,9 +138,13 @@ class Explainer:
         del attribution  # the weights are now held once (as arrays) until the session has its own copy
         self.session, self.provider = make_session(light, providers, threads, memory_pattern=False,
                                                    weights=weights, prepack=False)
+        del light, weights
+        release_freed_memory()  # the setup's copies of the weights, which the C heap would keep
         self.input_name = self.info["input"]
         self.outputs = ["attribution", "scores", "target_used"] + \
             [o.name for o in self.session.get_outputs() if o.name == "baseline_scores"]  # deeplift: F(baseline)
+        # a run after the first of an image's path scores nothing again (no extra rows): see chunks()
+        self.scores_once = any(i.name == "score_rows" for i in self.session.get_overridable_initializers())
 
     def _points(self):
         if self.spec.path == "line":
@@ -102,17 +154,25 @@ class Explainer:
         ones = np.ones(self.steps, np.float32)
         return ones, ones / self.steps
 
-    def chunks(self, n_images: int) -> tuple[int, int]:
-        """(images, steps) per run, as many rows as the memory budget holds. Each run also carries
-        one row per image for its scores, so whole paths come first: all steps for as many images
-        as fit, else one image and as many steps as fit (8 images x 1 step would spend half of
-        every run on score rows)."""
+    def chunks(self, n_images: int, steps: int | None = None) -> tuple[int, int]:
+        """(images, steps) per run, as many rows as the memory budget holds. The first run of a
+        path also carries one row per image for its scores (later runs of the same images skip
+        them), so whole paths come first: all steps for as many images as fit, else one image and
+        as many steps as fit (8 images x 1 step would spend half of every run on score rows)."""
+        total = self.steps if steps is None else steps  # (another step count: what it would be)
         rows = self.budget // self.row_bytes
-        images = max(1, min(n_images, rows // (self.steps + 1)))
+        images = max(1, min(n_images, rows // (total + 1)))
         if self.spec.path == "reference":  # the image and its reference must share a run
-            return images, self.steps
-        steps = max(1, min(self.steps, rows // images - 1))
-        return images, -(-self.steps // -(-self.steps // steps))  # runs of equal size: 128 = 43+43+42
+            return images, total
+        per_run = max(1, min(total, rows // images - 1))
+        return images, -(-total // -(-total // per_run))  # runs of equal size: 128 = 43+43+42
+
+    def plan(self, n_images: int, steps: int | None = None) -> dict:
+        """How explain() splits n images: images and steps per run, memory per run, and why."""
+        images, steps = self.chunks(n_images, steps)
+        rows = images * (steps + (0 if self.spec.path == "reference" or not self.scores_once else 1))
+        return {"images_per_run": images, "steps_per_run": steps, "memory_per_run": _human(rows * self.row_bytes),
+                "memory_budget": self.budget_note}
 
     def explain(self, images, target=None) -> Explanation:
         start = time.perf_counter()
@@ -146,13 +206,16 @@ class Explainer:
                     alphas = np.concatenate([alphas, np.repeat(alphas[-1:], short)])
                     weights = np.concatenate([weights, np.zeros(short, weights.dtype)])
                 noise = self._noise(images[part], lo, slice(s, s + steps_per_run))
+                later = s > 0 and self.scores_once  # the targets are known now: skip the score rows
                 attribution, part_scores, used, *at_baseline = self._run(images[part], baselines[part],
-                                                                         targets[part], alphas, weights, noise)
+                                                                         targets[part], alphas, weights, noise,
+                                                                         score_rows=0 if later else None)
                 attributions[part] += attribution
                 targets[part] = used  # later chunks explain the class the first one chose
                 if scores is None:
                     scores = np.zeros((n, part_scores.shape[1]), np.float32)
-                scores[part] = part_scores
+                if not later:
+                    scores[part] = part_scores
                 if at_baseline:
                     reference = np.zeros(n, np.float32) if reference is None else reference
                     reference[part] = at_baseline[0][np.arange(len(used)), used]
@@ -173,7 +236,7 @@ class Explainer:
         result = Explanation(attributions, targets, score, scores, self.method,
                              baseline_name if self.spec.path in ("line", "reference") else "none", self.steps,
                              self.integration if self.spec.path == "line" else "none", self.provider,
-                             time.perf_counter() - start, delta, self.info["gated"])
+                             time.perf_counter() - start, delta, self.info["gated"], self.plan(n))
         bad = np.flatnonzero(forward_bad | backward_bad)
         if bad.size:  # never hand out NaN maps as if they meant something
             raise NonFiniteError(bad, ["forward" if forward_bad[i] else "backward" for i in bad], partial=result)
@@ -205,11 +268,13 @@ class Explainer:
                 noise[k, i] = rng.standard_normal(image.shape) * (self.noise_level * spread)
         return noise
 
-    def _run(self, images, baselines, targets, alphas, weights, noise):
+    def _run(self, images, baselines, targets, alphas, weights, noise, score_rows=None):
         if noise is None:
             noise = np.zeros((1,) * (images.ndim + 1), np.float32)
         feed = {self.input_name: images, "baseline": baselines, "target": targets, "alphas": alphas,
                 "weights": weights, "noise": noise}
+        if score_rows is not None:
+            feed["score_rows"] = np.array([score_rows], np.int64)
         try:
             return self.session.run(self.outputs, feed)
         except MemoryError:

@@ -160,14 +160,17 @@ class GraphBuilder:
         """An initializer holding `value`; float values take the model's float type."""
         array = np.asarray(value)
         array = array.astype(dtype if dtype is not None else
-                             (self.np_float if array.dtype.kind == "f" or array.dtype == object else array.dtype))
-        key = (array.dtype.str, array.shape, array.tobytes())
-        if array.size <= 64 and key in self._const_cache:
+                             (self.np_float if array.dtype.kind == "f" or array.dtype == object else array.dtype),
+                             copy=False)
+        key = (array.dtype.str, array.shape, array.tobytes()) if array.size <= 64 else None  # small ones shared
+        if key in self._const_cache:
             return self._const_cache[key]
-        tensor = numpy_helper.from_array(array, self.fresh(name))
-        self.graph.initializer.append(tensor)
+        # written into the graph directly: from_array + append copied every byte twice more
+        tensor = self.graph.initializer.add(name=self.fresh(name), dims=array.shape,
+                                            data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+        tensor.raw_data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
         self.constants[tensor.name] = array
-        if array.size <= 64:
+        if key is not None:
             self._const_cache[key] = tensor.name
         return tensor.name
 

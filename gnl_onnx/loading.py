@@ -90,9 +90,11 @@ def _check_weight_sizes(graph: onnx.GraphProto) -> None:
         count = math.prod(tensor.dims)
         if tensor.HasField("raw_data"):
             itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-            if raw_data_size(tensor) < count * itemsize:
-                raise onnx.checker.ValidationError(f"initializer {tensor.name}: raw_data is too small for "
-                                                   "its declared shape")
+            size = raw_data_size(tensor)
+            if size < count * itemsize:
+                raise onnx.checker.ValidationError(f"initializer {tensor.name}: raw_data size ({size} bytes) is too "
+                                                   f"small for the declared shape and type ({count * itemsize} "
+                                                   "bytes required)")
         elif sum(len(getattr(tensor, f)) for f in TYPED_FIELDS) < count:
             raise onnx.checker.ValidationError(f"initializer {tensor.name} holds fewer values than its shape")
 

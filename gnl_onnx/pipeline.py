@@ -55,13 +55,17 @@ def explain_files(model, images: list[str], out: Path, prep, preset, args) -> in
         print(f"{r['image']}: class {r['target']}{label}, {r['method']} -> {r['files']['overlay']}")
     for b in bad:
         print(f"skipped {b['image']}: {b['error']}")
+    if records and records[0].get("runs"):
+        runs = records[0]["runs"]
+        print(f"runs: {runs['images_per_run']} image(s) x {runs['steps_per_run']} step(s) each, "
+              f"{runs['memory_per_run']} (memory budget {runs['memory_budget']})")
     print(f"summary: {out / 'summary.json'}")
     return 1 if bad else 0
 
 
 def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", steps=32, baseline="zeros",
                       integration="gausslegendre", target=None, gate="paper", output="logit",
-                      memory_budget="2GB", overwrite=False, input=None, output_name=None,
+                      memory_budget="auto", overwrite=False, input=None, output_name=None,
                       summary_name="summary.json", layer=None):
     """Explain image files (and .npy arrays, one or a batch each); returns (records of the
     explained images, the images that failed: unreadable, or non-finite in the model)."""

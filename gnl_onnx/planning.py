@@ -25,6 +25,8 @@ class MethodCost:
     seconds_per_image: float
     times_floor: float | None  # seconds per image / floor (path methods)
     bytes_per_step: int    # memory of one image at one path point
+    steps_per_run: int     # what the memory budget lets one run hold (one image)
+    memory_per_run: str
 
 
 @dataclass
@@ -34,6 +36,7 @@ class CostPlan:
     forward_seconds: float  # per image, at a batch of FORWARD_BATCH
     steps: int
     methods: list[MethodCost]
+    memory_budget: str = ""  # how the budget was chosen (auto by default)
 
     @property
     def floor_seconds(self) -> float:
@@ -41,23 +44,26 @@ class CostPlan:
 
     def as_dict(self) -> dict:
         return {"provider": self.provider, "threads": self.threads, "forward_seconds": self.forward_seconds,
-                "steps": self.steps, "floor_seconds": self.floor_seconds,
+                "steps": self.steps, "floor_seconds": self.floor_seconds, "memory_budget": self.memory_budget,
                 "methods": [vars(m) for m in self.methods]}
 
     def table(self) -> str:
         lines = [f"forward: {self.forward_seconds * 1e3:.1f} ms per image (batch {FORWARD_BATCH}, {self.provider}"
                  f"{f', {self.threads} threads' if self.threads else ''})",
                  f"floor at {self.steps} steps (2 x steps forward passes): {self.floor_seconds:.3g} s per image",
-                 f"{'method':<24}{'steps':>6}{'s/image':>10}{'x floor':>9}{'MB/step':>9}"]
+                 f"runs per image as the memory budget splits them ({self.memory_budget})",
+                 f"{'method':<24}{'steps':>6}{'s/image':>10}{'x floor':>9}{'MB/step':>9}{'steps/run':>10}"
+                 f"{'per run':>10}"]
         for m in self.methods:
             ratio = f"{m.times_floor:.1f}" if m.times_floor is not None else "-"
             lines.append(f"{m.method:<24}{m.steps:>6}{m.seconds_per_image:>10.3g}{ratio:>9}"
-                         f"{m.bytes_per_step / (1 << 20):>9.1f}")
+                         f"{m.bytes_per_step / (1 << 20):>9.1f}{m.steps_per_run:>10}{m.memory_per_run:>10}")
         return "\n".join(lines)
 
 
 def plan_cost(model, methods=("gnl_ig", "ig", "gradient"), steps: int = 32, threads: int | None = None,
-              providers=None, input: str | None = None, output_name: str | None = None) -> CostPlan:
+              providers=None, input: str | None = None, output_name: str | None = None,
+              memory_budget="auto") -> CostPlan:
     """Measure what `methods` at `steps` will cost per image on this machine (see the module)."""
     from .attribution import get_method, selected
     from .explain import Explainer
@@ -83,15 +89,16 @@ def plan_cost(model, methods=("gnl_ig", "ig", "gradient"), steps: int = 32, thre
     for method in methods:
         along_steps = get_method(method).path in ("line", "noise")  # the others run a fixed set of points
         explainer = Explainer(prepared, method=method, steps=min(steps, MEASURED_STEPS), threads=threads,
-                              providers=providers)
+                              providers=providers, memory_budget=memory_budget)
         measured = _best_of(lambda e=explainer: e.explain(image), repeats=2)
         # a path run is its steps plus one row for the scores: the cost per row is what stays constant
         seconds = measured * (steps + 1) / (explainer.steps + 1) if along_steps else measured
         runs = steps if along_steps else 1
         floor = 2 * runs * forward
+        split = explainer.plan(1, runs if along_steps else None)
         costs.append(MethodCost(method, runs, seconds, seconds / floor if along_steps else None,
-                                explainer.row_bytes))
-    return CostPlan(provider, threads, forward, steps, costs)
+                                explainer.row_bytes, split["steps_per_run"], split["memory_per_run"]))
+    return CostPlan(provider, threads, forward, steps, costs, explainer.budget_note)
 
 
 def _forward_seconds(opened, name: str, images) -> tuple[float, str]:

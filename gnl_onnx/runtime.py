@@ -2,6 +2,8 @@
 only onnx and numpy, running them needs one of the two."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -99,3 +101,21 @@ def make_session(model, providers=None, threads: int | None = None, memory_patte
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own unrelated classes
         raise GnlOnnxError(f"ONNX Runtime could not load the model: {str(e).splitlines()[0][:300]}") from None
     return session, session.get_providers()[0]
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed on the C heap back to the system (glibc keeps it otherwise: after a
+    session is built from vgg16, 350 MB of freed copies stayed resident). Nothing elsewhere."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None

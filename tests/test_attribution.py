@@ -285,7 +285,7 @@ def test_integrated_gradients_match_torch_on_resnet18(resnet18, method, guided):
 
 # ------------------------------------------------------------------------ reserved names
 INTERNAL_RENAMES = {"c1": "weights", "r1": "target", "p1": "alphas", "c2": "baseline", "r2": "noise",
-                    "g": "scores", "f": "attribution", "w1": "target_used", "b2": "weights_1"}
+                    "g": "scores", "f": "attribution", "w1": "target_used", "b2": "weights_1", "b1": "score_rows"}
 
 
 def test_internal_values_with_public_names():
@@ -297,7 +297,8 @@ def test_internal_values_with_public_names():
              np.array([3, -1], np.int64), np.array([0.3, 0.9], F32), np.array([0.5, 0.5], F32),
              np.zeros((1,) * 5, F32))
     clash = attribution_model(tiny_cnn(p, names=INTERNAL_RENAMES), "gnl_ig")
-    assert [i.name for i in clash.graph.input] == ["x", "baseline", "target", "alphas", "weights", "noise"]
+    assert [i.name for i in clash.graph.input] == ["x", "baseline", "target", "alphas", "weights", "noise",
+                                                   "score_rows"]
     assert [o.name for o in clash.graph.output] == ["attribution", "scores", "target_used"]
     got = run_attribution(clash, *feeds)
     want = run_attribution(attribution_model(tiny_cnn(p), "gnl_ig"), *feeds)
@@ -406,3 +407,31 @@ def test_trapezoid_needs_two_points_and_unknown_rules_fail():
         path_points(1, "trapezoid")
     with pytest.raises(UsageError, match="simpson"):
         path_points(8, "simpson")
+
+
+def test_score_rows_skips_the_score_rows_of_later_runs():
+    """Splitting a path into runs, the runs after the first score nothing (score_rows = 0, the
+    targets given): the attributions still sum to the one-run result, those runs' scores are
+    empty, and an image left unscored keeps its given target while a scored one takes its top-1."""
+    model = attribution_model(tiny_cnn(tiny_params(seed=7)), "ig")
+    session = ort_session(model)
+    rng = np.random.default_rng(7)
+    image = rng.standard_normal((2, 3, 8, 8)).astype(F32)
+    alphas, weights = path_points(6)
+    feed = {"x": image, "baseline": np.zeros((1, 3, 1, 1), F32), "noise": np.zeros((1,) * 5, F32)}
+    outputs = ["attribution", "scores", "target_used"]
+    whole, scores, chosen = session.run(outputs, {**feed, "target": np.array([-1, -1]), "alphas": alphas,
+                                                  "weights": weights})
+    first = session.run(outputs, {**feed, "target": np.array([-1, -1]), "alphas": alphas[:3],
+                                  "weights": weights[:3]})
+    later = session.run(outputs, {**feed, "target": first[2], "alphas": alphas[3:], "weights": weights[3:],
+                                  "score_rows": np.array([0], np.int64)})
+    np.testing.assert_allclose(first[0] + later[0], whole, rtol=1e-5, atol=1e-6 * np.abs(whole).max())
+    np.testing.assert_array_equal(first[1], scores)
+    assert later[1].shape == (0, scores.shape[1])
+    np.testing.assert_array_equal(later[2], chosen)
+    other = int(np.argsort(scores[1])[0])  # not image 1's top-1: it must stay as given
+    _, part_scores, used = session.run(outputs, {**feed, "target": np.array([-1, other]), "alphas": alphas,
+                                                 "weights": weights, "score_rows": np.array([1], np.int64)})
+    np.testing.assert_array_equal(part_scores, scores[:1])
+    assert used.tolist() == [int(scores[0].argmax()), other]

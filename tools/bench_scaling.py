@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="mobilenet_v2", help="a torchvision architecture (random weights)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--memory-budget", default="2GB")
+    p.add_argument("--memory-budget", default="auto")
     p.add_argument("--json")
     p.add_argument("--png", default=str(ROOT / "docs" / "performance_scaling.png"))
     args = p.parse_args(argv)

@@ -62,7 +62,7 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
           overwrite: bool = False, images_per_batch: int | None = None, steps: int = 32,
           curve_steps: int = CURVE_STEPS, reduce: str = "sum", baseline: str = "zeros",
           integration: str = "gausslegendre", target: int | None = None, gate: str = "paper",
-          output: str = "logit", memory_budget="2GB", input: str | None = None, output_name: str | None = None,
+          output: str = "logit", memory_budget="auto", input: str | None = None, output_name: str | None = None,
           deletion_substrate=DELETION_SUBSTRATE, insertion_substrate=INSERTION_SUBSTRATE,
           batch_size: int = BATCH_SIZE, seed: int = 0, providers=None, threads: int | None = None,
           progress: bool = True, metrics=DEFAULT_METRICS, road_fractions=ROAD_FRACTIONS,

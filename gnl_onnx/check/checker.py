@@ -33,7 +33,7 @@ class ModelChecker:
                  steps: int = 32, baseline: str = "zeros", integration: str = "gausslegendre",
                  gate: str = "paper", output: str = "logit", target: int | None = None,
                  input: str | None = None, output_name: str | None = None, thresholds: Thresholds | None = None,
-                 memory_budget="2GB", seed: int = 0, providers=None, threads: int | None = None,
+                 memory_budget="auto", seed: int = 0, providers=None, threads: int | None = None,
                  config: str | None = None, layer=None):
         from ..attribution import get_method
         from ..intake import prepare
