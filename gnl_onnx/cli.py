@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="gnl_ig,ig,gradient", help="with --cost: the methods to time")
     p.add_argument("--steps", type=int, default=32, help="with --cost: integration steps (default 32)")
     p.add_argument("--threads", type=int, help="with --cost: ONNX Runtime threads (default: all cores)")
-    p.add_argument("--memory-budget", default="auto", help="with --cost: the budget that splits the runs (default auto)")
+    p.add_argument("--memory-budget", default="auto",
+                   help="with --cost: the budget that splits the runs (default auto)")
     p.set_defaults(run=run_inspect)
 
     p = commands.add_parser("convert", help="write an ONNX model that computes the attribution")

@@ -396,7 +396,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime and torch threads (default 2)")
     p.add_argument("--captum-batches", default=",".join(map(str, CAPTUM_BATCHES)))
-    p.add_argument("--memory-budget", default="auto", help="gnl-onnx's budget (default auto); it picks the step chunk itself")
+    p.add_argument("--memory-budget", default="auto",
+                   help="gnl-onnx's budget (default auto); it picks the step chunk itself")
     p.add_argument("--forward-rows", type=int, default=32, help="batch of the floor's forward measurement")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--json", help="write the results here")

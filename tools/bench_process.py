@@ -92,19 +92,30 @@ def child(code: str, args: list[str], threads: int) -> dict:
     return row
 
 
-def prepare(name: str, folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path | None]:
-    """The ONNX file and, for torchvision networks, a state dict of the very same module."""
-    if name == "efficientnet-lite0":
-        from models.registry import get_model
-
-        return get_model(name), None
+PREPARE = r"""
+import json, pathlib, sys
+sys.path.insert(0, sys.argv[3])
+name, folder = sys.argv[1], pathlib.Path(sys.argv[2])
+if name == "efficientnet-lite0":
+    from models.registry import get_model
+    print(json.dumps([str(get_model(name)), None]))
+else:
     import torch
-
     from models import torchvision_zoo
-
     path = torchvision_zoo.export(name, "legacy", size=224)
     weights = folder / f"{name}.pt"
     torch.save(torchvision_zoo.build(name).state_dict(), weights)
+    print(json.dumps([str(path), str(weights)]))
+"""
+
+
+def prepare(name: str, folder: pathlib.Path) -> tuple[str, str | None]:
+    """The ONNX file and, for torchvision networks, a state dict of the very same module. Made in
+    a child of its own: this process must stay small, since a child's peak RSS (ru_maxrss) counts
+    the parent's resident memory at the fork."""
+    done = subprocess.run([sys.executable, "-c", PREPARE, name, str(folder), str(ROOT)], capture_output=True,
+                          text=True, check=True, cwd=ROOT)
+    path, weights = json.loads(done.stdout.strip().splitlines()[-1])
     return path, weights
 
 
@@ -125,13 +136,11 @@ def main(argv=None) -> int:
         for name in args.models.split(","):
             path, weights = prepare(name, pathlib.Path(tmp))
             ours, peer = [], []
-            for r in range(args.rounds):
-                runs = [("ours", lambda: ours.append(child(OURS, [str(path), str(args.threads), args.memory_budget],
-                                                           args.threads))),
-                        ("captum", lambda: peer.append(child(CAPTUM, [name, str(weights), str(args.threads),
-                                                                      str(ROOT)], args.threads)))]
-                for _, run in (runs if r % 2 == 0 else runs[::-1]):
-                    run()
+            ours_args = [str(path), str(args.threads), args.memory_budget]
+            peer_args = [name, str(weights), str(args.threads), str(ROOT)]
+            for r in range(args.rounds):  # alternate which goes first
+                for code, argv, rows in ((OURS, ours_args, ours), (CAPTUM, peer_args, peer))[::1 if r % 2 == 0 else -1]:
+                    rows.append(child(code, argv, args.threads))
             row = {"model": name, "gnl_onnx": median_row(ours), "captum": median_row(peer),
                    "chunks": ours[0]["chunks"], "rounds": args.rounds}
             a, b = row["gnl_onnx"], row["captum"]
