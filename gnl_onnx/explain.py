@@ -11,7 +11,7 @@ import numpy as np
 from .attribution import METHODS, attribution_info, attribution_model, get_method, path_points
 from .baselines import make_baseline
 from .errors import GnlOnnxError, NonFiniteError, UsageError
-from .runtime import detach_weights, make_session, release_freed_memory
+from .runtime import choose_providers, detach_weights, make_session, release_freed_memory
 
 MAX_STEPS = 100_000
 # --memory-budget auto: runs of about this much activation memory. Measured on CPU (1 image, 32
@@ -22,6 +22,7 @@ MAX_STEPS = 100_000
 # more than a quarter of the memory the machine (or its cgroup) has available.
 AUTO_RUN_BYTES = 1 << 30
 AUTO_SHARE_OF_AVAILABLE = 4
+AUTO_GPU_RUN_BYTES = 2 << 30  # not measured on a GPU yet: the fixed default before auto
 
 
 def parse_bytes(value) -> int | None:
@@ -44,30 +45,41 @@ def parse_bytes(value) -> int | None:
 
 
 def available_memory() -> int | None:
-    """Bytes this process can still take: the kernel's MemAvailable, or less where a cgroup limit
-    (a container) leaves less; None where neither can be read (not Linux)."""
+    """Bytes this process can still take: the kernel's MemAvailable, or less where the cgroup of
+    this process's namespace (a container) has a limit, less its usage net of the file cache it can
+    drop (as docker stats counts it); None where neither can be read (not Linux)."""
     found = []
     try:
         with open("/proc/meminfo") as f:
             found += [int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:")]
     except OSError:
         pass
-    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for folder, limit, used, cache in (("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+                                       ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+                                        "total_inactive_file")):
         try:
-            with open(limit) as f, open(used) as g:
-                found.append(int(f.read().strip()) - int(g.read().strip()))
+            with open(f"{folder}/{limit}") as f, open(f"{folder}/{used}") as g:
+                free = int(f.read().strip()) - int(g.read().strip())
         except (OSError, ValueError):  # no such cgroup, or "max": no limit
             continue
+        try:
+            with open(f"{folder}/memory.stat") as f:
+                free += next((int(line.split()[1]) for line in f if line.split()[0] == cache), 0)
+        except (OSError, ValueError, IndexError):
+            pass
+        found.append(free)
     return max(0, min(found)) if found else None
 
 
-def resolve_budget(value) -> tuple[int, str]:
+def resolve_budget(value, device: str = "cpu") -> tuple[int, str]:
     """(bytes for one run, how they were chosen): a given size as it is; 'auto' as AUTO_RUN_BYTES
-    says, capped at a quarter of the available memory."""
+    says, capped at a quarter of the available memory; on a GPU (whose memory is not measured
+    here) AUTO_GPU_RUN_BYTES, the old fixed default."""
     given = parse_bytes(value)
     if given is not None:
         return given, f"{_human(given)} (given)"
+    if device != "cpu":
+        return AUTO_GPU_RUN_BYTES, f"auto: {_human(AUTO_GPU_RUN_BYTES)} per run on {device} (give a size to use more)"
     available = available_memory()
     if available is not None and available // AUTO_SHARE_OF_AVAILABLE < AUTO_RUN_BYTES:
         budget = available // AUTO_SHARE_OF_AVAILABLE
@@ -120,7 +132,9 @@ class Explainer:
         self.alphas, self.weights = self._points()
         self.baseline, self.black, self.layout = baseline, black, layout
         self.noise_level, self.seed = noise_level, seed
-        self.budget, self.budget_note = resolve_budget(memory_budget)
+        first = choose_providers(providers)[0]
+        device = first.removesuffix("ExecutionProvider").lower()
+        self.budget, self.budget_note = resolve_budget(memory_budget, device)
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise UsageError(f"the seed must be a non-negative integer (got {seed!r})")
         # The attribution model is not kept: the session holds its own copy of the weights.

@@ -66,7 +66,7 @@ def plan_cost(model, methods=("gnl_ig", "ig", "gradient"), steps: int = 32, thre
               memory_budget="auto") -> CostPlan:
     """Measure what `methods` at `steps` will cost per image on this machine (see the module)."""
     from .attribution import get_method, selected
-    from .explain import Explainer
+    from .explain import Explainer, resolve_budget
     from .intake import prepare
     from .runtime import make_session
 
@@ -85,7 +85,8 @@ def plan_cost(model, methods=("gnl_ig", "ig", "gradient"), steps: int = 32, thre
     forward, provider = _forward_seconds(make_session(selected(prepared).proto, providers, threads), prepared.input,
                                          images)
     image = images[:1]
-    costs = []
+    costs, budget_note = [], resolve_budget(
+        memory_budget, provider.removesuffix("ExecutionProvider").lower())[1]
     for method in methods:
         along_steps = get_method(method).path in ("line", "noise")  # the others run a fixed set of points
         explainer = Explainer(prepared, method=method, steps=min(steps, MEASURED_STEPS), threads=threads,
@@ -98,7 +99,7 @@ def plan_cost(model, methods=("gnl_ig", "ig", "gradient"), steps: int = 32, thre
         split = explainer.plan(1, runs if along_steps else None)
         costs.append(MethodCost(method, runs, seconds, seconds / floor if along_steps else None,
                                 explainer.row_bytes, split["steps_per_run"], split["memory_per_run"]))
-    return CostPlan(provider, threads, forward, steps, costs, explainer.budget_note)
+    return CostPlan(provider, threads, forward, steps, costs, budget_note)
 
 
 def _forward_seconds(opened, name: str, images) -> tuple[float, str]:

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import GnlOnnxError, UsageError
+from .errors import GnlOnnxError, ModelError, UsageError
 
 
 def onnxruntime():
@@ -61,7 +61,10 @@ def detach_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, n
                 _nbytes(tensor) < BY_REFERENCE_BYTES:  # (reading raw_data to measure it would copy it)
             graph.initializer.append(tensor)
             continue
-        weights[tensor.name] = numpy_helper.to_array(tensor)
+        try:
+            weights[tensor.name] = numpy_helper.to_array(tensor)
+        except ValueError as e:  # a model handed over without the intake's checks
+            raise ModelError(f"initializer '{tensor.name}' is damaged ({e}); re-export the model") from None
         stub = graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
                                      data_location=TensorProto.EXTERNAL)
         stub.external_data.add(key="location", value=_IN_MEMORY)

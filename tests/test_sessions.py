@@ -53,10 +53,12 @@ def mixed_model() -> onnx.ModelProto:
 
 def test_detached_session_computes_what_the_whole_model_does():
     model = mixed_model()
+    before = model.SerializeToString()
     light, weights = detach_weights(model)
+    assert model.SerializeToString() == before  # the caller's model is untouched
     assert set(weights) == {"w", "w16", "order", "keep"}  # large ones by reference, small ones inline
     assert light.ByteSize() < model.ByteSize() - 4 * BY_REFERENCE_BYTES
-    assert len(model.graph.initializer) == len(light.graph.initializer)  # the caller's model is untouched
+    assert [t.name for t in model.graph.initializer] == [t.name for t in light.graph.initializer]
     x = np.random.default_rng(1).standard_normal((3, 64)).astype(F32)
     want = ort_session(model).run(None, {"x": x})[0]
     session, _ = make_session(light, weights=weights)
@@ -79,13 +81,38 @@ def test_initializer_listed_as_input_still_overridable():
                                atol=1e-5 * np.abs(x @ other).max())
 
 
-def test_short_raw_data_is_refused_on_loading(tmp_path):
+def _damage(tensor, how):
+    if how == "short":
+        tensor.raw_data = tensor.raw_data[:-4]
+    elif how == "long":
+        tensor.raw_data = tensor.raw_data + bytes(4)
+    elif how == "odd":
+        tensor.raw_data = tensor.raw_data + bytes(1)
+    elif how == "two fields":
+        tensor.float_data.extend([1.0, 2.0])
+    elif how == "unknown type":
+        tensor.data_type = 999
+    elif how == "no data":
+        tensor.ClearField("raw_data")
+
+
+@pytest.mark.parametrize("how, message", [
+    ("short", r"initializer 'w' is damaged: it holds 131068 bytes, its shape and type need 131072"),
+    ("long", r"initializer 'w' is damaged: it holds 131076 bytes"),
+    ("odd", r"initializer 'w' is damaged: it holds 131073 bytes"),
+    ("two fields", r"initializer w holds its values in more than one field \(float_data, raw_data\)"),
+    ("unknown type", r"initializer w has no known data type \(999\)"),
+    ("no data", r"initializer 'w' is damaged: it holds 0 values"),
+])
+def test_damaged_weights_are_refused_on_loading(tmp_path, how, message):
+    """The checks onnx.checker made of large weights before the intake checked their skeleton:
+    one ModelError line, from a file or from a ModelProto, before any session is built."""
     model = mixed_model()
-    weight = next(t for t in model.graph.initializer if t.name == "w")
-    weight.raw_data = weight.raw_data[:-4]
-    onnx.save(model, tmp_path / "short.onnx")
-    with pytest.raises(ModelError, match=r"raw_data size \(131068 bytes\) is too small"):
-        prepare(tmp_path / "short.onnx")
+    _damage(next(t for t in model.graph.initializer if t.name == "w"), how)
+    onnx.save(model, tmp_path / "damaged.onnx")
+    for given in (tmp_path / "damaged.onnx", model):
+        with pytest.raises(ModelError, match=message):
+            prepare(given)
 
 
 def test_old_opset_upgraded_in_place_equals_the_copy(tmp_path):

@@ -77,17 +77,22 @@ print(json.dumps({"import": t1 - t0, "setup": t2 - t1, "attribution": t3 - t2}))
 
 
 def child(code: str, args: list[str], threads: int) -> dict:
-    """Run one process; its stage times, wall time from spawn to exit, and peak RSS."""
+    """Run one process; its stage times, wall time from spawn to exit, and peak RSS. Its output
+    goes to files, not pipes: a full pipe would stall the child while this process waits."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=env, cwd=ROOT, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    out, err = process.stdout.read(), process.stderr.read()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=err, env=env, cwd=ROOT,
+                                   text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if status != 0:
-        raise RuntimeError(f"child failed ({status}): {err.strip().splitlines()[-1] if err.strip() else out}")
-    row = json.loads(out.strip().splitlines()[-1])
+        raise RuntimeError(f"child failed ({status}): {stderr.strip().splitlines()[-1] if stderr.strip() else stdout}")
+    row = json.loads(stdout.strip().splitlines()[-1])
     row.update(wall=wall, peak_rss_mb=usage.ru_maxrss / 1024)  # Linux: ru_maxrss is in KB
     return row
 

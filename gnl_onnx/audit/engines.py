@@ -87,11 +87,12 @@ def row_bytes(model, settings) -> int | None:
 def batch_images(row_bytes: int | None, settings, pending: int, workers: int) -> int:
     """Images per batch: as many as one ONNX Runtime run of all steps holds within the memory
     budget, at most MAX_BATCH, and small enough that every worker gets about 4 batches."""
-    from ..explain import resolve_budget
+    from ..explain import AUTO_RUN_BYTES, parse_bytes
 
     fit = MAX_BATCH
-    if row_bytes:
-        fit = max(1, resolve_budget(settings["memory_budget"])[0] // row_bytes // (settings["steps"] + 1))
+    if row_bytes:  # auto: sized for a worker's usual run (each worker then splits steps to its own memory)
+        budget = parse_bytes(settings["memory_budget"]) or AUTO_RUN_BYTES
+        fit = max(1, budget // row_bytes // (settings["steps"] + 1))
     return int(max(1, min(fit, MAX_BATCH, math.ceil(pending / (4 * workers)))))
 
 
