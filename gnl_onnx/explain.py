@@ -135,6 +135,7 @@ class Explainer:
         first = choose_providers(providers)[0]
         device = first.removesuffix("ExecutionProvider").lower()
         self.budget, self.budget_note = resolve_budget(memory_budget, device)
+        auto = parse_bytes(memory_budget) is None
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise UsageError(f"the seed must be a non-negative integer (got {seed!r})")
         # The attribution model is not kept: the session holds its own copy of the weights.
@@ -142,7 +143,7 @@ class Explainer:
                                         output_name=output_name, layer=layer, bounds=bounds)
         self.info = attribution_info(attribution)
         self.row_bytes = self.info["bytes_per_row"]
-        if self.budget_note.startswith("auto") and self.budget < 2 * self.row_bytes:
+        if auto and self.budget < 2 * self.row_bytes:
             self.budget = 2 * self.row_bytes  # auto always works: one step of one image and its score
             self.budget_note = f"auto: {_human(self.budget)}, the least that works"
         if self.budget < 2 * self.row_bytes:
@@ -184,7 +185,7 @@ class Explainer:
     def plan(self, n_images: int, steps: int | None = None) -> dict:
         """How explain() splits n images: images and steps per run, memory per run, and why."""
         images, steps = self.chunks(n_images, steps)
-        rows = images * (steps + (0 if self.spec.path == "reference" or not self.scores_once else 1))
+        rows = images * (steps + int(self.scores_once))  # (LRP and deeplift runs have no score rows)
         return {"images_per_run": images, "steps_per_run": steps, "memory_per_run": _human(rows * self.row_bytes),
                 "memory_budget": self.budget_note}
 
