@@ -175,6 +175,8 @@ def test_auto_budget_splits_runs_and_says_so(monkeypatch, tmp_path):
     want = whole.explain(x)
     assert want.summary(0)["runs"]["memory_budget"].startswith("auto")
     row = whole.row_bytes
+    lrp = Explainer(model, method="lrp_epsilon_plus_flat")  # relevance runs carry no score rows
+    assert not lrp.scores_once and lrp.plan(2)["memory_per_run"] == explain_module._human(2 * lrp.row_bytes)
     monkeypatch.setattr(explain_module, "available_memory", lambda: 4 * 5 * row)  # a quarter: 5 rows
     small = Explainer(model, method="ig", steps=8)
     assert small.chunks(2) == (1, 4) and small.scores_once  # the second run of each image skips its score row
@@ -183,8 +185,6 @@ def test_auto_budget_splits_runs_and_says_so(monkeypatch, tmp_path):
         "memory_per_run"], "memory_budget": small.budget_note}
     np.testing.assert_allclose(got.attributions, want.attributions, rtol=0,
                                atol=1e-5 * np.abs(want.attributions).max())
-    lrp = Explainer(model, method="lrp_epsilon_plus_flat")  # relevance runs carry no score rows
-    assert not lrp.scores_once and lrp.plan(2)["memory_per_run"] == explain_module._human(2 * lrp.row_bytes)
     monkeypatch.setattr(explain_module, "available_memory", lambda: row)  # too little: still one row
     least = Explainer(model, method="ig", steps=8)
     assert least.chunks(2) == (1, 1) and "least that works" in least.budget_note
