@@ -71,14 +71,15 @@ def available_memory() -> int | None:
     return max(0, min(found)) if found else None
 
 
-def resolve_budget(value, device: str = "cpu") -> tuple[int, str]:
+def resolve_budget(value, provider: str = "CPUExecutionProvider") -> tuple[int, str]:
     """(bytes for one run, how they were chosen): a given size as it is; 'auto' as AUTO_RUN_BYTES
     says, capped at a quarter of the available memory; on a GPU (whose memory is not measured
     here) AUTO_GPU_RUN_BYTES, the old fixed default."""
     given = parse_bytes(value)
     if given is not None:
         return given, f"{_human(given)} (given)"
-    if device != "cpu":
+    if provider != "CPUExecutionProvider":
+        device = provider.removesuffix("ExecutionProvider").lower()
         return AUTO_GPU_RUN_BYTES, f"auto: {_human(AUTO_GPU_RUN_BYTES)} per run on {device} (give a size to use more)"
     available = available_memory()
     if available is not None and available // AUTO_SHARE_OF_AVAILABLE < AUTO_RUN_BYTES:
@@ -132,9 +133,7 @@ class Explainer:
         self.alphas, self.weights = self._points()
         self.baseline, self.black, self.layout = baseline, black, layout
         self.noise_level, self.seed = noise_level, seed
-        first = choose_providers(providers)[0]
-        device = first.removesuffix("ExecutionProvider").lower()
-        self.budget, self.budget_note = resolve_budget(memory_budget, device)
+        self.budget, self.budget_note = resolve_budget(memory_budget, choose_providers(providers)[0])
         auto = parse_bytes(memory_budget) is None
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise UsageError(f"the seed must be a non-negative integer (got {seed!r})")

@@ -37,6 +37,9 @@ class Constants(dict):
         return set(self._protos) | set(super().keys())
 
 
+SKELETON_KEEPS = 64  # initializers of at most this many values stay in a skeleton (shapes, axes, scalars)
+
+
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with large initializers turned into typed inputs: shape inference needs their
     shapes, not their bytes, and copying the bytes dominated the cost."""
@@ -52,7 +55,7 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.value_info.extend(model.graph.value_info)
     declared = {i.name for i in model.graph.input}
     for t in model.graph.initializer:
-        if np.prod(t.dims) <= 64:
+        if np.prod(t.dims) <= SKELETON_KEEPS:
             graph.initializer.append(t)
         elif t.name not in declared:
             graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))

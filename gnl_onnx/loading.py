@@ -9,7 +9,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import ModelError, UsageError
-from .graph import skeleton
+from .graph import SKELETON_KEEPS, skeleton
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                onnx.TensorProto.BFLOAT16)
@@ -90,7 +90,7 @@ def _check_weights(graph: onnx.GraphProto) -> None:
     known = set(T.DataType.values()) - {T.UNDEFINED}
     for tensor in graph.initializer:
         count = math.prod(tensor.dims)
-        if count <= 64 and all(d >= 0 for d in tensor.dims):
+        if count <= SKELETON_KEEPS and all(d >= 0 for d in tensor.dims):
             continue
         if tensor.data_type not in known:
             raise onnx.checker.ValidationError(f"initializer {tensor.name} has no known data type "

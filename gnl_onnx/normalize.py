@@ -10,7 +10,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import ModelError, UnsupportedModelError
-from .graph import GraphBuilder, drop_unused_initializers, prune, skeleton
+from .graph import SKELETON_KEEPS, GraphBuilder, drop_unused_initializers, prune, skeleton
 from .runtime import onnxruntime
 
 TARGET_OPSET = 18
@@ -63,7 +63,7 @@ def upgrade_opset(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelP
         return copy
     # Convert the graph without the weights' bytes (copying them dominated the cost), then put
     # the weights back: the converter adds constants but never rewrites existing initializers.
-    weights = [t for t in model.graph.initializer if np.prod(t.dims) > 64]
+    weights = [t for t in model.graph.initializer if np.prod(t.dims) > SKELETON_KEEPS]
     declared = {i.name for i in model.graph.input}
     try:
         converted = onnx.version_converter.convert_version(skeleton(model), TARGET_OPSET)

@@ -85,8 +85,7 @@ def plan_cost(model, methods=("gnl_ig", "ig", "gradient"), steps: int = 32, thre
     forward, provider = _forward_seconds(make_session(selected(prepared).proto, providers, threads), prepared.input,
                                          images)
     image = images[:1]
-    costs, budget_note = [], resolve_budget(
-        memory_budget, provider.removesuffix("ExecutionProvider").lower())[1]
+    costs, budget_note = [], resolve_budget(memory_budget, provider)[1]
     for method in methods:
         along_steps = get_method(method).path in ("line", "noise")  # the others run a fixed set of points
         explainer = Explainer(prepared, method=method, steps=min(steps, MEASURED_STEPS), threads=threads,
