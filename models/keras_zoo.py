@@ -183,20 +183,11 @@ def export(arch: str, cache_dir: str | os.PathLike | None = None, seed: int = SE
     Normalization's mean and variance, as extra graph inputs.) Input "input" (NHWC float32),
     output as tf2onnx names it. The file is reused when present and written atomically.
 
-    subprocess=True exports in a child Python (this file run as a script), building the model
-    there: tf2onnx's conversion peaks at several GB (11.9 GB over the test sweep), which a child
-    hands back to the system when it exits."""
+    subprocess=True exports in a child Python (see export_all)."""
+    if subprocess:
+        return export_all([arch], cache_dir, seed)[arch]
     path = export_path(arch, cache_dir, seed)
     if path.is_file():
-        return path
-    if subprocess:
-        import subprocess as sp
-        import sys
-
-        sp.run([sys.executable, str(pathlib.Path(__file__).resolve()), arch, str(path.parent), str(seed)],
-               check=True)
-        if not path.is_file():
-            raise RuntimeError(f"the export subprocess wrote no {path}")
         return path
     import tf2onnx
 
@@ -210,10 +201,37 @@ def export(arch: str, cache_dir: str | os.PathLike | None = None, seed: int = SE
     return save_whole(proto.SerializeToString(), path)
 
 
+def export_all(archs, cache_dir: str | os.PathLike | None = None, seed: int = SEED) -> dict[str, pathlib.Path]:
+    """{arch: export path}, the missing exports written by one child Python (this file run as a
+    script) that builds each model there: tf2onnx's conversion peaks at several GB, which the
+    child hands back to the system when it exits, and TensorFlow is imported once for all of them
+    instead of once per model."""
+    paths = {arch: export_path(arch, cache_dir, seed) for arch in archs}
+    missing = [arch for arch, path in paths.items() if not path.is_file()]
+    if missing:
+        import subprocess as sp
+        import sys
+
+        sp.run([sys.executable, str(pathlib.Path(__file__).resolve()), str(paths[missing[0]].parent), str(seed),
+                *missing], check=True)
+        absent = [str(paths[a]) for a in missing if not paths[a].is_file()]
+        if absent:
+            raise RuntimeError(f"the export subprocess wrote no {', '.join(absent)}")
+    return paths
+
+
 # --- TensorFlow's own gradients ------------------------------------------------------------
 
 _GUIDED_OVERRIDES = {op: f"GnlGuided{op}" for op in GATED_TF_OPS}
+_GATED_OVERRIDES = {op: f"GnlGated{op}" for op in GATED_TF_OPS}  # plain gradient, imposed gates
 _LOADED: list = []
+# {TensorFlow op name: tensor} while gradient_function(gates=...) traces: the value that decides
+# that unit's gate instead of its own input.
+_IMPOSED: dict = {}
+
+
+class GateMismatch(AssertionError):
+    """Imposed gates that do not line up with the TensorFlow model's own gated units."""
 
 
 def _tf():
@@ -233,29 +251,40 @@ def _tf():
     except RuntimeError:
         pass
 
-    def positive(g):
-        return tf.nn.relu(g)
+    def register(prefix, incoming):
+        """The four unit gradients under `prefix`: `incoming` maps the gradient arriving at the unit
+        (relu for guided, identity for plain); the gate is decided by the unit's own input, or by
+        the value imposed for it (_IMPOSED, see gradient_function's `gates`)."""
 
-    @tf.RegisterGradient("GnlGuidedRelu")
-    def _guided_relu(op, g):
-        return tf.raw_ops.ReluGrad(gradients=positive(g), features=op.outputs[0])
+        def gate_input(op):
+            return _IMPOSED.get(op.name, op.inputs[0])
 
-    @tf.RegisterGradient("GnlGuidedRelu6")
-    def _guided_relu6(op, g):
-        return tf.raw_ops.Relu6Grad(gradients=positive(g), features=op.inputs[0])
+        def pool_attrs(op):
+            return {k: op.get_attr(k) for k in ("ksize", "strides", "padding", "explicit_paddings",
+                                                 "data_format")}
 
-    @tf.RegisterGradient("GnlGuidedLeakyRelu")
-    def _guided_leaky_relu(op, g):
-        return tf.raw_ops.LeakyReluGrad(gradients=positive(g), features=op.inputs[0],
-                                        alpha=op.get_attr("alpha"))
+        @tf.RegisterGradient(f"{prefix}Relu")
+        def _relu(op, g):
+            return tf.raw_ops.ReluGrad(gradients=incoming(g), features=gate_input(op))
 
-    @tf.RegisterGradient("GnlGuidedMaxPool")
-    def _guided_max_pool(op, g):
-        return tf.raw_ops.MaxPoolGrad(
-            orig_input=op.inputs[0], orig_output=op.outputs[0], grad=positive(g),
-            ksize=op.get_attr("ksize"), strides=op.get_attr("strides"),
-            padding=op.get_attr("padding"), explicit_paddings=op.get_attr("explicit_paddings"),
-            data_format=op.get_attr("data_format"))
+        @tf.RegisterGradient(f"{prefix}Relu6")
+        def _relu6(op, g):
+            return tf.raw_ops.Relu6Grad(gradients=incoming(g), features=gate_input(op))
+
+        @tf.RegisterGradient(f"{prefix}LeakyRelu")
+        def _leaky_relu(op, g):
+            return tf.raw_ops.LeakyReluGrad(gradients=incoming(g), features=gate_input(op),
+                                            alpha=op.get_attr("alpha"))
+
+        @tf.RegisterGradient(f"{prefix}MaxPool")
+        def _max_pool(op, g):
+            x = gate_input(op)
+            pooled = op.outputs[0] if x is op.inputs[0] else tf.raw_ops.MaxPool(input=x, **pool_attrs(op))
+            return tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=pooled, grad=incoming(g),
+                                          **pool_attrs(op))
+
+    register("GnlGuided", tf.nn.relu)
+    register("GnlGated", tf.identity)
 
     _LOADED.append((tf, keras))
     return _LOADED[0]
@@ -291,16 +320,26 @@ def _shared_units(tf):
             setattr(tf.nn, name, fn)
 
 
-def gradient_function(model: keras.Model, guided: bool = False):
+def _gated_ops(graph) -> list:
+    return [op for op in graph.get_operations() if op.type in GATED_TF_OPS]
+
+
+def gradient_function(model: keras.Model, guided: bool = False, gates: list | None = None):
     """A tf.function (x, seed) -> d sum(seed * model(x)) / dx in the model's dtype.
 
     Plain: tf.GradientTape. Guided: tf.gradients of the same sum inside the graph, whose
     rectifier and max-pool ops were created under a gradient override map (the tape itself looks
     gradients up by op type and ignores overrides), a unit applied twice to one tensor shared as
     tf2onnx shares it (see _shared_units). `.gated` on the returned function: a Counter
-    of the ONNX op types the guided trace gated (filled on the first call)."""
+    of the ONNX op types the guided trace gated (filled on the first call).
+
+    gates: one array per gated unit in the order the forward pass creates them (see line_up):
+    each decides its unit's gate (a rectifier's sign test, a max-pool's selection) in place of the
+    unit's own input; the gradient arithmetic stays in the model's dtype. Plain gradients then go
+    through the same override map with the incoming gradient passed unchanged."""
     tf, _ = _tf()
     gated: collections.Counter = collections.Counter()
+    dtype = model.dtype_policy.compute_dtype
 
     @tf.function(reduce_retracing=True)
     def plain(x, seed):
@@ -310,26 +349,85 @@ def gradient_function(model: keras.Model, guided: bool = False):
         return tape.gradient(loss, x)
 
     @tf.function(reduce_retracing=True)
-    def guided_fn(x, seed):
+    def overridden(x, seed):
         graph = tf.compat.v1.get_default_graph()
-        with graph.gradient_override_map(_GUIDED_OVERRIDES), _shared_units(tf):
+        with graph.gradient_override_map(_GUIDED_OVERRIDES if guided else _GATED_OVERRIDES), _shared_units(tf):
             y = model(x, training=False)
+        ops = _gated_ops(graph)
         gated.clear()
-        gated.update(GATED_TF_OPS[op.type] for op in graph.get_operations() if op.type in GATED_TF_OPS)
-        return tf.gradients(tf.reduce_sum(y * seed), x)[0]
+        gated.update(GATED_TF_OPS[op.type] for op in ops)
+        _IMPOSED.clear()
+        if gates is not None:
+            if len(gates) != len(ops):
+                raise GateMismatch(f"{len(gates)} gates imposed, the model has {len(ops)} gated units")
+            _IMPOSED.update({op.name: tf.constant(g, dtype) for op, g in zip(ops, gates)})
+        try:
+            return tf.gradients(tf.reduce_sum(y * seed), x)[0]
+        finally:
+            _IMPOSED.clear()
 
-    fn = guided_fn if guided else plain
+    fn = overridden if guided or gates is not None else plain
     fn.gated = gated
     return fn
 
 
+def gate_inputs(model: keras.Model, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(ONNX op type, input value) of each unit the guided rule gates, in the order the forward
+    pass creates them (a unit applied twice to one tensor counted once, as tf2onnx merges it)."""
+    tf, _ = _tf()
+    kinds: list[str] = []
+
+    @tf.function
+    def forward(x):
+        graph = tf.compat.v1.get_default_graph()
+        with _shared_units(tf):
+            model(x, training=False)
+        ops = _gated_ops(graph)
+        kinds[:] = [GATED_TF_OPS[op.type] for op in ops]
+        return [op.inputs[0] for op in ops]
+
+    values = forward(tf.constant(np.asarray(x), model.dtype_policy.compute_dtype))
+    return [(k, v.numpy()) for k, v in zip(kinds, values)]
+
+
+def line_up(own: list[tuple[str, np.ndarray]], imposed: list[dict]) -> list[np.ndarray]:
+    """The imposed gate inputs (dicts {"op", "input"} from an onnxruntime run, in ONNX graph order,
+    NCHW or NHWC) rearranged to TensorFlow's units (gate_inputs: their order and layout). Each unit
+    takes the first unused ONNX gate of the same op whose values agree with its own to 1e-3 of the
+    tensor's scale (the float32 run against the float64 model); GateMismatch where none does."""
+    unused = list(range(len(imposed)))
+    out = []
+    for i, (op, value) in enumerate(own):
+        scale = float(np.max(np.abs(value))) or 1.0
+        for j in unused:
+            cand = np.asarray(imposed[j]["input"])
+            if imposed[j]["op"] != op:
+                continue
+            if cand.ndim == 4 and cand.shape != value.shape and cand.transpose(0, 2, 3, 1).shape == value.shape:
+                cand = cand.transpose(0, 2, 3, 1)
+            if cand.shape == value.shape and np.max(np.abs(cand - value)) <= 1e-3 * scale:
+                out.append(np.ascontiguousarray(cand))
+                unused.remove(j)
+                break
+        else:
+            raise GateMismatch(f"TensorFlow's gated unit {i} ({op}, shape {value.shape}) matches no "
+                               "onnxruntime gate input")
+    if unused:
+        raise GateMismatch(f"{len(unused)} onnxruntime gates matched no TensorFlow unit")
+    return out
+
+
 def input_gradient(model: keras.Model, x: np.ndarray, seed: np.ndarray, guided: bool = False,
-                   calls: collections.Counter | None = None) -> np.ndarray:
+                   calls: collections.Counter | None = None, gates: list | None = None) -> np.ndarray:
     """d(sum(seed * model(x))) / dx as a numpy array in the model's dtype (TensorFlow's own
-    gradient; guided: the override-map reference). `calls`, if given, gets the gated units."""
+    gradient; guided: the override-map reference). `calls`, if given, gets the gated units.
+    `gates`: gate inputs from an onnxruntime run ({"op", "input"} dicts, see tests/gates.py),
+    lined up with this model's units (line_up) and imposed (gradient_function)."""
     tf, _ = _tf()
     dtype = model.dtype_policy.compute_dtype
-    fn = gradient_function(model, guided)
+    if gates is not None:
+        gates = line_up(gate_inputs(model, x), gates)
+    fn = gradient_function(model, guided, gates)
     grad = fn(tf.constant(np.asarray(x), dtype), tf.constant(np.asarray(seed), dtype)).numpy()
     if calls is not None:
         calls.update(fn.gated)
@@ -342,11 +440,16 @@ def logits(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return model(tf.constant(np.asarray(x), dtype), training=False).numpy()
 
 
-if __name__ == "__main__":  # export(ARCH, CACHE_DIR, SEED) in this process (export(subprocess=True))
+if __name__ == "__main__":  # export_all: CACHE_DIR SEED ARCH [ARCH ...], in this process
+    import gc
     import sys
 
-    print(export(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    for name in sys.argv[3:]:
+        print(export(name, sys.argv[1], int(sys.argv[2])), flush=True)
+        _tf()[1].backend.clear_session()  # each model's traced graphs: ~1 GB apiece otherwise
+        gc.collect()
 
 
-__all__ = ["ARCHS", "NOT_EXPORTABLE", "SEED", "SIZES", "build", "cache_root", "default_size", "export", "export_path",
-           "input_gradient", "gradient_function", "logits", "opset", "sample_input"]
+__all__ = ["ARCHS", "NOT_EXPORTABLE", "SEED", "SIZES", "build", "cache_root", "default_size", "export", "export_all", "export_path",
+           "input_gradient", "gate_inputs", "GateMismatch", "gradient_function", "line_up", "logits", "opset",
+           "sample_input"]

@@ -36,6 +36,7 @@ import pytest
 from results_files import merge_results
 import torch
 from torch_reference import ONNX_OP, input_gradient
+from gates import expose_gates
 
 import gnl_onnx
 from models import torchvision_zoo as zoo
@@ -78,29 +79,6 @@ def torch_reference(arch: str) -> dict:
                                        calls=ref["calls"] if guided else None)
     ref["seconds"] = time.perf_counter() - t0
     return ref
-
-
-def expose_gates(vjp: onnx.ModelProto, gate_nodes: list[str]) -> list[dict]:
-    """Add the gated nodes' inputs (and MaxPool indices) as graph outputs of `vjp`, in graph
-    order; returns one {"op", "input", "indices"} dict of output names per gated node."""
-    position = {n.name: i for i, n in enumerate(vjp.graph.node)}
-    missing = [g for g in gate_nodes if g not in position]
-    assert not missing, f"gated nodes not found in the VJP graph: {missing[:5]}"
-    outputs = {o.name for o in vjp.graph.output}
-    graph_inputs = {i.name for i in vjp.graph.input}
-    gates = []
-    for name in sorted(gate_nodes, key=position.get):
-        node = vjp.graph.node[position[name]]
-        gate = {"op": node.op_type, "input": node.input[0], "indices": None}
-        if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
-            gate["indices"] = node.output[1]
-        for key, elem in (("input", onnx.TensorProto.FLOAT), ("indices", onnx.TensorProto.INT64)):
-            tensor = gate[key]
-            if tensor and tensor not in outputs and tensor not in graph_inputs:
-                vjp.graph.output.append(onnx.helper.make_tensor_value_info(tensor, elem, None))
-                outputs.add(tensor)
-        gates.append(gate)
-    return gates
 
 
 @pytest.fixture(scope="session")
