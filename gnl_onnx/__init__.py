@@ -4,7 +4,7 @@ The public API, shared by every method: vjp_model (the backward-graph primitive)
 attribution_model (one ONNX model per method), Explainer (the runtime)."""
 from .attribution import METHODS, attribution_model
 from .errors import GnlOnnxError, InputError, ModelError, NonFiniteError, UnsupportedModelError, UsageError
-from .explain import Explainer, Explanation
+from .explainer import Explainer, Explanation
 from .intake import PreparedModel, prepare
 from .vjp import vjp_model, vjp_report
 

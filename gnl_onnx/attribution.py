@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -28,10 +28,10 @@ from .errors import ModelError, UsageError
 from .graph import GraphBuilder, prune, rename_value, skeleton, topological_sort
 from .batch import run_rows_one_at_a_time
 from .intake import PreparedModel, prepare
+from .targets import OUTPUT_KINDS, select_output, selected  # noqa: F401 - select_output, OUTPUT_KINDS: imported from here too
 from .vjp import build_vjp, vjp_report
 
 METADATA_KEY = "gnl_onnx.attribution"
-OUTPUT_KINDS = ("logit", "prob", "logprob")
 MAX_GAUSS_LEGENDRE_STEPS = 1024
 INPUT_NAMES = ("baseline", "target", "alphas", "weights", "noise", "score_rows")
 ALL_ROWS = np.iinfo(np.int64).max
@@ -84,54 +84,6 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise UsageError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
     return METHODS[name]
-
-
-def select_output(model, kind: str = "logit", name: str | None = None) -> onnx.ModelProto:
-    """A copy of the model whose only output is the value to explain, as [N, classes]: the logits
-    in front of a final Softmax/LogSoftmax (or the output itself when there is none), their
-    softmax, or their log-softmax. Heads shaped [N, classes, 1, 1] are flattened first."""
-    return selected(prepare(model, output=name), kind).proto
-
-
-def selected(prepared: PreparedModel, kind: str = "logit", in_place: bool = False) -> PreparedModel:
-    """select_output on a prepared model, keeping it prepared (nothing is read or normalized
-    again). in_place: the caller prepared it for this alone, so its proto is changed, not copied."""
-    if kind not in OUTPUT_KINDS:
-        raise UsageError(f"unknown output '{kind}'; choose one of {', '.join(OUTPUT_KINDS)}")
-    model = prepared.proto if in_place else prepared.copy()
-    graph = model.graph
-    y = prepared.output
-    producer = next((n for n in graph.node if y in n.output), None)
-    ending = producer.op_type if producer is not None and producer.op_type in ("Softmax", "LogSoftmax") else None
-    logits = producer.input[0] if ending else y
-    axis = next((a.i for a in producer.attribute if a.name == "axis"), -1) if ending else -1
-    builder = GraphBuilder(model)
-    source_outputs = list(graph.output)
-    declared = next(o for o in source_outputs if o.name == y).type.tensor_type
-    shape = builder.shape(logits)
-    if shape is not None and len(shape) < 2:
-        raise UsageError(f"output '{y}' has shape {list(shape)}; attribution explains a class score, so it "
-                         "needs outputs of shape [N, classes] (or [N, classes, 1, 1])")
-    if shape is not None and len(shape) != 2:  # e.g. a 1x1-conv head: classes are all non-batch values
-        logits, ending, axis = builder.op("Flatten", logits, axis=1, name="class_scores"), None, -1
-        classes = int(np.prod(shape[1:])) if all(isinstance(d, int) for d in shape[1:]) else None
-        shape = (shape[0], classes)
-    if kind == "logit":
-        chosen = logits
-    elif kind == ("prob" if ending == "Softmax" else "logprob") and ending:
-        chosen = y
-    elif kind == "prob" and ending == "LogSoftmax":
-        chosen = builder.op("Exp", y, name="probabilities")
-    else:
-        chosen = builder.op("Softmax" if kind == "prob" else "LogSoftmax", logits, axis=axis,
-                            name="probabilities" if kind == "prob" else "log_probabilities")
-    del graph.output[:]
-    if shape is None:  # unknown to shape inference: keep the declared output's type
-        graph.output.append(helper.make_value_info(chosen, next(o for o in source_outputs if o.name == y).type))
-    else:
-        graph.output.append(helper.make_tensor_value_info(chosen, declared.elem_type, list(shape)))
-    prune(graph)
-    return replace(prepared, proto=model, output=chosen)
 
 
 def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",

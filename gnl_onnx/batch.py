@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .graph import GraphBuilder, rename_value, rename_values, topological_sort
-from .loading import graph_inputs
+from .graph import GraphBuilder, graph_inputs, rename_value, rename_values, topological_sort
+from .runtime import onnxruntime
 
 BATCH_SYMBOL = "N"
 _BROKEN = object()  # the original model itself fails: a problem for later stages to name, not a batch one
@@ -104,8 +104,6 @@ def _free_first_dim(graph: onnx.GraphProto, x: str, fixed: int, batched: set[str
 def _verify(original: onnx.ModelProto, rewritten: onnx.ModelProto, x: str, y: str, fixed: int) -> str | None:
     """None when the rewritten model, run on two batches at once, gives what the original gives
     on each; else what went wrong."""
-    from .runtime import onnxruntime
-
     ort = onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 4  # a failing run is an expected answer here, not a message for the user

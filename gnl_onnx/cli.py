@@ -11,6 +11,20 @@ import warnings
 from pathlib import Path
 
 from .errors import GnlOnnxError, InputError, ModelError, UnsupportedModelError, UsageError
+from .attribution import METHODS, attribution_info, attribution_model
+from .audit import audit_files
+from .check import check_files, load_thresholds, parse_checks, parse_threshold_flags
+from .demo import run_demo as demo
+from .evaluate import evaluate_files
+from .evaluation import ALL_METHODS as EVALUATED, FILES, parse_methods, parse_metrics
+from .explain import explain_files
+from .images import Preprocessing, find_images, from_model_shape, is_array_file
+from .inspection import inspect_model
+from .intake import IntakeNote, prepare
+from .output import atomic_write, prepare_folder
+from .planning import plan_cost
+from .presets import PRESETS, get_preset
+from .report import image_png
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -80,8 +94,6 @@ def _note(message, category, filename, lineno, file=None, line=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .attribution import METHODS
-    from .evaluate import ALL_METHODS as EVALUATED
 
     parser = argparse.ArgumentParser(prog="gnl-onnx", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -256,7 +268,6 @@ def metric_args(p):
 
 
 def explain_args(p):
-    from .presets import PRESETS
 
     p.add_argument("--steps", type=int, default=32, help="integration steps (default 32)")
     p.add_argument("--baseline", default="zeros", choices=["zeros", "black", "blur", "noise"],
@@ -280,12 +291,9 @@ def explain_args(p):
 
 
 def run_inspect(args) -> int:
-    from .inspection import inspect_model
 
     report = inspect_model(args.model, args.input, args.output_name)
     if args.cost and not report["unsupported"]:
-        from .evaluate import parse_methods
-        from .planning import plan_cost
 
         methods = [m for m in parse_methods(args.methods) if m != "random"]
         report["cost"] = plan_cost(args.model, methods, args.steps, args.threads, input=args.input,
@@ -317,8 +325,6 @@ def run_inspect(args) -> int:
 
 
 def run_convert(args) -> int:
-    from .attribution import attribution_info, attribution_model
-    from .report import atomic_write
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -353,9 +359,6 @@ def preprocessing_from(args, model=None, images=()):
     are centre-cropped to it."""
     from dataclasses import replace
 
-    from .images import Preprocessing, from_model_shape, is_array_file
-    from .intake import IntakeNote
-    from .presets import get_preset
 
     preset = get_preset(args.preset) if args.preset else None
     base = preset.preprocessing if preset else None
@@ -393,8 +396,6 @@ def preprocessing_from(args, model=None, images=()):
 
 
 def run_explain(args) -> int:
-    from .intake import prepare
-    from .pipeline import explain_files
 
     model = prepare(args.model, args.input, args.output_name)
     prep, preset = preprocessing_from(args, model, args.images)
@@ -402,8 +403,6 @@ def run_explain(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from .evaluate import evaluate_files, find_images, parse_methods, parse_metrics
-    from .intake import prepare
 
     methods = parse_methods(args.methods)  # bad names fail before anything is loaded or written
     metrics = parse_metrics(args.metrics)
@@ -428,9 +427,6 @@ def run_evaluate(args) -> int:
 
 def save_dataset(name: str, limit, seed: int, folder: Path, overwrite: bool) -> list[str]:
     """Write a named image set as lossless PNGs plus labels.csv into `folder`; their paths."""
-    from .evaluate import FILES
-    from .pipeline import prepare_folder
-    from .report import atomic_write, image_png
 
     taken = [p for p in [folder / "labels.csv", *(folder.parent / f for f in FILES.values())] if p.exists()]
     if taken and not overwrite:  # checked before anything is written
@@ -448,9 +444,7 @@ def save_dataset(name: str, limit, seed: int, folder: Path, overwrite: bool) -> 
 
 
 def run_check(args) -> int:
-    from .check import check_files, load_thresholds, parse_checks, parse_threshold_flags
 
-    from .intake import prepare
 
     checks = parse_checks(args.checks)
     thresholds, config = load_thresholds(args.model, args.config, parse_threshold_flags(args.threshold))
@@ -465,10 +459,7 @@ def run_check(args) -> int:
 
 
 def run_audit(args) -> int:
-    from .audit import audit_files
-    from .evaluate import parse_methods
 
-    from .intake import prepare
 
     methods = parse_methods(args.methods)  # a bad name fails before anything is loaded
     model = prepare(args.model, args.input, args.output_name)
@@ -485,7 +476,6 @@ def run_audit(args) -> int:
 
 
 def run_demo(args) -> int:
-    from .pipeline import run_demo as demo
 
     return demo(Path(args.out), args.steps, args.overwrite)
 

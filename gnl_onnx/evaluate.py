@@ -1,293 +1,32 @@
-"""Which attribution method is most faithful to this model on these images? Every method explains
-every image; each attribution is scored by deletion and insertion (gnl_onnx.metrics), a random
-attribution gives the floor, and the results are summarised per method (mean +- standard error),
-written as CSV, JSON, a text table and a PNG of the mean curves, atomically, never over existing
-files unless asked. With metrics including "road", ROAD (gnl_onnx.road) scores them too."""
+"""The evaluate command: which attribution method is most faithful to this model on these images?
+Every method explains every image; each attribution is scored by deletion and insertion (and ROAD
+when asked) through gnl_onnx.evaluation, a random attribution gives the floor, and the results are
+written as CSV, JSON, a text table, a PNG of the mean curves and the HTML report, atomically, never
+over existing files unless asked."""
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import road
-from .road import FRACTIONS as ROAD_FRACTIONS
-from .road import NOISE as ROAD_NOISE
+import gnl_onnx.road as road
+
+from .attribution import METHODS
 from .errors import InputError, NonFiniteError, UsageError
-from .metrics import (BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE, Scorer, auc,
-                      perturbation_curve, random_attribution, ranking, reduce_to_pixels)
+from .evaluation import (ALL_METHODS, DEFAULT_METRICS, FILES, METRICS, RANDOM, Evaluation,  # noqa: F401 - also
+                         MethodSummary, attribute, parse_methods, parse_metrics, plot_curves, road_record,  # imported
+                         score_curves, scoring, summarize, write_csv)  # from here
+from .explainer import Explainer
+from .images import find_images, load_all  # noqa: F401 - find_images: imported from here by callers
+from .intake import prepare
+from .metrics import BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE, Scorer, auc
+from .output import atomic_write, prepare_folder, progress, unique_stems
+from .report import ReportImages, evaluation_page
 
-RANDOM = "random"
-ALL_METHODS = ("gradient", "input_x_gradient", "ig", "guided_backprop", "smoothgrad", "gnl_ig", RANDOM)
-SUBSTRATE_NAMES = ("zeros", "black", "mean", "blur")
-# .npy: arrays already in the model's input space and layout (one image, or a batch where allowed)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
+
 BATCH = 8  # images per Explainer call; the Explainer still splits steps to the memory budget
-FILES = {"csv": "evaluation.csv", "json": "evaluation.json", "table": "evaluation.txt",
-         "curves": "evaluation_curves.png", "report": "report.html"}
-METRICS = ("deletion", "insertion", "road")
-DEFAULT_METRICS = ("deletion", "insertion")  # ROAD costs a sparse solve per point: asked for
-
-
-def parse_metrics(text) -> tuple[str, ...]:
-    """'deletion,insertion,road' (or a list) -> the metrics, checked. Deletion and insertion are
-    always measured (the table and the recommendation rest on deletion); "road" adds ROAD."""
-    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text)]
-    names = [m for m in dict.fromkeys(names) if m]
-    unknown = [m for m in names if m not in METRICS]
-    if unknown:
-        raise UsageError(f"unknown metric {', '.join(map(repr, unknown))}; choose from {', '.join(METRICS)}")
-    if not set(DEFAULT_METRICS) <= set(names):
-        raise UsageError("deletion and insertion are always measured; give --metrics deletion,insertion or "
-                         "deletion,insertion,road")
-    return tuple(m for m in METRICS if m in names)
-
-
-def parse_methods(text) -> list[str]:
-    """'gnl_ig,ig,random' (or a list) -> the method names, checked, duplicates dropped."""
-    from .attribution import METHODS
-
-    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text)]
-    names = [m for m in dict.fromkeys(names) if m]
-    if not names:
-        raise UsageError("no methods given; e.g. --methods gnl_ig,ig,random")
-    unknown = [m for m in names if m != RANDOM and m not in METHODS]
-    if unknown:
-        raise UsageError(f"unknown method {', '.join(map(repr, unknown))}; choose from "
-                         f"{', '.join(list(METHODS) + [RANDOM])}")
-    return names
-
-
-@dataclass
-class MethodSummary:
-    method: str
-    images: int
-    steps: int | None           # attribution steps (None for random)
-    deletion: float             # mean deletion AUC (lower is better)
-    deletion_se: float          # its standard error (NaN for one image)
-    insertion: float            # mean insertion AUC (higher is better)
-    insertion_se: float
-    deletion_curve: np.ndarray  # mean curves, curve_steps + 1 points
-    insertion_curve: np.ndarray
-    # ROAD, None when not measured: mean AUCs of the most- (lower is better) and least-relevant-
-    # first curves (higher is better), their difference LeRF - MoRF (higher is better), mean curves
-    road_morf: float | None = None
-    road_morf_se: float = math.nan
-    road_lerf: float | None = None
-    road_lerf_se: float = math.nan
-    road_difference: float | None = None
-    road_difference_se: float = math.nan
-    road_morf_curve: np.ndarray | None = None  # one point per ROAD fraction
-    road_lerf_curve: np.ndarray | None = None
-
-    def as_dict(self) -> dict:
-        d = {"method": self.method, "images": self.images, "steps": self.steps,
-             "deletion_auc_mean": self.deletion, "deletion_auc_se": _finite(self.deletion_se),
-             "insertion_auc_mean": self.insertion, "insertion_auc_se": _finite(self.insertion_se),
-             "deletion_curve_mean": self.deletion_curve.tolist(),
-             "insertion_curve_mean": self.insertion_curve.tolist()}
-        if self.road_morf is not None:
-            d.update({"road_morf_auc_mean": self.road_morf, "road_morf_auc_se": _finite(self.road_morf_se),
-                      "road_lerf_auc_mean": self.road_lerf, "road_lerf_auc_se": _finite(self.road_lerf_se),
-                      "road_difference_mean": self.road_difference,
-                      "road_difference_se": _finite(self.road_difference_se),
-                      "road_morf_curve_mean": self.road_morf_curve.tolist(),
-                      "road_lerf_curve_mean": self.road_lerf_curve.tolist()})
-        return d
-
-
-@dataclass
-class Evaluation:
-    config: dict
-    records: list[dict] = field(default_factory=list)  # one per (image, method)
-    summaries: dict[str, MethodSummary] = field(default_factory=dict)
-
-    def table(self) -> str:
-        c = self.config
-        lines = [(f"deletion: substrate {c['deletion_substrate']} (lower is better); insertion: substrate "
-                  f"{c['insertion_substrate']} (higher is better); {c['curve_steps']} curve steps; per-pixel "
-                  f"{c['reduce']}; baseline {c['baseline']}"),
-                 f"{'method':<18}{'deletion AUC':>20}{'insertion AUC':>20}{'images':>8}{'steps':>7}"]
-        with_road = any(s.road_morf is not None for s in self.summaries.values())
-        if with_road:
-            lines[0] += (f"; ROAD: noisy linear imputation, noise {c['road_noise']} of the pixel range, "
-                         f"fractions {', '.join(f'{f:g}' for f in c['road_fractions'])}, MoRF lower, LeRF and "
-                         "LeRF - MoRF higher are better")
-            lines[1] += f"{'ROAD MoRF AUC':>20}{'ROAD LeRF AUC':>20}{'LeRF - MoRF':>20}"
-        for s in sorted(self.summaries.values(), key=lambda s: s.deletion):
-            lines.append(f"{s.method:<18}{_pm(s.deletion, s.deletion_se):>20}{_pm(s.insertion, s.insertion_se):>20}"
-                         f"{s.images:>8}{'-' if s.steps is None else s.steps:>7}")
-            if with_road and s.road_morf is not None:
-                lines[-1] += (f"{_pm(s.road_morf, s.road_morf_se):>20}{_pm(s.road_lerf, s.road_lerf_se):>20}"
-                              f"{_pm(s.road_difference, s.road_difference_se):>20}")
-        return "\n".join(lines)
-
-    def recommendation(self) -> str:
-        """One line: the method with the lowest mean deletion AUC, its margin over the next one
-        and whether that margin exceeds their combined standard errors sqrt(se1^2 + se2^2)."""
-        ranked = sorted((s for s in self.summaries.values() if s.method != RANDOM), key=lambda s: s.deletion)
-        floor = self.summaries.get(RANDOM)
-        if not ranked:
-            return "recommendation: none: only the random floor was evaluated"
-        best = ranked[0]
-        head = (f"recommendation: {best.method} is the most faithful method for this model and these "
-                f"{best.images} image(s) (lowest mean deletion AUC {best.deletion:.4f})")
-        runner = ranked[1] if len(ranked) > 1 else floor
-        if runner is None:
-            return head + "; it was the only method evaluated, so there is no margin to judge"
-        margin = runner.deletion - best.deletion
-        combined = math.sqrt(best.deletion_se ** 2 + runner.deletion_se ** 2)
-        if not math.isfinite(combined):
-            verdict = "which cannot be weighed against standard errors from a single image"
-        elif margin > combined:
-            verdict = f"which exceeds their combined standard errors ({combined:.4f})"
-        else:
-            verdict = f"which does not exceed their combined standard errors ({combined:.4f}): not a clear winner"
-        line = f"{head}; its margin over {runner.method} ({runner.deletion:.4f}) is {margin:.4f}, {verdict}"
-        if floor is not None and runner is not floor and best.deletion >= floor.deletion:
-            line += f"; it does not beat the random floor ({floor.deletion:.4f})"
-        return line + self._road_opinion(ranked, floor)
-
-    def _road_opinion(self, ranked, floor) -> str:
-        """ROAD's view, when measured: the method with the highest LeRF - MoRF, whether it agrees
-        with deletion's choice, and whether its margin exceeds the combined standard errors."""
-        measured = [s for s in ranked if s.road_difference is not None]
-        if not measured:
-            return ""
-        by_road = sorted(measured, key=lambda s: -s.road_difference)
-        best = by_road[0]
-        agree = "agrees" if best is ranked[0] else f"disagrees: {ranked[0].method} is deletion's choice"
-        text = (f"; by ROAD (LeRF - MoRF, higher is better) {best.method} ranks first "
-                f"({best.road_difference:.4f}), which {agree}")
-        if len(by_road) > 1:
-            runner = by_road[1]
-            margin = best.road_difference - runner.road_difference
-            combined = math.sqrt(best.road_difference_se ** 2 + runner.road_difference_se ** 2)
-            if math.isfinite(combined):
-                exceeds = "exceeds" if margin > combined else "does not exceed"
-                text += (f"; its ROAD margin over {runner.method} ({margin:.4f}) {exceeds} their combined "
-                         f"standard errors ({combined:.4f})")
-        if floor is not None and floor.road_difference is not None and best.road_difference <= floor.road_difference:
-            text += f"; by ROAD it does not beat the random floor ({floor.road_difference:.4f})"
-        return text
-
-    def as_dict(self) -> dict:
-        return {"config": self.config, "summary": [s.as_dict() for s in self.summaries.values()],
-                "recommendation": self.recommendation(), "images": self.records}
-
-
-def _finite(v):
-    return float(v) if v is not None and math.isfinite(v) else None
-
-
-def _pm(mean: float, se: float) -> str:
-    return f"{mean:.4f} ± {se:.4f}" if math.isfinite(se) else f"{mean:.4f} ± n/a"
-
-
-def _substrate(name, black):
-    if isinstance(name, str) and name == "black":
-        if black is None:
-            raise UsageError("the black substrate needs the model's preprocessing (mean/std): give a preset "
-                             "or mean/std, or use zeros")
-        return np.asarray(black, np.float32)
-    if isinstance(name, str) and name not in SUBSTRATE_NAMES:
-        raise UsageError(f"unknown substrate '{name}'; choose one of {', '.join(SUBSTRATE_NAMES)}")
-    return name
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """How every attribution is scored: shared by all methods and images of an evaluation (and of
-    an audit). Substrates are names or arrays, already checked (see scoring)."""
-    curve_steps: int = CURVE_STEPS
-    reduce: str = "sum"
-    layout: str | None = None
-    batch_size: int = BATCH_SIZE
-    deletion_substrate: object = DELETION_SUBSTRATE
-    insertion_substrate: object = INSERTION_SUBSTRATE
-    # ROAD (gnl_onnx.road): measured when road is True; its noise is road_noise * road_span (the
-    # pixel range in the model's input space, per channel) and seeded by (seed, the image's key)
-    road: bool = False
-    road_fractions: tuple = ROAD_FRACTIONS
-    road_noise: float = ROAD_NOISE
-    road_span: object = 1.0
-    seed: int = 0
-
-    def config(self) -> dict:
-        """The settings as evaluation.config states them (substrate arrays come from "black").
-        ROAD's settings only when it is measured: without it the config is what it always was."""
-        c = {"curve_steps": int(self.curve_steps), "reduce": self.reduce,
-             "deletion_substrate": _substrate_name(self.deletion_substrate),
-             "insertion_substrate": _substrate_name(self.insertion_substrate)}
-        if self.road:
-            c.update(metrics=list(METRICS), road_fractions=list(self.road_fractions), road_noise=self.road_noise)
-        return c
-
-
-def _substrate_name(substrate) -> str:
-    return substrate if isinstance(substrate, str) else "black"
-
-
-def scoring(curve_steps: int = CURVE_STEPS, reduce: str = "sum", layout: str | None = None,
-            batch_size: int = BATCH_SIZE, deletion_substrate=DELETION_SUBSTRATE,
-            insertion_substrate=INSERTION_SUBSTRATE, black=None, metrics=DEFAULT_METRICS,
-            road_fractions=road.FRACTIONS, road_noise: float = road.NOISE, road_span=None, seed: int = 0) -> Scoring:
-    """Checked Scoring settings; "black" substrates become arrays (they need the preprocessing's black).
-    road_span: the pixel range in the model's input space (road.span_of(preprocessing); None: 1.0)."""
-    if reduce not in ("sum", "abs_sum"):
-        raise UsageError(f"reduce must be 'sum' or 'abs_sum', got {reduce!r}")
-    if not isinstance(curve_steps, (int, np.integer)) or curve_steps < 1:
-        raise UsageError(f"curve steps must be a positive integer (got {curve_steps!r})")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise UsageError(f"batch size must be a positive integer (got {batch_size!r})")
-    if not (isinstance(road_noise, (int, float, np.floating)) and math.isfinite(road_noise) and road_noise >= 0):
-        raise UsageError(f"ROAD noise must be a non-negative number (got {road_noise!r})")
-    return Scoring(int(curve_steps), reduce, layout, int(batch_size), _substrate(deletion_substrate, black),
-                   _substrate(insertion_substrate, black), "road" in parse_metrics(metrics),
-                   road.check_fractions(road_fractions), float(road_noise),
-                   1.0 if road_span is None else np.asarray(road_span, np.float32), int(seed))
-
-
-def attribute(explainer, images, targets, random_keys, seed: int = 0) -> np.ndarray:
-    """One method's attributions of `images` for `targets`: the Explainer's, or with explainer None
-    the random floor, standard normal values seeded by (seed, key) for each image's key."""
-    if explainer is None:
-        return np.stack([random_attribution(images.shape[1:], (seed, key)) for key in random_keys])
-    return explainer.explain(images, targets).attributions
-
-
-def score_curves(scorer, images, attributions, targets, scoring: Scoring, keys=None) -> list[dict[str, np.ndarray]]:
-    """The deletion and insertion curves of each image's attribution, tracking its target's probability,
-    and with scoring.road the ROAD curves "road_morf" and "road_lerf", their noise seeded by
-    (scoring.seed, the image's key): keys[i] (default: i)."""
-    curves = []
-    for i in range(len(images)):
-        order = ranking(reduce_to_pixels(attributions[i:i + 1], scoring.layout, scoring.reduce))
-        curves.append({mode: perturbation_curve(scorer, images[i:i + 1], order, substrate, scoring.curve_steps,
-                                                mode, scoring.batch_size, int(targets[i]), scoring.layout)
-                       for mode, substrate in (("deletion", scoring.deletion_substrate),
-                                               ("insertion", scoring.insertion_substrate))})
-        if scoring.road:
-            key = i if keys is None else keys[i]
-            for which in road.ORDERS:
-                curves[-1]["road_" + which] = road.road_curve(
-                    scorer, images[i:i + 1], order, scoring.road_fractions, which, scoring.road_noise,
-                    scoring.road_span, scoring.seed, key, int(targets[i]), scoring.batch_size, scoring.layout)
-    return curves
-
-
-def road_record(curves: dict, fractions) -> dict:
-    """The ROAD numbers of one image's curves (empty without ROAD): AUCs, difference, curves."""
-    if "road_morf" not in curves:
-        return {}
-    r = road.summary(curves["road_morf"], curves["road_lerf"], fractions)
-    return {"road_morf_auc": r["morf_auc"], "road_lerf_auc": r["lerf_auc"], "road_difference": r["difference"],
-            "road_morf_curve": r["morf"].tolist(), "road_lerf_curve": r["lerf"].tolist()}
 
 
 def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: int = CURVE_STEPS,
@@ -308,10 +47,6 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
     keep(method, indices, attributions), when given, sees each batch's attributions (the report's overlays).
     bounds: (low, high) of the input for lrp_epsilon_gamma_box (Preprocessing.bounds(); None: 0 and 1).
     layer: the CAM methods' target layer(s) (value names; None: the default layer)."""
-    from .attribution import METHODS
-    from .explain import Explainer
-    from .intake import prepare
-
     methods = parse_methods(methods)
     settings = scoring(curve_steps, reduce, layout, batch_size, deletion_substrate, insertion_substrate, black,
                        metrics, road_fractions, road_noise, road_span, seed)
@@ -380,123 +115,8 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
     return evaluation
 
 
-def summarize(method: str, per: dict, steps, road_fractions=road.FRACTIONS) -> MethodSummary:
-    """Mean AUCs with standard errors and mean curves of one method; per: {"deletion": [curves],
-    "insertion": [curves]} and, with ROAD, "road_morf" and "road_lerf" [curves] over road_fractions."""
-    deletion = np.array([auc(c) for c in per["deletion"]])
-    insertion = np.array([auc(c) for c in per["insertion"]])
-
-    def se(v):
-        return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-
-    summary = MethodSummary(method, len(deletion), steps, float(deletion.mean()), se(deletion),
-                            float(insertion.mean()), se(insertion), np.mean(per["deletion"], axis=0),
-                            np.mean(per["insertion"], axis=0))
-    if per.get("road_morf"):
-        morf = np.array([road.auc(c, road_fractions) for c in per["road_morf"]])
-        lerf = np.array([road.auc(c, road_fractions) for c in per["road_lerf"]])
-        summary.road_morf, summary.road_morf_se = float(morf.mean()), se(morf)
-        summary.road_lerf, summary.road_lerf_se = float(lerf.mean()), se(lerf)
-        summary.road_difference, summary.road_difference_se = float((lerf - morf).mean()), se(lerf - morf)
-        summary.road_morf_curve = np.mean(per["road_morf"], axis=0)
-        summary.road_lerf_curve = np.mean(per["road_lerf"], axis=0)
-    return summary
-
-
-# -- files -----------------------------------------------------------------------------------------
-def find_images(paths, folder=None) -> list[str]:
-    """The image files named, then those in `folder` (by suffix, sorted)."""
-    found = [str(p) for p in paths or []]
-    if folder is not None:
-        d = Path(folder)
-        if not d.is_dir():
-            raise UsageError(f"{d}: no such folder of images")
-        inside = sorted(str(p) for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not inside:
-            raise InputError(f"{d}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
-        found += inside
-    if not found:
-        raise UsageError("no images: name image files or give a folder with --images DIR")
-    return found
-
-
-def write_csv(evaluation: Evaluation, path: Path) -> Path:
-    from .report import atomic_write
-
-    columns = ["image", "method", "target", "probability", "deletion_auc", "insertion_auc", "steps",
-               "attribution_seconds"]
-    if evaluation.records and "road_morf_auc" in evaluation.records[0]:
-        columns[6:6] = ["road_morf_auc", "road_lerf_auc", "road_difference"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns + ["curve_steps", "reduce", "baseline", "deletion_substrate", "insertion_substrate"])
-    c = evaluation.config
-    for r in evaluation.records:
-        writer.writerow([r[k] for k in columns] + [c["curve_steps"], c["reduce"], c["baseline"],
-                                                    c["deletion_substrate"], c["insertion_substrate"]])
-    return atomic_write(path, buffer.getvalue())
-
-
-def plot_curves(evaluation: Evaluation, path: Path) -> Path:
-    """Mean deletion and insertion curves per method, one panel each, and ROAD's MoRF and LeRF
-    curves when measured (Agg canvas: no GUI, no global pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .report import atomic_write
-
-    with_road = any(s.road_morf is not None for s in evaluation.summaries.values())
-    figure = Figure(figsize=(22 if with_road else 11, 4.2))
-    FigureCanvasAgg(figure)
-    c = evaluation.config
-    if with_road:
-        _plot_road(evaluation, figure)
-    for k, mode in enumerate(("deletion", "insertion")):
-        ax = figure.add_subplot(1, 4 if with_road else 2, k + 1)
-        for s in evaluation.summaries.values():
-            curve = s.deletion_curve if mode == "deletion" else s.insertion_curve
-            value = s.deletion if mode == "deletion" else s.insertion
-            ax.plot(np.linspace(0, 1, len(curve)), curve, label=f"{s.method} ({value:.3f})",
-                    linestyle="--" if s.method == RANDOM else "-", color="grey" if s.method == RANDOM else None)
-        verb = "removed" if mode == "deletion" else "inserted"
-        better = "lower" if mode == "deletion" else "higher"
-        ax.set_title(f"{mode} (substrate {c[mode + '_substrate']}; AUC, {better} is better)")
-        ax.set_xlabel(f"fraction of pixels {verb}")
-        ax.set_ylabel("probability of the target class")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)  # probabilities: the same scale for every model
-        ax.legend(fontsize=8)
-    figure.tight_layout()
-    return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-
-
-def _plot_road(evaluation: Evaluation, figure):
-    """Panels 3 and 4 of plot_curves: ROAD's mean MoRF and LeRF curves over the removal fractions."""
-    fractions = evaluation.config["road_fractions"]
-    for k, (which, name, better) in enumerate((("morf", "MoRF", "lower"), ("lerf", "LeRF", "higher"))):
-        ax = figure.add_subplot(1, 4, k + 3)
-        for s in evaluation.summaries.values():
-            curve = s.road_morf_curve if which == "morf" else s.road_lerf_curve
-            if curve is None:
-                continue
-            value = s.road_morf if which == "morf" else s.road_lerf
-            ax.plot(fractions, curve, marker=".", label=f"{s.method} ({value:.3f})",
-                    linestyle="--" if s.method == RANDOM else "-", color="grey" if s.method == RANDOM else None)
-        first = "most" if which == "morf" else "least"
-        ax.set_title(f"ROAD {name}: {first} relevant removed first (AUC, {better} is better)")
-        ax.set_xlabel("fraction of pixels removed (noisy linear imputation)")
-        ax.set_ylabel("probability of the target class")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=8)
-
-
 def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, overwrite: bool = False, **options):
     """Evaluate image files; write FILES into `out`. Returns (evaluation, unreadable images, files)."""
-    from .images import load_all
-    from .pipeline import _stems, prepare_folder, progress
-    from .report import ReportImages, atomic_write, evaluation_page
-
     methods = parse_methods(methods)
     out = Path(out)
     planned = {k: out / name for k, name in FILES.items()}
@@ -511,7 +131,7 @@ def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, over
     if len(shapes) > 1:
         raise UsageError(f"the images came out in different shapes {sorted(shapes)}; give --crop or --size H W "
                          "so that every image fits the model")
-    stems = _stems(names)  # the report: OUT/overlays/<stem>.png and <stem>.<method>.png, then report.html
+    stems = unique_stems(names)  # the report: OUT/overlays/<stem>.png and <stem>.<method>.png, then report.html
     shown = ReportImages(out, prep.layout, options.get("reduce", "sum"))
     taken = [p for p in shown.planned(stems, methods) if p.exists()]
     if taken and not overwrite:
@@ -552,5 +172,5 @@ def evaluate_files(model, images, out: Path, prep, methods, overwrite=False, **o
     return 1 if bad else 0
 
 
-__all__ = ["ALL_METHODS", "DEFAULT_METRICS", "METRICS", "Evaluation", "MethodSummary", "evaluate", "evaluate_files",
-           "evaluate_to_folder", "find_images", "parse_methods", "parse_metrics"]
+__all__ = ["evaluate", "evaluate_to_folder", "evaluate_files", "Evaluation", "MethodSummary", "parse_methods",
+           "parse_metrics", "find_images", "ALL_METHODS", "METRICS", "DEFAULT_METRICS", "FILES", "RANDOM"]

@@ -1,314 +1,48 @@
-"""The runtime of attribution: the Explainer runs an attribution model over images, steps split
-into chunks that fit a memory budget, and reports what ran."""
+"""The explain command: explain image files with one method and print what was written where.
+(The runtime it runs on is gnl_onnx.explainer; the old names of this module still import from it,
+with a DeprecationWarning.)"""
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass, field
+import warnings
+from pathlib import Path
 
-import numpy as np
-
-from .attribution import METHODS, attribution_info, attribution_model, get_method, path_points
-from .baselines import make_baseline
-from .errors import GnlOnnxError, NonFiniteError, UsageError
-from .runtime import choose_providers, detach_weights, make_session, release_freed_memory
-
-MAX_STEPS = 100_000
-# --memory-budget auto: runs of about this much activation memory. Measured on CPU (1 image, 32
-# steps, 2 threads, docs/performance.md): resnet50 and vgg16 run as fast in runs of 4-16 steps as
-# in one of 32 (once later runs skip the score rows), while the depthwise networks want long runs
-# (mobilenet_v2: 0.86 s in runs of 8 steps, 0.75 s in one of 32, which takes 0.9 GB). About 1 GB
-# runs both kinds at their speed, with the whole process under Captum's peak on all four. Never
-# more than a quarter of the memory the machine (or its cgroup) has available.
-AUTO_RUN_BYTES = 1 << 30
-AUTO_SHARE_OF_AVAILABLE = 4
-AUTO_GPU_RUN_BYTES = 2 << 30  # not measured on a GPU yet: the fixed default before auto
+import gnl_onnx.budget as _budget
+import gnl_onnx.explainer as _explainer
+from .attribution_files import explain_to_folder
 
 
-def parse_bytes(value) -> int | None:
-    """'2GB', '512MiB', 1e9 -> bytes; 'auto' -> None (see resolve_budget)."""
-    if isinstance(value, (int, float)):
-        return int(value)
-    if str(value).strip().lower() == "auto":
-        return None
-    text = str(value).strip().upper().replace("IB", "B")
-    for unit, factor in (("KB", 1 << 10), ("MB", 1 << 20), ("GB", 1 << 30), ("TB", 1 << 40), ("B", 1)):
-        if text.endswith(unit):
-            try:
-                return int(float(text[: -len(unit)]) * factor)
-            except ValueError:
-                break
-    try:
-        return int(float(text))
-    except ValueError:
-        raise UsageError(f"cannot read memory budget '{value}'; write auto, or a size such as 2GB or 512MB") from None
+def explain_files(model, images: list[str], out: Path, prep, preset, args) -> int:
+    records, bad = explain_to_folder(model, images, out, prep, preset, method=args.method, steps=args.steps,
+                                     baseline=args.baseline, integration=args.integration, target=args.target,
+                                     gate=args.gate, output=args.output, memory_budget=args.memory_budget,
+                                     overwrite=args.overwrite, input=args.input, output_name=args.output_name,
+                                     layer=getattr(args, "layer", None))
+    for r in records:
+        label = f" ({r['label']})" if r.get("label") else ""
+        print(f"{r['image']}: class {r['target']}{label}, {r['method']} -> {r['files']['overlay']}")
+    for b in bad:
+        print(f"skipped {b['image']}: {b['error']}")
+    if records and records[0].get("runs"):
+        runs = records[0]["runs"]
+        print(f"runs: {runs['images_per_run']} image(s) x {runs['steps_per_run']} step(s) each, "
+              f"{runs['memory_per_run']} (memory budget {runs['memory_budget']})")
+    print(f"summary: {out / 'summary.json'}")
+    return 1 if bad else 0
 
 
-def available_memory() -> int | None:
-    """Bytes this process can still take: the kernel's MemAvailable, or less where the cgroup of
-    this process's namespace (a container) has a limit, less its usage net of the file cache it can
-    drop (as docker stats counts it); None where neither can be read (not Linux)."""
-    found = []
-    try:
-        with open("/proc/meminfo") as f:
-            found += [int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:")]
-    except OSError:
-        pass
-    for folder, limit, used, cache in (("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
-                                       ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
-                                        "total_inactive_file")):
-        try:
-            with open(f"{folder}/{limit}") as f, open(f"{folder}/{used}") as g:
-                free = int(f.read().strip()) - int(g.read().strip())
-        except (OSError, ValueError):  # no such cgroup, or "max": no limit
-            continue
-        try:
-            with open(f"{folder}/memory.stat") as f:
-                free += next((int(line.split()[1]) for line in f if line.split()[0] == cache), 0)
-        except (OSError, ValueError, IndexError):
-            pass
-        found.append(free)
-    return max(0, min(found)) if found else None
+# gnl_onnx.explain held the runtime until the commands moved side by side: its names still import
+_MOVED = {**{name: (_explainer, "gnl_onnx.explainer") for name in ("Explainer", "Explanation", "MAX_STEPS", "METHODS")},
+          **{name: (_budget, "gnl_onnx.budget") for name in ("AUTO_RUN_BYTES", "AUTO_SHARE_OF_AVAILABLE",
+                                                             "AUTO_GPU_RUN_BYTES", "available_memory",
+                                                             "parse_bytes", "resolve_budget")}}
 
 
-def resolve_budget(value, provider: str = "CPUExecutionProvider") -> tuple[int, str]:
-    """(bytes for one run, how they were chosen): a given size as it is; 'auto' as AUTO_RUN_BYTES
-    says, capped at a quarter of the available memory; on a GPU (whose memory is not measured
-    here) AUTO_GPU_RUN_BYTES, the old fixed default."""
-    given = parse_bytes(value)
-    if given is not None:
-        return given, f"{_human(given)} (given)"
-    if provider != "CPUExecutionProvider":
-        device = provider.removesuffix("ExecutionProvider").lower()
-        return AUTO_GPU_RUN_BYTES, f"auto: {_human(AUTO_GPU_RUN_BYTES)} per run on {device} (give a size to use more)"
-    available = available_memory()
-    if available is not None and available // AUTO_SHARE_OF_AVAILABLE < AUTO_RUN_BYTES:
-        budget = available // AUTO_SHARE_OF_AVAILABLE
-        return budget, f"auto: {_human(budget)}, a quarter of the {_human(available)} available"
-    return AUTO_RUN_BYTES, f"auto: {_human(AUTO_RUN_BYTES)} per run"
+def __getattr__(name):
+    if name in _MOVED:
+        module, where = _MOVED[name]
+        warnings.warn(f"gnl_onnx.explain.{name} moved to {where}.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(module, name)
+    raise AttributeError(f"module 'gnl_onnx.explain' has no attribute {name!r}")
 
 
-@dataclass
-class Explanation:
-    attributions: np.ndarray  # shaped like the images
-    target: np.ndarray        # int64 [N]: the explained class of each image
-    score: np.ndarray         # [N]: the explained output (logit by default) for that class
-    scores: np.ndarray        # [N, classes]: the explained output for all classes
-    method: str
-    baseline: str
-    steps: int
-    integration: str
-    provider: str
-    seconds: float
-    delta: np.ndarray | None = None  # ig, deeplift (complete methods): sum(attribution) - (F(image) - F(baseline))
-    gated: list = field(default_factory=list)
-    runs: dict = field(default_factory=dict)  # how the work was split: images and steps per run, and why
-
-    def summary(self, i: int = 0) -> dict:
-        row = {"method": self.method, "baseline": self.baseline, "steps": self.steps,
-               "integration": self.integration, "target": int(self.target[i]),
-               "score": float(self.score[i]), "provider": self.provider, "seconds": round(self.seconds, 3),
-               "gated_units": len(self.gated)}
-        if self.runs:
-            row["runs"] = self.runs
-        if self.delta is not None:
-            row["convergence_delta"] = float(self.delta[i])
-        return row
-
-
-class Explainer:
-    """Explainer(model, method="gnl_ig", steps=32, baseline="zeros").explain(images, target=None)."""
-
-    def __init__(self, model, method: str = "gnl_ig", steps: int = 32, baseline="zeros",
-                 integration: str = "gausslegendre", providers=None, memory_budget="auto",
-                 gate: str = "paper", output: str = "logit", input: str | None = None,
-                 output_name: str | None = None, black=None, layout: str | None = None, noise_level: float = 0.15,
-                 seed: int = 0,
-                 threads: int | None = None, layer=None, bounds=None):
-        self.spec = get_method(method)
-        if not isinstance(steps, (int, np.integer)) or steps < 1 or steps > MAX_STEPS:
-            raise UsageError(f"steps must be an integer from 1 to {MAX_STEPS} (got {steps!r})")
-        self.method, self.integration = method, integration
-        self.steps = {"image": 1, "reference": 2}.get(self.spec.path, int(steps))
-        self.alphas, self.weights = self._points()
-        self.baseline, self.black, self.layout = baseline, black, layout
-        self.noise_level, self.seed = noise_level, seed
-        self.budget, self.budget_note = resolve_budget(memory_budget, choose_providers(providers)[0])
-        auto = parse_bytes(memory_budget) is None
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise UsageError(f"the seed must be a non-negative integer (got {seed!r})")
-        # The attribution model is not kept: the session holds its own copy of the weights.
-        attribution = attribution_model(model, method=method, gate=gate, output=output, input=input,
-                                        output_name=output_name, layer=layer, bounds=bounds)
-        self.info = attribution_info(attribution)
-        self.row_bytes = self.info["bytes_per_row"]
-        if auto and self.budget < 2 * self.row_bytes:
-            self.budget = 2 * self.row_bytes  # auto always works: one step of one image and its score
-            self.budget_note = f"auto: {_human(self.budget)}, the least that works"
-        if self.budget < 2 * self.row_bytes:
-            raise UsageError(f"memory budget {memory_budget} is too small for one step of one image; "
-                             f"the smallest that works is {_human(2 * self.row_bytes)}")
-        light, weights = detach_weights(attribution)
-        del attribution  # the weights are now held once (as arrays) until the session has its own copy
-        self.session, self.provider = make_session(light, providers, threads, memory_pattern=False,
-                                                   weights=weights, prepack=False)
-        del light, weights
-        release_freed_memory()  # the setup's copies of the weights, which the C heap would keep
-        self.input_name = self.info["input"]
-        self.outputs = ["attribution", "scores", "target_used"] + \
-            [o.name for o in self.session.get_outputs() if o.name == "baseline_scores"]  # deeplift: F(baseline)
-        # a run after the first of an image's path scores nothing again (no extra rows): see chunks()
-        self.scores_once = any(i.name == "score_rows" for i in self.session.get_overridable_initializers())
-
-    def _points(self):
-        if self.spec.path == "line":
-            return path_points(self.steps, self.integration)
-        if self.spec.path == "reference":  # the image, then its reference (the baseline), in one run
-            return np.array([1.0, 0.0], np.float32), np.array([1.0, 0.0], np.float32)
-        ones = np.ones(self.steps, np.float32)
-        return ones, ones / self.steps
-
-    def chunks(self, n_images: int, steps: int | None = None) -> tuple[int, int]:
-        """(images, steps) per run, as many rows as the memory budget holds. The first run of a
-        path also carries one row per image for its scores (later runs of the same images skip
-        them), so whole paths come first: all steps for as many images as fit, else one image and
-        as many steps as fit (8 images x 1 step would spend half of every run on score rows)."""
-        total = self.steps if steps is None else steps  # (another step count: what it would be)
-        rows = self.budget // self.row_bytes
-        images = max(1, min(n_images, rows // (total + 1)))
-        if self.spec.path == "reference":  # the image and its reference must share a run
-            return images, total
-        per_run = max(1, min(total, rows // images - 1))
-        return images, -(-total // -(-total // per_run))  # runs of equal size: 128 = 43+43+42
-
-    def plan(self, n_images: int, steps: int | None = None) -> dict:
-        """How explain() splits n images: images and steps per run, memory per run, and why."""
-        images, steps = self.chunks(n_images, steps)
-        rows = images * (steps + int(self.scores_once))  # (LRP and deeplift runs have no score rows)
-        return {"images_per_run": images, "steps_per_run": steps, "memory_per_run": _human(rows * self.row_bytes),
-                "memory_budget": self.budget_note}
-
-    def explain(self, images, target=None) -> Explanation:
-        start = time.perf_counter()
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        if not np.all(np.isfinite(images)):
-            bad = int(np.count_nonzero(~np.isfinite(images)))
-            raise UsageError(f"the images contain {bad} NaN or infinite values; give finite pixel values")
-        self._check_shape(images)
-        n = images.shape[0]
-        targets = np.full(n, -1, np.int64) if target is None else np.broadcast_to(
-            np.asarray(target, np.int64), (n,)).copy()
-        classes = self.info["classes"]
-        if classes and np.any(targets >= classes):
-            raise UsageError(f"target {int(targets.max())} is out of range: the model has {classes} classes "
-                             f"(0 to {classes - 1}); a negative target means the top-1 class")
-        baseline_name = self.baseline if isinstance(self.baseline, str) else "array"
-        baselines = make_baseline(self.baseline if self.spec.path in ("line", "reference") else "zeros", images,
-                                  black=self.black, layout=self.layout, seed=self.seed)
-        if not np.all(np.isfinite(baselines)):
-            raise UsageError("the baseline contains NaN or infinite values; give a finite baseline")
-        per_run, steps_per_run = self.chunks(n)
-        attributions = np.zeros_like(images)
-        scores = reference = None
-        for lo in range(0, n, per_run):
-            part = slice(lo, min(n, lo + per_run))
-            for s in range(0, self.steps, steps_per_run):
-                steps = slice(s, min(self.steps, s + steps_per_run))
-                alphas, weights = self.alphas[steps], self.weights[steps]
-                short = steps_per_run - len(alphas)
-                if short:  # same shape as the other runs (zero-weight points): one memory plan for all
-                    alphas = np.concatenate([alphas, np.repeat(alphas[-1:], short)])
-                    weights = np.concatenate([weights, np.zeros(short, weights.dtype)])
-                noise = self._noise(images[part], lo, slice(s, s + steps_per_run))
-                later = s > 0 and self.scores_once  # the targets are known now: skip the score rows
-                attribution, part_scores, used, *at_baseline = self._run(images[part], baselines[part],
-                                                                         targets[part], alphas, weights, noise,
-                                                                         score_rows=0 if later else None)
-                attributions[part] += attribution
-                targets[part] = used  # later chunks explain the class the first one chose
-                if scores is None:
-                    scores = np.zeros((n, part_scores.shape[1]), np.float32)
-                if not later:
-                    scores[part] = part_scores
-                if at_baseline:
-                    reference = np.zeros(n, np.float32) if reference is None else reference
-                    reference[part] = at_baseline[0][np.arange(len(used)), used]
-        score = scores[np.arange(n), targets]
-        forward_bad = ~np.isfinite(scores).all(axis=1)
-        backward_bad = ~np.isfinite(attributions.reshape(n, -1)).all(axis=1) & ~forward_bad
-        delta = None
-        if self.spec.complete and reference is None:
-            reference = np.zeros_like(score)
-            for lo in range(0, n, per_run):
-                part = slice(lo, min(n, lo + per_run))
-                _, base_scores, _ = self._run(baselines[part], baselines[part], targets[part],
-                                              np.ones(1, np.float32), np.zeros(1, np.float32), None)
-                reference[part] = base_scores[np.arange(part.stop - part.start), targets[part]]
-        if self.spec.complete:
-            axes = tuple(range(1, images.ndim))
-            delta = attributions.sum(axis=axes) - (score - reference)
-        result = Explanation(attributions, targets, score, scores, self.method,
-                             baseline_name if self.spec.path in ("line", "reference") else "none", self.steps,
-                             self.integration if self.spec.path == "line" else "none", self.provider,
-                             time.perf_counter() - start, delta, self.info["gated"], self.plan(n))
-        bad = np.flatnonzero(forward_bad | backward_bad)
-        if bad.size:  # never hand out NaN maps as if they meant something
-            raise NonFiniteError(bad, ["forward" if forward_bad[i] else "backward" for i in bad], partial=result)
-        return result
-
-    def _check_shape(self, images):
-        expected = self.info["image_shape"]
-        mismatch = any(e is not None and e != d for e, d in zip(expected[1:], images.shape[1:]))
-        if images.ndim != len(expected) or mismatch:
-            shown = ", ".join("?" if d is None else str(d) for d in expected[1:])
-            if len(expected) != 4:  # image files always become [1, C, H, W] or [1, H, W, C]
-                hint = (f"its input has rank {len(expected)}, not the 4 of an image batch; give it arrays "
-                        "of that shape through the Python API")
-            else:
-                hint = ("resize/crop them to fit (or use a preset), and match its channels (3 for RGB/BGR, "
-                        "1 for L) and layout (NCHW or NHWC)")
-            raise UsageError(f"the model takes images of shape (N, {shown}), got {tuple(images.shape)}; {hint}")
-
-    def _noise(self, images, first_image, steps: slice):
-        """SmoothGrad's noise for these images and steps; each (image, step) draws from its own
-        seeded stream, so results do not depend on how the work is chunked."""
-        if self.spec.path != "noise":
-            return None
-        noise = np.empty((steps.stop - steps.start,) + images.shape, np.float32)
-        for i, image in enumerate(images):
-            spread = float(image.max() - image.min())
-            for k, step in enumerate(range(steps.start, steps.stop)):
-                rng = np.random.default_rng([self.seed, first_image + i, step])
-                noise[k, i] = rng.standard_normal(image.shape) * (self.noise_level * spread)
-        return noise
-
-    def _run(self, images, baselines, targets, alphas, weights, noise, score_rows=None):
-        if noise is None:
-            noise = np.zeros((1,) * (images.ndim + 1), np.float32)
-        feed = {self.input_name: images, "baseline": baselines, "target": targets, "alphas": alphas,
-                "weights": weights, "noise": noise}
-        if score_rows is not None:
-            feed["score_rows"] = np.array([score_rows], np.int64)
-        try:
-            return self.session.run(self.outputs, feed)
-        except MemoryError:
-            raise
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own unrelated classes
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            if "allocate" in first.lower():
-                raise GnlOnnxError(f"ONNX Runtime ran out of memory ({first}); give a smaller memory budget "
-                                   "(--memory-budget) or fewer images per call") from None
-            raise GnlOnnxError(f"ONNX Runtime failed while computing the attribution ({first}); if the model "
-                               "runs on its own, please report this with the model") from None
-
-
-def _human(n: int) -> str:
-    """A size that parse_bytes reads back as at least n (rounded up, never down)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n}{unit}" if unit == "B" else f"{math.ceil(n * 10) / 10:.1f}{unit}"
-        n /= 1024
-    return str(n)
-
-
-__all__ = ["Explainer", "Explanation", "METHODS"]
+__all__ = ["explain_files"]

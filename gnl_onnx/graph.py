@@ -10,6 +10,10 @@ from onnx import helper, numpy_helper
 
 from .errors import ModelError, UnsupportedModelError
 
+# The float element types: values of these types carry gradients and can be images (one definition
+# for the package: the intake, the reverse pass and the CAM locator read it).
+HALF_TYPES = frozenset({onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}) | HALF_TYPES
 
 
 class Constants(dict):
@@ -367,3 +371,9 @@ def topological_sort(graph: onnx.GraphProto) -> None:
         pending = rest
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """Real inputs: old models (IR < 4) also list every initializer as an input."""
+    initializers = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in initializers]

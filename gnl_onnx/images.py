@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -354,5 +355,27 @@ def from_model_shape(shape, given: dict) -> Preprocessing | None:
     return Preprocessing(**fields)
 
 
-__all__ = ["Preprocessing", "open_image", "load_image", "load_array", "load_inputs", "load_all",
+
+
+# .npy: arrays already in the model's input space and layout (one image, or a batch where allowed)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
+
+
+def find_images(paths, folder=None) -> list[str]:
+    """The image files named, then those in `folder` (by suffix, sorted)."""
+    found = [str(p) for p in paths or []]
+    if folder is not None:
+        d = Path(folder)
+        if not d.is_dir():
+            raise UsageError(f"{d}: no such folder of images")
+        inside = sorted(str(p) for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not inside:
+            raise InputError(f"{d}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
+        found += inside
+    if not found:
+        raise UsageError("no images: name image files or give a folder with --images DIR")
+    return found
+
+
+__all__ = ["Preprocessing", "find_images", "IMAGE_SUFFIXES", "open_image", "load_image", "load_array", "load_inputs", "load_all",
            "from_model_shape"]

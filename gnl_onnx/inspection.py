@@ -6,9 +6,11 @@ import collections
 
 from .autodiff import check_supported, differentiable_path
 from .autodiff.gating import OTHER_NONLINEAR_UNITS, PAPER_UNITS
+from .cam import default_layer, layer_candidates  # the target layers of CAM methods (--layer)
 from .errors import UnsupportedModelError
 from .graph import GraphBuilder
-from .loading import choose_input, choose_output, graph_inputs, load_model
+from .intake import read_model
+from .loading import choose_input, choose_output, graph_inputs
 from .normalize import default_opset, normalize
 
 
@@ -23,7 +25,7 @@ def _describe(value) -> str:
 
 def inspect_model(model, input: str | None = None, output: str | None = None) -> dict:
     """A report (plain data) on the model; `unsupported` lists what blocks differentiation."""
-    proto = load_model(model)
+    proto = read_model(model)
     report = {
         "opset": default_opset(proto),
         "inputs": [_describe(i) for i in graph_inputs(proto.graph)],
@@ -44,7 +46,6 @@ def inspect_model(model, input: str | None = None, output: str | None = None) ->
         report["unsupported"] = {}
     except UnsupportedModelError as e:
         report["unsupported"] = e.unsupported
-    from .cam import default_layer, layer_candidates  # the target layers of CAM methods (--layer)
 
     candidates = layer_candidates(builder, path, _active, x)
     default = default_layer(builder, candidates)

@@ -8,6 +8,7 @@ memory model, audit workers), which never re-read the file.
 Every public function that takes a model accepts a path, a ModelProto or a PreparedModel."""
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass, field, replace
@@ -15,8 +16,10 @@ from functools import cached_property
 
 import onnx
 
+from .batch import make_batch_usable
 from .loading import choose_input, choose_output, load_model
 from .normalize import normalize
+
 
 class IntakeNote(UserWarning):
     """Something the intake changed or decided about the model that the user should know."""
@@ -60,8 +63,6 @@ class PreparedModel:
         the graph allows (verified by running it), else marked "one per run" or "fixed". Worked
         out once per PreparedModel, on first use: the model's own gradient (vjp_model) needs none
         of it."""
-        from .batch import make_batch_usable
-
         if self.batch != "dynamic" or self.image_shape[:1] == [None]:
             return self
         proto, batch, note = make_batch_usable(self.proto, self.input, self.output)
@@ -87,4 +88,23 @@ def prepare(model, input: str | None = None, output: str | None = None) -> Prepa
     return PreparedModel(normalize(proto, in_place=True), x, y, path)  # load_model's proto is ours
 
 
-__all__ = ["PreparedModel", "prepare", "IntakeNote"]
+def read_model(model) -> onnx.ModelProto:
+    """A ModelProto the caller may change: a PreparedModel's copy, or a path or ModelProto read and
+    checked (not normalized) by load_model."""
+    return model.copy() if isinstance(model, PreparedModel) else load_model(model)
+
+
+def model_sha256(model) -> str:
+    """Of the file as given (or of the model's bytes when it came from memory)."""
+    if isinstance(model, PreparedModel):
+        model = model.path or model.proto
+    if isinstance(model, onnx.ModelProto):
+        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    digest = hashlib.sha256()
+    with open(model, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = ["PreparedModel", "prepare", "read_model", "model_sha256", "IntakeNote"]

@@ -9,10 +9,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import ModelError, UsageError
-from .graph import SKELETON_KEEPS, skeleton
-
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-               onnx.TensorProto.BFLOAT16)
+from .graph import FLOAT_TYPES, SKELETON_KEEPS, graph_inputs, skeleton
 PROTOBUF_LIMIT = 2 << 30  # one serialized ModelProto (and so one in-memory model) stays under 2 GB
 MAX_INPUT_ELEMENTS = 1 << 30  # fixed dims of one input beyond this (4 GiB of float32) are no image
 TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
@@ -22,12 +19,8 @@ SUB_BYTE = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT
 
 
 def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """A path or a ModelProto -> a checked ModelProto with its external data inside (a
-    PreparedModel -> a copy of its prepared, already checked model)."""
-    from .intake import PreparedModel
-
-    if isinstance(model, PreparedModel):
-        return model.copy()
+    """A path or a ModelProto -> a checked ModelProto with its external data inside
+    (intake.read_model also takes a PreparedModel)."""
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)  # never mutate the caller's model
@@ -180,12 +173,6 @@ def _load_external_data(proto: onnx.ModelProto, path: Path) -> bool:
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
     return True
-
-
-def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
-    """Real inputs: old models (IR < 4) also list every initializer as an input."""
-    initializers = {t.name for t in graph.initializer}
-    return [i for i in graph.input if i.name not in initializers]
 
 
 def choose_input(graph: onnx.GraphProto, name: str | None) -> str:

@@ -10,14 +10,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import ModelError, UnsupportedModelError
-from .graph import SKELETON_KEEPS, GraphBuilder, drop_unused_initializers, prune, skeleton
+from .graph import HALF_TYPES, SKELETON_KEEPS, GraphBuilder, drop_unused_initializers, prune, skeleton
 from .runtime import onnxruntime
 
 TARGET_OPSET = 18
 MAX_FOLDED_BYTES = 64 << 20  # larger computed constants stay computed at run time
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                     "Multinomial", "Bernoulli"}
-HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 # Ops that compute on integer codes: rounding is flat, so there is no gradient to take.
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
                  "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"}

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UsageError
+from .attribution import get_method
+from .budget import resolve_budget
+from .explainer import Explainer
+from .intake import prepare
+from .runtime import make_session
+from .targets import selected
 
 MEASURED_STEPS = 4  # steps timed per method; the plan extrapolates to the asked steps
 FORWARD_BATCH = 8
@@ -65,10 +71,6 @@ def plan_cost(model, methods=("gnl_ig", "ig", "gradient"), steps: int = 32, thre
               providers=None, input: str | None = None, output_name: str | None = None,
               memory_budget="auto") -> CostPlan:
     """Measure what `methods` at `steps` will cost per image on this machine (see the module)."""
-    from .attribution import get_method, selected
-    from .explain import Explainer, resolve_budget
-    from .intake import prepare
-    from .runtime import make_session
 
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise UsageError(f"steps must be a positive integer (got {steps!r})")

@@ -45,8 +45,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import sparse
+from scipy.sparse.linalg import splu
 
 from .errors import UsageError
+from .pixels import image_layout, one_image_hw, ranking, reduce_to_pixels
+from .scorer import as_scorer
 
 NOISE = 0.01
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -59,10 +63,8 @@ _STREAM = 0x524F4144  # "ROAD": keeps the noise's seed sequence apart from the r
 
 def _layout_axes(shape, layout: str | None) -> tuple[str, int]:
     """(layout, channel axis) of one image [1, C, H, W] or [1, H, W, C]."""
-    from .metrics import _hw, _layout
-
-    layout = _layout(shape, layout)
-    _hw(shape, layout)  # checks [1, ...] and 4-D
+    layout = image_layout(shape, layout)
+    one_image_hw(shape, layout)  # checks [1, ...] and 4-D
     return layout, (1 if layout == "NCHW" else 3)
 
 
@@ -85,8 +87,6 @@ def imputation_system(removed):
     kept neighbours k of w_ik * v_k. A is that left-hand side (scipy CSC, symmetric); `neighbours`
     [n, 8] holds each unknown's kept neighbours as flat pixel indices (0 where none) and `weights`
     [n, 8] their weights (0 where none), so the right-hand side is sum(weights * image[neighbours])."""
-    from scipy import sparse
-
     removed = np.asarray(removed, bool)
     if removed.ndim != 2:
         raise UsageError(f"the mask of removed pixels must be [H, W], got shape {removed.shape}")
@@ -131,8 +131,6 @@ def impute(image, removed, noise: float = NOISE, span=1.0, field=None, seed: int
     broadcast against the image; see span_of). field: the standard normal field to scale (default:
     noise_field(image.shape, seed, key)); noise 0: the exact linear imputation. float32 out; the
     solve runs in float64."""
-    from scipy.sparse.linalg import splu
-
     image = np.asarray(image, np.float32)
     layout, channel_axis = _layout_axes(image.shape, layout)
     chw = image[0] if layout == "NCHW" else np.moveaxis(image[0], -1, 0)  # [C, H, W]
@@ -201,12 +199,10 @@ def road_curve(scorer, image, order, fractions=FRACTIONS, which: str = "morf", n
     """The target's softmax probability at each fraction, the pixels of order (most relevant first)
     removed most- (which="morf") or least-relevant first ("lerf") and imputed by impute(). scorer: a
     metrics.Scorer, a path or a ModelProto. target: default the image's top-1."""
-    from .metrics import _hw, _scorer
-
-    scorer = _scorer(scorer)
+    scorer = as_scorer(scorer)
     image = np.asarray(image, np.float32)
     layout, _ = _layout_axes(image.shape, layout)
-    h, w, _ = _hw(image.shape, layout)
+    h, w, _ = one_image_hw(image.shape, layout)
     masks = removal_masks(order, (h, w), fractions, which)
     if target is None:
         target = int(np.argmax(scorer.probabilities(image)[0]))
@@ -232,11 +228,9 @@ def road_score(model, image, attribution, fractions=FRACTIONS, noise: float = NO
                layout: str | None = None) -> dict:
     """ROAD of one image's attribution: {"morf": curve, "lerf": curve, "morf_auc", "lerf_auc",
     "difference": lerf_auc - morf_auc}. MoRF lower, LeRF and the difference higher is better."""
-    from .metrics import _layout, _scorer, ranking, reduce_to_pixels
-
-    scorer = _scorer(model)
+    scorer = as_scorer(model)
     image = np.asarray(image, np.float32)
-    layout = _layout(image.shape, layout)
+    layout = image_layout(image.shape, layout)
     order = ranking(reduce_to_pixels(attribution, layout, how))
     fractions = check_fractions(fractions)
     curves = {which: road_curve(scorer, image, order, fractions, which, noise, span, seed, key, target, batch_size,

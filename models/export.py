@@ -1,12 +1,11 @@
-"""Export the registry's trained PyTorch models to ONNX, and a CLI: `python -m models.export NAME`
-prints the cached ONNX path (exporting it on first use).
+"""Export the registry's trained PyTorch models to ONNX (the registry, models/registry.py, has the
+CLI: `python -m models.registry NAME` prints the cached ONNX path, exporting it on first use).
 
 Torch is imported inside the export functions only, so listing or locating models never needs it.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import os
@@ -109,27 +108,3 @@ def write_atomically(path: pathlib.Path, write) -> pathlib.Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .registry import MODELS, get_model
-
-    p = argparse.ArgumentParser(prog="python -m models.export",
-                                description="Print the ONNX path of a registry model, exporting "
-                                            "it into the cache on first use.")
-    p.add_argument("name", nargs="?", choices=sorted(MODELS), help="model name")
-    p.add_argument("--cache-dir", default=None, help="default: $GNL_ONNX_CACHE or ~/.cache/gnl-onnx")
-    p.add_argument("--list", action="store_true", help="list models and their presets")
-    args = p.parse_args(argv)
-    if args.list or args.name is None:
-        for name, spec in sorted(MODELS.items()):
-            print(f"{name}\tpreset={spec.preset}\t{spec.description}")
-        return 0
-    print(get_model(args.name, cache_dir=args.cache_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    if __package__ in (None, ""):  # pragma: no cover - run as a file, not with -m
-        sys.exit("run as: python -m models.export NAME")
-    sys.exit(main())

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from .datasets import fashion_mnist_split
+from .export import _torch_export
 
 MEAN, STD = 0.2860, 0.3530  # the training split's pixel mean and std (/255), used by the preset
 EPOCHS, BATCH, LR, SEED = 3, 128, 2e-3, 0
@@ -81,8 +82,6 @@ def export(path: pathlib.Path, epochs: int = EPOCHS, limit: int | None = None, l
     training figures in the model's metadata (key gnl_onnx.training)."""
     import onnx
     import torch
-
-    from .export import _torch_export
 
     model, info = train(epochs, limit, log)
     _torch_export(model, torch.zeros(1, 1, 28, 28), path)

@@ -7,17 +7,20 @@ time: every model's weights ship inside a pip package (see /work/shared/ASSETS.m
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import importlib.resources
 import os
 import pathlib
 import re
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from gnl_onnx.errors import GnlOnnxError, UsageError
 
 from . import export as _export
+from .fashion_mnist import export as export_fashion_mnist
 
 # Bump when an export recipe changes, so stale cached files are not reused.
 RECIPE = 1
@@ -57,12 +60,8 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def _fashion_export(path: pathlib.Path) -> None:
-    import sys
-
-    from .fashion_mnist import export
-
     print("training the Fashion-MNIST CNN (first use only; a few minutes)", file=sys.stderr)
-    export(path, log=lambda *a: print(*a, file=sys.stderr))
+    export_fashion_mnist(path, log=lambda *a: print(*a, file=sys.stderr))
 
 
 def _spec(name: str) -> ModelSpec:
@@ -125,3 +124,25 @@ def preset_name(name: str) -> str:
 
 
 __all__ = ["MODELS", "ModelSpec", "RECIPE", "cache_path", "cache_root", "get_model", "preset_name"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.registry",
+                                description="Print the ONNX path of a registry model, exporting "
+                                            "it into the cache on first use.")
+    p.add_argument("name", nargs="?", choices=sorted(MODELS), help="model name")
+    p.add_argument("--cache-dir", default=None, help="default: $GNL_ONNX_CACHE or ~/.cache/gnl-onnx")
+    p.add_argument("--list", action="store_true", help="list models and their presets")
+    args = p.parse_args(argv)
+    if args.list or args.name is None:
+        for name, spec in sorted(MODELS.items()):
+            print(f"{name}\tpreset={spec.preset}\t{spec.description}")
+        return 0
+    print(get_model(args.name, cache_dir=args.cache_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    if __package__ in (None, ""):  # pragma: no cover - run as a file, not with -m
+        sys.exit("run as: python -m models.registry NAME")
+    sys.exit(main())

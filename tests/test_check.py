@@ -19,7 +19,7 @@ from PIL import Image
 
 from gnl_onnx.autodiff.rules import RULES
 from gnl_onnx.check import CHECKS, ModelChecker, Thresholds, load_image_files, load_reference, load_thresholds
-from gnl_onnx.metrics import randomize_layers, weighted_layers
+from gnl_onnx.check import randomize_layers, weighted_layers
 from gnl_onnx.presets import PRESETS
 
 F32 = np.float32

@@ -23,9 +23,9 @@ from PIL import Image
 from gnl_onnx import Explainer, UsageError
 from gnl_onnx.baselines import gaussian_blur
 from gnl_onnx.evaluate import Evaluation, MethodSummary, evaluate
-from gnl_onnx.metrics import (Scorer, auc, cascading_randomization, chunk_size, deletion_score, insertion_score,
-                              make_substrate, perturbation_curve, random_attribution, randomize_layers, rankdata,
-                              ranking, reduce_to_pixels, spearman, weighted_layers)
+from gnl_onnx.check import cascading_randomization, randomize_layers, weighted_layers
+from gnl_onnx.metrics import (Scorer, auc, chunk_size, deletion_score, insertion_score, make_substrate,
+                              perturbation_curve, random_attribution, rankdata, ranking, reduce_to_pixels, spearman)
 
 F32 = np.float32
 node = helper.make_node

@@ -34,6 +34,8 @@ zennit = pytest.importorskip("zennit")
 
 from models import torchvision_zoo as zoo  # noqa: E402
 
+import captum_deeplift  # noqa: E402,F401 - registers the rule set deeplift_captum
+
 COMPOSITES = ("lrp_epsilon_plus_flat", "lrp_epsilon_gamma_box", "lrp_epsilon_alpha2_beta1_flat")
 REL_TOL = 1e-4
 LOW, HIGH = -2.0, 2.5  # ZBox bounds for N(0, 1) test inputs

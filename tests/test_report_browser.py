@@ -127,7 +127,7 @@ def test_audit_report_in_chromium(browser, small, tmp_path):
 
 def test_demo_style_page_in_chromium(browser, small, tmp_path):
     """The demo's page (html_page) of explain's overlays, built from the tiny model."""
-    from gnl_onnx.pipeline import explain_to_folder
+    from gnl_onnx.attribution_files import explain_to_folder
     from gnl_onnx.report import Panel, Row, html_page
 
     photos = sorted(str(p) for p in (small / "photos").iterdir())[:3]
@@ -147,7 +147,7 @@ def test_real_demo_page_in_chromium(browser, tmp_path):
     """`gnl-onnx demo` itself: EfficientNet-Lite0 on the bundled photos (exported once into the cache)."""
     pytest.importorskip("skimage")
     pytest.importorskip("torch")
-    from gnl_onnx.pipeline import run_demo
+    from gnl_onnx.demo import run_demo
 
     assert run_demo(tmp_path / "demo", steps=2) == 0
     page = open_checked(browser, tmp_path / "demo" / "index.html")

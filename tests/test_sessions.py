@@ -17,10 +17,10 @@ from onnx import TensorProto, helper
 
 from onnx_builders import make_model, ort_session
 
-import gnl_onnx.explain as explain_module
+import gnl_onnx.budget as explain_module
 from gnl_onnx import Explainer
 from gnl_onnx.errors import ModelError, UsageError
-from gnl_onnx.explain import AUTO_RUN_BYTES, available_memory, resolve_budget
+from gnl_onnx.budget import AUTO_RUN_BYTES, available_memory, resolve_budget
 from gnl_onnx.intake import prepare
 from gnl_onnx.normalize import normalize
 from gnl_onnx.runtime import BY_REFERENCE_BYTES, detach_weights, make_session

@@ -85,7 +85,7 @@ def _cmask_static():
     STATIC["on"] = True
 
 
-import gnl_onnx.explain as gex  # noqa: E402
+import gnl_onnx.explainer as gex  # noqa: E402
 
 _make = gex.make_session
 

@@ -133,7 +133,7 @@ def dataset(network: str, args) -> tuple[str, list]:
     if network.startswith("efficientnet-lite"):
         items = load_dataset("photos", args.max_images)
         if args.images:
-            from gnl_onnx.evaluate import find_images
+            from gnl_onnx.images import find_images
             from gnl_onnx.images import open_image
 
             items += [(pathlib.Path(p).name, np.asarray(open_image(p, "RGB")), None)
@@ -153,7 +153,7 @@ def dataset(network: str, args) -> tuple[str, list]:
 def measure(network: str, args, only=None) -> dict:
     """One network: every variant (or the labels in `only`) on every image, scored."""
     from gnl_onnx import road
-    from gnl_onnx.explain import Explainer
+    from gnl_onnx.explainer import Explainer
     from gnl_onnx.metrics import Scorer, auc, perturbation_curve, random_attribution, ranking, reduce_to_pixels
     from gnl_onnx.presets import class_names, get_preset
     from models.registry import get_model, preset_name
@@ -249,7 +249,8 @@ def measure(network: str, args, only=None) -> dict:
 def sanity(network: str, args) -> dict:
     """Cascading randomization (all weighted layers, output side first) on the first
     --sanity-images images; Spearman correlations of signed and absolute per-pixel maps."""
-    from gnl_onnx.metrics import Scorer, cascading_randomization, weighted_layers
+    from gnl_onnx.check import cascading_randomization, weighted_layers
+    from gnl_onnx.metrics import Scorer
     from gnl_onnx.presets import get_preset
     from models.registry import get_model, preset_name
 

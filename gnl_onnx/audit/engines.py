@@ -9,8 +9,12 @@ import warnings
 
 import numpy as np
 
+import gnl_onnx.errors as errors
+
+from ..attribution import attribution_info, attribution_model
+from ..budget import planned_run_bytes
 from ..errors import GnlOnnxError, UsageError
-from ..evaluate import (
+from ..evaluation import (
     RANDOM,
 )
 from .layout import MAX_BATCH
@@ -74,8 +78,6 @@ def _worker_count(ray, workers, gpus_per_worker, cpus_per_worker) -> int:
 
 def row_bytes(model, settings) -> int | None:
     """Memory of one image at one step in an attribution run (None when only random is asked)."""
-    from ..attribution import attribution_info, attribution_model
-
     method = next((m for m in settings["methods"] if m != RANDOM), None)
     if method is None:
         return None
@@ -87,11 +89,9 @@ def row_bytes(model, settings) -> int | None:
 def batch_images(row_bytes: int | None, settings, pending: int, workers: int) -> int:
     """Images per batch: as many as one ONNX Runtime run of all steps holds within the memory
     budget, at most MAX_BATCH, and small enough that every worker gets about 4 batches."""
-    from ..explain import AUTO_RUN_BYTES, parse_bytes
-
     fit = MAX_BATCH
     if row_bytes:  # auto: sized for a worker's usual run (each worker then splits steps to its own memory)
-        budget = parse_bytes(settings["memory_budget"]) or AUTO_RUN_BYTES
+        budget = planned_run_bytes(settings["memory_budget"])
         fit = max(1, budget // row_bytes // (settings["steps"] + 1))
     return int(max(1, min(fit, MAX_BATCH, math.ceil(pending / (4 * workers)))))
 
@@ -129,8 +129,6 @@ def _run_ray_started(ray, address, rows, settings, root, model, workers, gpus_pe
 def _our_error(error: BaseException):
     """The GnlOnnxError a worker raised, rebuilt from Ray's wrapper (which keeps only the worker's
     traceback as text); None when it was something else."""
-    from . import errors
-
     found = re.findall(r"gnl_onnx\.errors\.(\w+): (.+)", str(error))
     kind = getattr(errors, found[-1][0], None) if found else None
     if not (isinstance(kind, type) and issubclass(kind, GnlOnnxError)) or kind is errors.UnsupportedModelError:

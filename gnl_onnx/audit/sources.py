@@ -10,9 +10,7 @@ import zlib
 from pathlib import PurePosixPath
 
 from ..errors import InputError, UsageError
-from ..evaluate import (
-    IMAGE_SUFFIXES,
-)
+from ..images import IMAGE_SUFFIXES
 
 
 def need_pyarrow():

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..errors import UsageError
-from ..evaluate import (
+from ..evaluation import (
     FILES,
     Evaluation,
     plot_curves,
@@ -21,8 +21,11 @@ from ..report import OVERLAYS
 from ..road import FRACTIONS as ROAD_FRACTIONS
 from ..road import auc as road_auc
 from .layout import ATTRIBUTIONS, IDENTITY, PARTS, RESULTS, SETTINGS, SUMMARY
-from . import sources
+import gnl_onnx.audit.sources as sources
 from .sources import _label, _load_local, need_pyarrow
+from ..images import load_image
+from ..output import atomic_write, prepare_folder, unique_stems as _stems
+from ..report import REPORT_IMAGES, ReportImages, agreement, evaluation_page
 
 
 # -- results on disk ---------------------------------------------------------------------------
@@ -52,7 +55,6 @@ class _Store:
     def write(self, batch: dict):
         """One finished batch: its attributions, then its part file (so a part never names a
         missing .npy); keys done already (a retried batch) are dropped."""
-        from ..report import atomic_write
 
         pa = need_pyarrow()
         keep = []
@@ -102,8 +104,6 @@ class _Store:
 
 def _prepare_out(out: Path, identity: dict, overwrite: bool):
     """Check that OUT is new or holds an audit with the same settings (else --overwrite clears it)."""
-    from ..pipeline import prepare_folder
-    from ..report import atomic_write
 
     ours = [out / n for n in (RESULTS, SETTINGS, SUMMARY, PARTS, ATTRIBUTIONS, FILES["table"], FILES["curves"],
                               FILES["report"], OVERLAYS)]
@@ -135,7 +135,6 @@ def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _St
     method then image order, with the true labels), and write the aggregate table, summary and
     curves, and with the preprocessing `prep` the report (write_report). Returns (evaluation or
     None when nothing is done, top-1 accuracy or None)."""
-    from ..report import atomic_write
 
     pa = need_pyarrow()
     table = store.read()
@@ -186,9 +185,6 @@ def write_report(out: Path, evaluation: Evaluation, table, found, prep, source) 
     """OUT/report.html and, for the images it shows, OUT/overlays/: the images where the methods
     disagree most (lowest mean rank correlation of their per-pixel maps, read back from
     OUT/attributions/), at most REPORT_IMAGES of them."""
-    from ..images import load_image
-    from ..pipeline import _stems
-    from ..report import REPORT_IMAGES, ReportImages, agreement, evaluation_page
 
     pa = need_pyarrow()
     columns = [f.name for f in table.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..attribution import METHODS
 from ..errors import InputError, UsageError
-from ..evaluate import (
+from ..evaluation import (
     DEFAULT_METRICS,
     RANDOM,
     attribute,
@@ -23,8 +23,11 @@ from ..evaluate import (
 from ..road import FRACTIONS as ROAD_FRACTIONS
 from ..road import NOISE as ROAD_NOISE
 from ..road import span_of
-from . import sources
+import gnl_onnx.audit.sources as sources
 from .sources import image_key
+from ..explainer import Explainer
+from ..images import load_image
+from ..metrics import Scorer
 
 
 # -- the worker --------------------------------------------------------------------------------
@@ -34,8 +37,6 @@ class AuditWorker:
     comma-separated ones still to do for that image), it returns one row per (image, method)."""
 
     def __init__(self, settings: dict, source: str, providers=None, threads: int | None = None):
-        from ..explain import Explainer
-        from ..metrics import Scorer
 
         s = self.settings = settings
         self.fs, _ = sources.filesystem(source)
@@ -55,7 +56,6 @@ class AuditWorker:
     def _load(self, path: str) -> np.ndarray:
         from pyarrow.fs import LocalFileSystem
 
-        from ..images import load_image
 
         if isinstance(self.fs, LocalFileSystem):
             return load_image(path, self.settings["prep"])

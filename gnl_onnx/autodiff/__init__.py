@@ -7,13 +7,12 @@ from __future__ import annotations
 import onnx
 
 from ..errors import ModelError, UnsupportedModelError
-from ..graph import GraphBuilder, Node
-from .rulesets import RuleSet
+from ..graph import FLOAT_TYPES, GraphBuilder, Node
+from . import gating, relevance  # noqa: F401 - the built-in rule sets register themselves
 from .rules import ALL_OUTPUTS, RULES
+from .rulesets import RuleSet
 
 CONTROL_FLOW = {"If", "Loop", "Scan"}
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-               onnx.TensorProto.BFLOAT16}
 
 
 def differentiable_path(builder: GraphBuilder, x: str, y: str) -> tuple[list[onnx.NodeProto], set[str]]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from .rules import RULES as CHAIN_RULES
-from .rulesets import Backward, RuleSet
+from .rulesets import Backward, RuleSet, register_rule_set
 
 # Units the paper gates: rectifiers and max pooling ("paths of positive chain reactions").
 PAPER_UNITS = frozenset({"Relu", "MaxPool", "GlobalMaxPool", "Clip", "LeakyRelu", "PRelu"})
@@ -59,3 +59,7 @@ class GatingPolicy(RuleSet):
                 return chain(g, node, [self.apply(g, dy[0]), *dy[1:]])
             return chain(g, node, self.apply(g, dy))
         return Backward("gate", gated)
+
+
+for _rule in RULES:
+    register_rule_set(_rule, lambda gate="paper", bounds=None, rule=_rule: GatingPolicy(rule, gate))

@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import UsageError
+
 
 @dataclass(frozen=True)
 class Backward:
@@ -53,14 +55,24 @@ class RuleSet:
         return None
 
 
+# name -> factory(gate=..., bounds=...) -> RuleSet; filled by gating.py (plain, guided) and
+# relevance/ (LRP composites, deeplift) as the autodiff package is imported, and by tests
+RULE_SETS: dict[str, Callable[..., RuleSet]] = {}
+
+
+def register_rule_set(name: str, factory: Callable[..., RuleSet] | None = None):
+    """Register `factory(gate=..., bounds=...)` under `name`; as a decorator of a RuleSet class
+    whose constructor takes `bounds`, the class itself (gate is for the gating policy alone)."""
+    def register(made):
+        RULE_SETS[name] = made if factory is not None else (lambda gate="paper", bounds=None: made(bounds=bounds))
+        return made
+    if factory is not None:
+        return register(factory)
+    return register
+
+
 def get_rule_set(rule: str, gate: str = "paper", bounds=None) -> RuleSet:
     """The rule set called `rule`: "plain", "guided", an LRP composite or "deeplift"."""
-    from .gating import RULES as GATING_RULES, GatingPolicy
-    from .relevance import RULE_SETS
-    from ..errors import UsageError
-
-    if rule in GATING_RULES:
-        return GatingPolicy(rule, gate)
-    if rule in RULE_SETS:
-        return RULE_SETS[rule](bounds=bounds)
-    raise UsageError(f"unknown rule '{rule}'; choose one of {', '.join((*GATING_RULES, *RULE_SETS))}")
+    if rule not in RULE_SETS:
+        raise UsageError(f"unknown rule '{rule}'; choose one of {', '.join(RULE_SETS)}")
+    return RULE_SETS[rule](gate=gate, bounds=bounds)

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 import onnx
 
 from ..errors import UsageError
-from ..graph import GraphBuilder
+from ..graph import FLOAT_TYPES, GraphBuilder
+from ..autodiff import differentiable_path
+from ..loading import choose_input
+from ..normalize import normalize
+from ..targets import select_output
 
 NCHW_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
             "GlobalLpPool", "BatchNormalization", "InstanceNormalization", "LRN"}
-FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def layer_candidates(builder: GraphBuilder, path, active: set[str], x: str) -> l
     found, seen = [], set()
     for node in path:
         for v in node.output:
-            if not v or v in seen or v == x or v not in active or builder.elem_type(v) not in FLOAT:
+            if not v or v in seen or v == x or v not in active or builder.elem_type(v) not in FLOAT_TYPES:
                 continue
             shape = builder.shape(v)
             if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
@@ -148,10 +151,6 @@ def locate_layers(builder: GraphBuilder, path, active: set[str], x: str, names=N
 
 def candidates_report(model, input=None, output_name=None) -> dict:
     """For `gnl-onnx inspect`: the candidate layers with shapes, and the default."""
-    from ..attribution import select_output
-    from ..autodiff import differentiable_path
-    from ..loading import choose_input
-    from ..normalize import normalize
 
     proto = normalize(select_output(model, "logit", output_name))
     x = choose_input(proto.graph, input)
@@ -165,7 +164,6 @@ def candidates_report(model, input=None, output_name=None) -> dict:
 def locate(proto: onnx.ModelProto, x: str, y: str, names=None) -> tuple[list[Layer], int]:
     """The CAM layers of a normalized model (image input x, explained output y) and the image's
     channel axis."""
-    from ..autodiff import differentiable_path
 
     builder = GraphBuilder(proto)
     path, active = differentiable_path(builder, x, y)

@@ -22,8 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..images import find_images, load_all
+from ..intake import model_sha256
+from ..output import atomic_write
 from .checker import ModelChecker, as_float64
-from .reference import Reference, array_sha256, load_reference, model_sha256
+from .randomization import CascadingRandomization, cascading_randomization, randomize_layers, weighted_layers
+from .reference import Reference, array_sha256, load_reference
 from .results import CheckReport, CheckResult, Measure
 from .settings import (CHECKS, KNOWN_CHECKS, OPTIONAL_CHECKS, Thresholds, load_thresholds, parse_checks,
                        parse_threshold_flags)
@@ -40,9 +44,6 @@ def check_model(model, checks=CHECKS, reference=None, **options) -> CheckReport:
 def load_image_files(paths, prep) -> tuple[np.ndarray, list[str]]:
     """Image files (folders: every image in them, sorted) -> (float32 [N, ...], file names). An
     unreadable image is an InputError: a check must not quietly run on fewer images."""
-    from ..evaluate import find_images
-    from ..images import load_all
-
     files = [f for p in paths for f in (find_images([], p) if Path(p).is_dir() else [str(p)])]
     loaded, files, _ = load_all(files, prep, strict=True)
     shapes = sorted({a.shape for a in loaded})
@@ -58,8 +59,6 @@ def check_files(model, image_paths=None, prep=None, checks=CHECKS, reference=Non
     """The `gnl-onnx check` command: run the checks, print the summary, write the JUnit, JSON and
     reference files (atomically, never over existing ones unless overwrite). 0 all selected checks
     passed, 1 one failed."""
-    from ..report import atomic_write
-
     checks = parse_checks(checks)
     existing = [p for p in (junit, json_path, save_reference) if p and Path(p).exists()]
     if existing and not overwrite:
@@ -86,4 +85,5 @@ def check_files(model, image_paths=None, prep=None, checks=CHECKS, reference=Non
 __all__ = ["CHECKS", "CheckReport", "CheckResult", "Measure", "ModelChecker", "Reference", "Thresholds",
            "array_sha256", "as_float64", "check_files", "check_model", "load_reference", "load_thresholds",
            "parse_checks",
-           "parse_threshold_flags", "model_sha256", "load_image_files", "KNOWN_CHECKS", "OPTIONAL_CHECKS"]
+           "parse_threshold_flags", "model_sha256", "load_image_files", "KNOWN_CHECKS", "OPTIONAL_CHECKS",
+           "CascadingRandomization", "cascading_randomization", "randomize_layers", "weighted_layers"]

@@ -13,10 +13,19 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from ..attribution import LRP_METHODS, get_method
 from ..errors import GnlOnnxError, InputError, UnsupportedModelError, UsageError
-from ..metrics import randomize_layers, ranking, spearman, weighted_layers
-from ..metrics import reduce_to_pixels as pixel_map
-from .reference import Reference, array_sha256, load_reference, model_sha256
+from ..explainer import Explainer
+from ..graph import graph_inputs
+from ..inspection import inspect_model
+from ..intake import model_sha256, prepare
+from ..pixels import ranking, spearman
+from ..pixels import reduce_to_pixels as pixel_map
+from ..runtime import make_session
+from ..targets import selected
+from ..vjp import vjp_model, vjp_report
+from .randomization import randomize_layers, weighted_layers
+from .reference import Reference, array_sha256, load_reference
 from .results import CheckReport, CheckResult, Measure, _judged, _plain, _show
 from .settings import CHECKS, FD_BATCH, FD_STEPS, JITTER, REFERENCE_FORMAT, REFERENCE_SETTINGS, Thresholds, parse_checks
 
@@ -35,8 +44,6 @@ class ModelChecker:
                  input: str | None = None, output_name: str | None = None, thresholds: Thresholds | None = None,
                  memory_budget="auto", seed: int = 0, providers=None, threads: int | None = None,
                  config: str | None = None, layer=None):
-        from ..attribution import get_method
-        from ..intake import prepare
 
         get_method(method)
         self.source = prepare(model, input, output_name)  # read and normalized once for every check
@@ -60,7 +67,6 @@ class ModelChecker:
 
     # shared pieces
     def settings(self) -> dict:
-        from ..attribution import get_method
 
         steps = 1 if get_method(self.method).path == "image" else int(self.steps)  # as the Explainer runs it
         return {"method": self.method, "steps": steps, "baseline": self.baseline,
@@ -68,8 +74,6 @@ class ModelChecker:
                 "seed": self.seed, "preprocessing": None if self.prep is None else _plain(asdict(self.prep))}
 
     def _explainer(self, method: str, model=None):
-        from ..attribution import get_method
-        from ..explain import Explainer
 
         key = ("explainer", method)
         if model is not None or key not in self._explanations:
@@ -100,7 +104,6 @@ class ModelChecker:
         if self.images is not None:
             return self.images, f"{len(self.images)} image(s)"
         if self._random_inputs is None:
-            from ..loading import graph_inputs
 
             image_input = next(i for i in graph_inputs(self.source.proto.graph) if i.name == self.input_name)
             dims = image_input.type.tensor_type.shape.dim
@@ -145,7 +148,6 @@ class ModelChecker:
                            self.thresholds, self.settings(), self.config)
 
     def check_supported(self) -> CheckResult:
-        from ..inspection import inspect_model
 
         report = inspect_model(self.source, self.input_name, self.output_name)
         gated = ", ".join(f"{op} {n}" for op, n in report["gated_paper"].items()) or "none"
@@ -158,8 +160,6 @@ class ModelChecker:
         return _judged("supported", [measure], f"gated (gate=paper): {gated}", details)
 
     def check_gradient(self) -> CheckResult:
-        from ..attribution import selected
-        from ..vjp import vjp_model, vjp_report
 
         t = self.thresholds
         chosen = selected(self.source, self.output)
@@ -207,7 +207,6 @@ class ModelChecker:
     def _fd_sessions(self, forward_model, vjp):
         """Sessions in float64 when ONNX Runtime runs a float64 copy, else float32 (its CPU Conv has
         no float64 kernel): (forward, backward, precision, why not float64)."""
-        from ..runtime import make_session
 
         try:
             forward, _ = make_session(as_float64(forward_model), **self._session_options())
@@ -247,7 +246,6 @@ class ModelChecker:
         """LRP: the relevance at the input sums to the relevance put at the output, the one-hot of
         the target (1), as in Zennit; biases and stabilizers absorb the rest. Uses the chosen
         method when it is an LRP composite, else lrp_epsilon_plus_flat."""
-        from ..attribution import LRP_METHODS
 
         t = self.thresholds
         inputs, described = self._inputs()

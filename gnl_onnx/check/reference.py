@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from ..errors import InputError, UsageError
+from ..output import atomic_write
 from .settings import REFERENCE_FORMAT
 
 
@@ -25,8 +25,6 @@ class Reference:
 
     def save(self, path, overwrite: bool = False) -> Path:
         """One portable .npz (no pickles): a JSON header string beside the attributions."""
-        from ..report import atomic_write
-
         path = Path(path)
         if path.exists() and not overwrite:
             raise UsageError(f"{path} exists; pass --overwrite to replace the reference")
@@ -57,16 +55,3 @@ def array_sha256(array: np.ndarray) -> str:
     return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
 
 
-def model_sha256(model) -> str:
-    """Of the file as given (or of the model's bytes when it came from memory)."""
-    from ..intake import PreparedModel
-
-    if isinstance(model, PreparedModel):
-        model = model.path or model.proto
-    if isinstance(model, onnx.ModelProto):
-        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-    digest = hashlib.sha256()
-    with open(model, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

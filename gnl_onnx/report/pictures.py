@@ -1,8 +1,5 @@
 """Attribution pictures (numpy; Pillow and matplotlib imported on use): heatmaps, overlays on the
-photo, the input image, and the atomic file writer every output goes through.
-
-Every file is written under a temporary name in its target folder and os.replace'd into place,
-so a reader (or a crash) never sees a half-written PNG or page.
+photo, the input image; every file goes through gnl_onnx.output.atomic_write.
 
 Overlays are what people look at, so they are made to be read on real photos:
 - the photo is a dimmed greyscale copy, and the map's colour is laid over it, opaque where the
@@ -23,16 +20,14 @@ Heatmaps stay the raw signed map, one PNG pixel per input pixel, clipped but nev
 from __future__ import annotations
 
 import io
-import os
 import pathlib
-import tempfile
-from typing import Callable, Union
 
 import numpy as np
 
 from ..errors import InputError, UsageError
+from ..output import PathLike, atomic_write
+from ..pixels import reduce_channels
 
-PathLike = Union[str, os.PathLike]
 SIGNED_CMAP = "RdBu_r"  # diverging: red = supports the class, blue = speaks against it
 ABS_CMAP = "inferno"
 PERCENTILE = 99.5  # heatmaps: clip the colour scale so a few extreme pixels do not wash out the map
@@ -62,38 +57,6 @@ def _colormap(name: str):
 
 
 # -- files -------------------------------------------------------------------------------------
-def atomic_write(path: PathLike, data: bytes | str | Callable[[pathlib.Path], object]) -> pathlib.Path:
-    """Write `data` (bytes, text as UTF-8, or a callback given a temporary path to write to) and
-    move it over `path` only once complete. If anything fails, an existing `path` is untouched
-    and the temporary file is removed."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder, so os.replace is an atomic rename; same suffix, so format-by-extension writers
-    # (Pillow, matplotlib) behave as for the real name.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
-                                    dir=path.parent)
-    tmp = pathlib.Path(tmp_name)
-    try:
-        if callable(data):
-            os.close(fd)
-            fd = -1
-            data(tmp)
-        else:
-            payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-            with os.fdopen(fd, "wb") as f:
-                fd = -1
-                f.write(payload)
-        with open(tmp, "rb+") as f:  # data on disk before the rename makes it visible
-            os.fsync(f.fileno())
-        # mkstemp makes 0600 files; give reports the usual permissions (or keep the old file's).
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -104,28 +67,6 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 # -- attribution maps --------------------------------------------------------------------------
-def reduce_channels(attribution: np.ndarray, layout: str = "NCHW", how: str = "sum") -> np.ndarray:
-    """One value per pixel: [1,C,H,W] / [C,H,W] (NCHW) or [1,H,W,C] / [H,W,C] (NHWC) -> [H,W].
-    how: "sum" (signed, METHOD.md's default), "abs_sum" or "max_abs"."""
-    a = np.asarray(attribution, dtype=np.float64)
-    if layout not in ("NCHW", "NHWC"):
-        raise UsageError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
-    if a.ndim == 4:
-        if a.shape[0] != 1:
-            raise UsageError(f"reduce_channels takes one image, got a batch of {a.shape[0]}")
-        a = a[0]
-    if a.ndim == 2:
-        return a
-    if a.ndim != 3:
-        raise UsageError(f"expected a 2-, 3- or 4-D attribution, got shape {np.shape(attribution)}")
-    axis = 0 if layout == "NCHW" else 2
-    if how == "sum":
-        return a.sum(axis=axis)
-    if how == "abs_sum":
-        return np.abs(a).sum(axis=axis)
-    if how == "max_abs":
-        return np.abs(a).max(axis=axis)
-    raise UsageError(f"how must be 'sum', 'abs_sum' or 'max_abs', got {how!r}")
 
 
 def _scale(a: np.ndarray, percentile: float) -> float:

@@ -12,6 +12,7 @@ import numpy as np
 
 from .pages import ImageResult
 from .pictures import PathLike, image_png, overlay_png, reduce_channels
+from ..pixels import rankdata
 
 OVERLAYS = "overlays"  # OUT/overlays/<stem>.png (the image) and <stem>.<method>.png (each overlay)
 REPORT = "report.html"
@@ -29,7 +30,6 @@ def agreement(maps: Mapping[str, np.ndarray], floor: str = FLOOR) -> float | Non
     """The mean Spearman rank correlation over pairs of the methods' per-pixel maps (the random
     floor left out); None with fewer than two methods or when every pair is undefined (a constant
     map)."""
-    from ..metrics import rankdata
 
     ranks = []
     for method, m in maps.items():

@@ -11,14 +11,5 @@ Every rule is written in standard ONNX ops and reuses the chain rule's own const
 transposed convolution of a Conv, the products of a Gemm) with modified weights."""
 from __future__ import annotations
 
-RULE_SETS: dict = {}
-
-
-def rule_set(name: str):
-    def register(cls):
-        RULE_SETS[name] = cls
-        return cls
-    return register
-
-
-from . import composites, deeplift  # noqa: E402,F401
+from ..rulesets import RULE_SETS  # noqa: F401 - where the rule sets below register
+from . import composites, deeplift  # noqa: F401 - they register

@@ -22,9 +22,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+import gnl_onnx.autodiff.relevance.linear as linear
+import gnl_onnx.autodiff.relevance.split as split
+
 from ..gating import OTHER_NONLINEAR_UNITS, PAPER_UNITS
 from ..rulesets import Backward, ExtraInput, RuleSet
-from . import linear, rule_set, split
+from ..rulesets import register_rule_set as rule_set
 
 PASS_UNITS = ((PAPER_UNITS - {"MaxPool", "GlobalMaxPool"}) | OTHER_NONLINEAR_UNITS
               | {"Softmax", "LogSoftmax", "LayerNormalization", "BatchNormalization", "LRN",

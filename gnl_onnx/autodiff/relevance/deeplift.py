@@ -17,7 +17,7 @@ reference row, and v0 = Gather(v, reference_rows) is any value at the reference.
 
 attribution = (x - x0) * multiplier sums to F(x) - F(x0) up to rounding. Captum computes the
 MaxPool rule above only where the MaxPool's input is not another hooked module's output; after a
-ReLU it loses it (see DeepLiftAsCaptumRuns, rule set "deeplift_captum", which reproduces that)."""
+ReLU it loses it (tests/captum_deeplift.py reproduces that, to compare with Captum)."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +25,7 @@ from onnx import TensorProto
 
 from ..rules import RULES
 from ..rulesets import Backward, ExtraInput, RuleSet
-from . import rule_set
+from ..rulesets import register_rule_set as rule_set
 from .split import on_path
 
 EPS = 1e-10
@@ -157,16 +157,3 @@ class DeepLift(RuleSet):
 def _zero(g):
     from onnx import numpy_helper
     return numpy_helper.from_array(np.zeros(1, g.np_float))
-
-
-@rule_set("deeplift_captum")
-class DeepLiftAsCaptumRuns(DeepLift):
-    """DeepLIFT as Captum 0.9 computes it where every MaxPool follows a ReLU (VGG, most CNNs):
-    Captum's ReLU reads its output gradient with a tensor hook that runs before the MaxPool's hook
-    on that same tensor rewrites it, so the ReLU's multiplier takes the plain gradient through the
-    MaxPool and the MaxPool's rule is lost (measured: equal to Captum to 2e-7; Captum misses
-    F(x) - F(x0) by up to 1e-2 on a small CNN). Here MaxPool keeps the chain rule. For comparisons
-    with Captum; the `deeplift` method uses the complete rule above, which equals Captum where a
-    new tensor separates the ReLU from the MaxPool."""
-    name = "deeplift_captum"
-    rescale_maxpool = False

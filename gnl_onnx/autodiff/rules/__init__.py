@@ -7,20 +7,7 @@ of nodes on the path from the image to the explained output, and only uses the g
 on that path, so a rule may return None for weights, shapes and other constants."""
 from __future__ import annotations
 
-from typing import Callable
+from . import activation, conv, elementwise, linear, norm, pool, reduce, shape  # noqa: F401 - they register
+from .registry import ALL_OUTPUTS, RULES, rule
 
-RULES: dict[str, Callable] = {}
-ALL_OUTPUTS: set[str] = set()
-
-
-def rule(*op_types: str, all_outputs: bool = False):
-    def register(function: Callable) -> Callable:
-        for op_type in op_types:
-            RULES[op_type] = function
-            if all_outputs:
-                ALL_OUTPUTS.add(op_type)
-        return function
-    return register
-
-
-from . import activation, conv, elementwise, linear, norm, pool, reduce, shape  # noqa: E402,F401
+__all__ = ["RULES", "ALL_OUTPUTS", "rule"]

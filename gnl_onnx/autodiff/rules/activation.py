@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import rule
+from .registry import rule
 
 # Masks of Relu/Clip outputs as 1x1 depthwise Convs (see conv_mask) instead of comparisons + Cast.
 # Off: alone it measured 2-10 % more CPU time (ONNX Runtime still reorders the gradient around the

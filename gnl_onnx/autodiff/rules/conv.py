@@ -9,7 +9,7 @@ import numpy as np
 
 
 from ...errors import UnsupportedModelError
-from . import rule
+from .registry import rule
 
 # Strided input gradients as s*s stride-1 Convs + DepthToSpace (subpixel_spread) instead of
 # ConvTranspose. Off: on ONNX Runtime CPU the interleave (DepthToSpace, Concat) costs more than the

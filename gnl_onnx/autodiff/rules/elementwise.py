@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from . import rule
+from .registry import rule
 
 
 @rule("Add", "Sum")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...errors import UnsupportedModelError
-from . import rule
+from .registry import rule
 
 
 @rule("Gemm")

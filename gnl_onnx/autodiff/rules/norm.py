@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import rule
+from .registry import rule
 
 
 @rule("BatchNormalization")

@@ -6,7 +6,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ...errors import UnsupportedModelError
-from . import rule
+from .registry import rule
 from .conv import spread_back, window_geometry
 
 

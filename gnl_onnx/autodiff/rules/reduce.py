@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import UnsupportedModelError
-from . import rule
+from .registry import rule
 
 
 def _axes(g, node):

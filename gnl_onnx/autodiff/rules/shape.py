@@ -5,7 +5,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ...errors import UnsupportedModelError
-from . import rule
+from .registry import rule
 
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")

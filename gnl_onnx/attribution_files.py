@@ -1,0 +1,87 @@
+"""Files in, files out: explain image files with a model and write heatmaps, overlays, raw
+attributions and a JSON summary (the service under the explain command and the demo). Every file
+is written atomically, and nothing that exists is replaced without overwrite."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, NonFiniteError, UsageError
+from .explainer import Explainer
+from .images import load_all
+from .output import atomic_write, prepare_folder, progress, unique_stems
+from .presets import class_names
+from .report import heatmap_png, overlay_png, reduce_channels
+
+BATCH = 8  # images per Explainer call: the Explainer still splits steps to the memory budget
+
+
+def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", steps=32, baseline="zeros",
+                      integration="gausslegendre", target=None, gate="paper", output="logit",
+                      memory_budget="auto", overwrite=False, input=None, output_name=None,
+                      summary_name="summary.json", layer=None):
+    """Explain image files (and .npy arrays, one or a batch each); returns (records of the
+    explained images, the images that failed: unreadable, or non-finite in the model)."""
+    prepare_folder(out)
+    arrays, names, bad = load_all(images, prep)
+    if not arrays:  # nothing to explain: write nothing
+        raise InputError(bad[0]["error"] if len(bad) == 1 else f"none of the {len(bad)} images could be read "
+                         f"(first: {bad[0]['error']})")
+    planned = [{kind: out / f"{stem}.{method}.{kind}" for kind in ("heatmap.png", "overlay.png", "npy")}
+               for stem in unique_stems(names)]
+    existing = [p for files in planned for p in files.values() if p.exists()]
+    if (out / summary_name).exists():
+        existing.append(out / summary_name)
+    if existing and not overwrite:
+        raise UsageError(f"{existing[0]} exists (and {len(existing) - 1} more); pass --overwrite to replace")
+    explainer = Explainer(model, method=method, steps=steps, baseline=baseline, integration=integration,
+                          memory_budget=memory_budget, gate=gate, output=output, input=input,
+                          black=prep.black(), layout=prep.layout, output_name=output_name, layer=layer,
+                          bounds=prep.bounds())
+    labels = class_names(preset) if preset else None
+    records, failed_names = [], []
+    bar = progress(len(arrays), method)
+    for lo in range(0, len(arrays), BATCH):
+        batch = list(range(lo, min(lo + BATCH, len(arrays))))
+        failed = set()
+        try:
+            result = explainer.explain(np.concatenate([arrays[i] for i in batch]), target)
+        except NonFiniteError as e:  # keep the finite images of the batch, name the others
+            for j, stage in zip(e.indices, e.stages):
+                failed.add(batch[j])
+                failed_names.append((names[batch[j]], stage))
+                bad.append({"image": names[batch[j]], "error": e.REASONS[stage]})
+            result = e.partial
+        for j, i in enumerate(batch):
+            if i in failed:
+                continue
+            attribution = result.attributions[j:j + 1]
+            files = planned[i]
+            atomic_write(files["npy"], lambda tmp, a=attribution: np.save(tmp, a))
+            per_pixel = reduce_channels(attribution, prep.layout, "sum")
+            heatmap_png(per_pixel, files["heatmap.png"])
+            overlay_png(prep.to_pixels(arrays[i]), per_pixel, files["overlay.png"])
+            record = result.summary(j)
+            record.update(image=names[i], files={k.split(".")[0]: str(v) for k, v in files.items()})
+            record["label"] = labels[record["target"]] if labels and record["target"] < len(labels) else None
+            record["probability"] = float(_softmax(result.scores[j])[record["target"]])
+            records.append(record)
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    if failed_names and not records:  # no image came out finite: an error, and nothing written
+        raise NonFiniteError(range(len(failed_names)), [s for _, s in failed_names],
+                             names=[n for n, _ in failed_names])
+    summary = {"model": str(model), "method": method, "explained": records, "skipped": bad}
+    atomic_write(out / summary_name, json.dumps(summary, indent=2))
+    return records, bad
+
+
+def _softmax(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+

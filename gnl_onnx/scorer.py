@@ -1,0 +1,67 @@
+"""The model, scored: one ONNX Runtime session of the model that gives softmax probabilities of
+images, which every faithfulness measure (deletion, insertion, ROAD) reads."""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UsageError
+from .graph import graph_inputs
+from .intake import prepare
+from .runtime import make_session
+from .targets import selected
+
+BATCH_SIZE = 16  # images per scoring run
+
+
+_NUMPY_OF_ORT = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+
+
+class Scorer:
+    """One ONNX Runtime session of the model, scoring images by softmax probabilities: a graph
+    ending in Softmax is used as it is, one ending in LogSoftmax is exponentiated
+    (targets.select_output(model, "prob")); any other output is taken as logits and softmaxed
+    here, in float64, over all its non-batch values (so [N, classes, 1, 1] heads work too)."""
+
+    def __init__(self, model, input: str | None = None, output_name: str | None = None, providers=None,
+                 threads: int | None = None):
+        source = prepare(model, input, output_name).for_rows  # a fixed batch freed where it can be
+        self.input_name, y = source.input, source.output
+        ending = next((n.op_type for n in source.proto.graph.node if y in n.output), None)
+        self.softmax_here = ending not in ("Softmax", "LogSoftmax")
+        prob = selected(source, "logit" if self.softmax_here else "prob").proto
+        others = [i.name for i in graph_inputs(prob.graph) if i.name != self.input_name]
+        if others:
+            raise UsageError(f"the model needs inputs besides the image ({', '.join(others)}); the metrics "
+                             "feed only the image")
+        dims = next(i for i in prob.graph.input if i.name == self.input_name).type.tensor_type.shape.dim
+        self.image_shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        # a model exported with batch 1 fixed runs one image at a time
+        self.max_batch = 1 if self.image_shape and self.image_shape[0] == 1 else None
+        self.session, self.provider = make_session(prob, providers, threads)
+        kind = next(i.type for i in self.session.get_inputs() if i.name == self.input_name)
+        self.dtype = _NUMPY_OF_ORT.get(kind, np.float32)
+
+    def probabilities(self, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """[N, classes] float64 probabilities of N images, run batch_size at a time."""
+        images = np.asarray(images)
+        step = max(1, int(batch_size) if self.max_batch is None else self.max_batch)
+        parts = []
+        for lo in range(0, len(images), step):
+            (out,) = self.session.run(None, {self.input_name: images[lo:lo + step].astype(self.dtype, copy=False)})
+            out = np.asarray(out, np.float64).reshape(len(out), -1)
+            if self.softmax_here:
+                out = np.exp(out - out.max(axis=1, keepdims=True))
+                out /= out.sum(axis=1, keepdims=True)
+            parts.append(out)
+        return np.concatenate(parts)
+
+    def __call__(self, images, target, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """[N] probability of class `target` for each image."""
+        p = self.probabilities(images, batch_size)
+        if not 0 <= int(target) < p.shape[1]:
+            raise UsageError(f"target {target} is out of range: the model has {p.shape[1]} classes")
+        return p[:, int(target)]
+
+
+def as_scorer(model_or_scorer) -> Scorer:
+    return model_or_scorer if isinstance(model_or_scorer, Scorer) else Scorer(model_or_scorer)
