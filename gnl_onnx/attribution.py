@@ -17,73 +17,24 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .cam import CAM_METHODS, cam_attribution, locate, scorecam_chunk
+from .batch import run_rows_one_at_a_time
 from .errors import ModelError, UsageError
 from .graph import GraphBuilder, prune, rename_value, skeleton, topological_sort
-from .batch import run_rows_one_at_a_time
 from .intake import PreparedModel, prepare
+from .methods import (LRP_METHODS, MAX_GAUSS_LEGENDRE_STEPS, METHODS, Method, get_method,  # noqa: F401 - also
+                      path_points)  # imported from here (METHODS, get_method: used)
 from .targets import OUTPUT_KINDS, select_output, selected  # noqa: F401 - select_output, OUTPUT_KINDS: imported from here too
 from .vjp import build_vjp, vjp_report
 
 METADATA_KEY = "gnl_onnx.attribution"
-MAX_GAUSS_LEGENDRE_STEPS = 1024
 INPUT_NAMES = ("baseline", "target", "alphas", "weights", "noise", "score_rows")
 ALL_ROWS = np.iinfo(np.int64).max
 OUTPUT_NAMES = ("attribution", "scores", "target_used", "baseline_scores")
-
-
-@dataclass(frozen=True)
-class Method:
-    rule: str    # gradient rule: "plain" chain rule or "guided" (positive gating)
-    factor: str  # what the weighted gradient is multiplied by: "delta" (image - baseline), "image", "none"
-    path: str    # how the runtime places the points: "image" (alpha 1), "line" (baseline -> image), "noise",
-    #              "reference" (the image and the baseline in one run: alphas [1, 0], weights [1, 0])
-    summary: str
-    cam: str | None = None     # a class activation map (gnl_onnx/cam/) at the target layer(s)
-    cam_times: bool = False    # the attribution is the gradient part times the map (else the map alone)
-    complete: bool = False     # sums to F(image) - F(baseline): the Explainer reports the gap as delta
-
-
-METHODS = {
-    "gradient": Method("plain", "none", "image", "the plain gradient of the score at the image"),
-    "input_x_gradient": Method("plain", "image", "image", "image times its plain gradient"),
-    "guided_backprop": Method("guided", "none", "image", "the guided gradient at the image "
-                              "(Springenberg et al.): only positive gradients through active units"),
-    "ig": Method("plain", "delta", "line", "integrated gradients (Sundararajan et al.): "
-                 "(image - baseline) times the mean plain gradient along the straight path", complete=True),
-    "gnl_ig": Method("guided", "delta", "line", "integrated gradients with guided non-linearity "
-                     "(Kwon et al., ICPR 2020): as ig, with guided gradients"),
-    "smoothgrad": Method("plain", "none", "noise", "SmoothGrad (Smilkov et al.): the mean plain "
-                         "gradient at noisy copies of the image"),
-}
-
-METHODS.update({name: Method(*row) for name, row in CAM_METHODS.items()})
-# Relevance propagation (gnl_onnx/autodiff/relevance): the seed is the one-hot of the target, so
-# an LRP map sums to about 1 (what biases and stabilizers absorb is missing), as in Zennit.
-METHODS.update({
-    "lrp_epsilon_plus_flat": Method("lrp_epsilon_plus_flat", "none", "image", "LRP, Zennit's EpsilonPlusFlat: "
-                                    "Flat at the first layer, ZPlus at convolutions, Epsilon at dense layers"),
-    "lrp_epsilon_gamma_box": Method("lrp_epsilon_gamma_box", "none", "image", "LRP, Zennit's EpsilonGammaBox: "
-                                    "ZBox at the first layer, Gamma(0.25) at convolutions, Epsilon at dense layers"),
-    "lrp_epsilon_alpha2_beta1_flat": Method("lrp_epsilon_alpha2_beta1_flat", "none", "image",
-                                            "LRP, Zennit's EpsilonAlpha2Beta1Flat: Flat at the first layer, "
-                                            "AlphaBeta(2, 1) at convolutions, Epsilon at dense layers"),
-    "deeplift": Method("deeplift", "delta", "reference", "DeepLIFT, Rescale rule (Shrikumar et al.; as Captum): "
-                       "(image - baseline) times multipliers (y - y0) / (x - x0) at non-linear units", complete=True),
-})
-LRP_METHODS = tuple(m for m in METHODS if m.startswith("lrp_"))
-
-
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise UsageError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
 
 
 def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
@@ -107,20 +58,21 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     deeplift takes alphas [1, 0] and weights [1, 0]: the last block of points is the reference of
     the others (the baseline). LRP methods take alphas [1] and no noise: their scores are at the
     first block of points."""
-    spec = get_method(method)
-    if layer and not spec.cam:
-        raise UsageError(f"--layer (layer=) is for the CAM methods ({', '.join(CAM_METHODS)}), not {method}")
+    spec = get_method(method).wrapped()  # a wrapper that runs its inner method's graph builds that one
+    if layer and not spec.takes_layer:
+        cams = ", ".join(name for name, m in METHODS.items() if m.takes_layer)
+        raise UsageError(f"--layer (layer=) is for the CAM methods ({cams}), not {method}")
     # a model read here is this call's alone: its output is selected in place (a copy of vgg16: 0.26 s)
     chosen = selected(prepare(model, input, output_name).for_rows, output,
                       in_place=not isinstance(model, PreparedModel))
     if chosen.batch == "fixed":
         raise ModelError(chosen.notes[0])
-    if chosen.one_per_run and spec.path == "reference":  # its image and reference rows must meet in one run
+    if chosen.one_per_run and spec.pairs_rows:  # its image and reference rows must meet in one run
         raise ModelError(f"{method} runs each image beside its baseline in one batch, which this model cannot "
                          "take (its batch is fixed at 1 in its graph); re-export it with a dynamic batch")
     x = chosen.input
     n_classes = (GraphBuilder(chosen.proto).shape(chosen.output) or [None])[-1]
-    layers, image_axis = locate(chosen.proto, x, chosen.output, layer) if spec.cam else ([], None)
+    layers, image_axis = spec.layers(chosen.proto, x, chosen.output, layer)
     vjp = build_vjp(chosen.proto, x, chosen.output, rule=spec.rule, gate=gate, layers=[a.name for a in layers],
                     layer_rule="plain", bounds=bounds)  # chosen is selected()'s own copy: built in place
     report = vjp_report(vjp)
@@ -138,8 +90,7 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     # Free the public names: the model's own values keep working under fresh names.
     builder = GraphBuilder(vjp)
     renamed = {}
-    extras = {name: public for name, public in zip(report["extra_inputs"], ("low", "high"))} \
-        if spec.rule in LRP_METHODS else {}
+    extras = dict(zip(report["extra_inputs"], spec.extra_input_names))  # inputs the rule set names publicly
     for public in INPUT_NAMES + OUTPUT_NAMES + tuple(extras.values()):
         if builder.has_name(public) and public not in extras:
             renamed[public] = builder.fresh(public)
@@ -166,7 +117,7 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     ])
     graph.input.extend(helper.make_value_info(name, extra_types[name]) for name in extras.values())
     g = builder
-    direct = spec.rule in LRP_METHODS or spec.path == "reference"
+    direct = spec.scores_at_points
     if not direct:  # optional (an initializer of the same name is its default: every image)
         graph.input.append(helper.make_tensor_value_info("score_rows", TensorProto.INT64, [1]))
         graph.initializer.append(numpy_helper.from_array(np.array([ALL_ROWS], np.int64), "score_rows"))
@@ -184,22 +135,20 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     else:
         scored = g.op("Slice", x, g.ints([0]), "score_rows", g.ints([0]))
         g.op("Concat", flat, scored, axis=0, out=points)
-    if spec.path == "reference":  # DeepLIFT: row r's reference is row (S-1) N + r mod N (the last block)
-        n_rows = g.op("Slice", image_shape, g.ints([0]), g.ints([1]))
-        every = g.op("Range", g.ints(0), g.op("Squeeze", g.op("Shape", points, end=1), g.ints([0])), g.ints(1))
-        last = g.op("Mul", g.op("Sub", g.op("Shape", "alphas"), g.ints([1])), n_rows)
-        g.op("Add", last, g.op("Mod", every, n_rows), out=renamed.get(report["extra_inputs"][0],
-                                                                        report["extra_inputs"][0]))
+    parts = {"x": x, "points": points, "image_shape": image_shape, "scores_all": scores_all, "renamed": renamed,
+             "layers": layers, "image_axis": image_axis,
+             "extra_inputs": [renamed.get(e, e) for e in report["extra_inputs"]]}
+    spec.add_rows(g, parts)  # what its rule set reads beside the points (DeepLIFT's reference rows)
     # scores at the images, the target, and the seed (one-hot on the target, zero for image rows)
     n = g.op("Slice", image_shape, g.ints([0]), g.ints([1]))
     steps = g.op("Shape", "alphas")
     rows = g.op("Mul", steps, n)
+    parts.update(n=n, rows=rows)
     if direct:
         g.op("Slice", scores_all, g.ints([0]), n, g.ints([0]), out="scores")
     else:
         g.op("Slice", scores_all, rows, g.ints([np.iinfo(np.int64).max]), g.ints([0]), out="scores")
-    if spec.path == "reference":
-        g.op("Slice", scores_all, g.op("Sub", rows, n), rows, g.ints([0]), out="baseline_scores")
+    spec.add_outputs(g, parts)
     top1 = g.op("ArgMax", "scores", axis=1, keepdims=0)
     if not direct:  # unscored images (score_rows < N) take their given target: top1 is padded for them
         unscored = g.op("Sub", n, g.op("Shape", "scores", end=1))
@@ -212,32 +161,29 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
         g.op("Identity", tiled, out=seed)
     else:
         at_images = g.op("Slice", one_hot, g.ints([0]), "score_rows", g.ints([0]))
-        g.op("Concat", tiled, at_images if spec.cam else g.op("Mul", at_images, g.const(0.0)), axis=0, out=seed)
-    # weighted sum of the path gradients, times the method's factor
+        g.op("Concat", tiled, at_images if spec.seeds_image_rows() else g.op("Mul", at_images, g.const(0.0)), axis=0,
+             out=seed)
+    # weighted sum of the path gradients, times the method's factor (or the method's own finish)
     path_grads = g.op("Slice", grads_all, g.ints([0]), rows, g.ints([0]))
     stacked = g.op("Reshape", path_grads, g.op("Concat", g.ints([-1]), image_shape, axis=0))
     weighted = g.op("ReduceSum", g.op("Mul", stacked, g.op("Reshape", "weights", per_step)),
                     g.ints([0]), keepdims=0)
     factor = {"delta": delta, "image": x, "none": None}[spec.factor]
-    if spec.cam:  # the map at the images' rows (their seed is one-hot too), alone or times the gradient part
-        weighted = cam_attribution(g, spec, layers, image_axis, rows, x, g.op("Mul", weighted, factor) if factor
-                                   else weighted, points, scores_all, renamed)
-        factor = None
+    weighted, factor = spec.finish(g, weighted, factor, parts)
     g.op("Mul", weighted, factor, out="attribution") if factor else g.op("Identity", weighted, out="attribution")
     graph.output.extend([
         helper.make_value_info("attribution", image_type),
         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", None]),
         helper.make_tensor_value_info("target_used", TensorProto.INT64, ["N"]),
     ])
-    if spec.path == "reference":
-        graph.output.append(helper.make_tensor_value_info("baseline_scores", TensorProto.FLOAT, ["N", None]))
+    graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", None])
+                        for name in spec.extra_outputs)
     del graph.value_info[:]  # shapes of the renamed batch changed; the runtime infers them again
     topological_sort(graph)
-    if spec.cam:  # map-only methods need no input gradient; Score-CAM's masked batch costs rows too
+    if spec.prunes:
         prune(graph)
-        row_bytes += row_bytes * scorecam_chunk(max(a.channels for a in layers)) // 2 \
-            if spec.cam == "scorecam" else 0  # the masked images of one loop step, forward only
-    info = {"method": method, "rule": spec.rule, "gate": gate, "output": output, "input": x,
+    row_bytes = spec.row_bytes(row_bytes, layers)
+    info = {"method": spec.name, "rule": spec.rule, "gate": gate, "output": output, "input": x,
             "layers": [a.name for a in layers],
             "gated": report["gated"], "summary": spec.summary, "bytes_per_row": row_bytes,
             "rules": dict(Counter(r["rule"] for r in report.get("rules", []))),
@@ -289,28 +235,3 @@ def attribution_info(model: onnx.ModelProto) -> dict:
     if entry is None:
         raise UsageError("this model was not made by gnl_onnx.attribution_model")
     return json.loads(entry.value)
-
-
-def path_points(steps: int, rule: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
-    """Points alpha in [0, 1] and weights of a quadrature of the integral over the path."""
-    if steps < 1:
-        raise UsageError(f"steps must be at least 1 (got {steps})")
-    k = np.arange(steps, dtype=np.float64)
-    if rule == "gausslegendre":
-        if steps > MAX_GAUSS_LEGENDRE_STEPS:  # numpy's leggauss builds a steps x steps matrix
-            raise UsageError(f"Gauss-Legendre takes at most {MAX_GAUSS_LEGENDRE_STEPS} steps (its error is "
-                             "already tiny there); use integration 'middle' or 'trapezoid' for more")
-        nodes, weights = np.polynomial.legendre.leggauss(steps)
-        alphas, weights = (nodes + 1) / 2, weights / 2
-    elif rule in ("left", "right", "middle"):
-        alphas = (k + {"left": 0.0, "right": 1.0, "middle": 0.5}[rule]) / steps
-        weights = np.full(steps, 1.0 / steps)
-    elif rule == "trapezoid":
-        if steps < 2:
-            raise UsageError("the trapezoid rule needs at least 2 steps")
-        alphas = k / (steps - 1)
-        weights = np.full(steps, 1.0 / (steps - 1))
-        weights[[0, -1]] /= 2
-    else:
-        raise UsageError(f"unknown integration rule '{rule}'; choose gausslegendre, left, right, middle or trapezoid")
-    return alphas.astype(np.float32), weights.astype(np.float32)

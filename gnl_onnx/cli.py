@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from .errors import GnlOnnxError, InputError, ModelError, UnsupportedModelError, UsageError
-from .attribution import METHODS, attribution_info, attribution_model
+from .attribution import attribution_info, attribution_model
 from .audit import audit_files
 from .check import check_files, load_thresholds, parse_checks, parse_threshold_flags
 from .demo import run_demo as demo
@@ -20,6 +20,7 @@ from .evaluation import ALL_METHODS as EVALUATED, FILES, parse_methods, parse_me
 from .explain import explain_files
 from .images import Preprocessing, find_images, from_model_shape, is_array_file
 from .inspection import inspect_model
+from .methods import METHODS, get_method
 from .intake import IntakeNote, prepare
 from .output import atomic_write, prepare_folder
 from .planning import plan_cost
@@ -105,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output-name", help="the output to explain, when the model has several")
 
     def method_args(p, default="gnl_ig"):
-        p.add_argument("--method", default=default, choices=sorted(METHODS),
-                       help=f"attribution method (default {default}; see README)")
+        p.add_argument("--method", default=default, type=method_name, metavar="METHOD",
+                       help=f"attribution method (default {default}): {', '.join(sorted(METHODS))}, or "
+                            "smoothgrad:METHOD, SmoothGrad over any of them (see README)")
         p.add_argument("--gate", default="paper", choices=["paper", "all"],
                        help="guided methods: gate Relu/MaxPool/Clip/LeakyRelu/PRelu (paper) or every "
                             "non-linear unit (all)")
@@ -229,6 +231,15 @@ def layer_args(p):
     p.add_argument("--layer", action="append", metavar="NAME",
                    help="CAM methods: the target layer, an ONNX value name (repeatable: the maps are averaged; "
                         "default: the last 4-D activation with a spatial size above 1; `gnl-onnx inspect` lists them)")
+
+
+def method_name(text: str) -> str:
+    """--method: a registered method, or a wrapper over one (smoothgrad:ig)."""
+    try:
+        get_method(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def seed_number(text: str) -> int:

@@ -13,7 +13,6 @@ import numpy as np
 
 import gnl_onnx.road as road
 
-from .attribution import METHODS
 from .errors import InputError, NonFiniteError, UsageError
 from .evaluation import (ALL_METHODS, DEFAULT_METRICS, FILES, METRICS, RANDOM, Evaluation,  # noqa: F401 - also
                          MethodSummary, attribute, parse_methods, parse_metrics, plot_curves, road_record,  # imported
@@ -24,6 +23,7 @@ from .intake import prepare
 from .metrics import BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE, Scorer, auc
 from .output import atomic_write, prepare_folder, progress, unique_stems
 from .report import ReportImages, evaluation_page
+from .settings import Settings
 
 
 BATCH = 8  # images per Explainer call; the Explainer still splits steps to the memory budget
@@ -36,7 +36,8 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
              deletion_substrate=DELETION_SUBSTRATE, insertion_substrate=INSERTION_SUBSTRATE,
              batch_size: int = BATCH_SIZE, seed: int = 0, names=None, progress=None, providers=None,
              threads: int | None = None, metrics=DEFAULT_METRICS, road_fractions=road.FRACTIONS,
-             road_noise: float = road.NOISE, road_span=None, keep=None, bounds=None, layer=None) -> Evaluation:
+             road_noise: float = road.NOISE, road_span=None, keep=None, bounds=None, layer=None,
+             settings: Settings | None = None) -> Evaluation:
     """Explain `images` (float32 [N, ...], the model's input) with every method and score each
     attribution by deletion and insertion, and by ROAD when metrics include "road" (road_span: the
     pixel range in the model's input space, road.span_of(preprocessing); None: 1.0, inputs in [0, 1];
@@ -46,17 +47,25 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
     `providers` and `threads` go to every ONNX Runtime session (default: CUDA when present, all cores).
     keep(method, indices, attributions), when given, sees each batch's attributions (the report's overlays).
     bounds: (low, high) of the input for lrp_epsilon_gamma_box (Preprocessing.bounds(); None: 0 and 1).
-    layer: the CAM methods' target layer(s) (value names; None: the default layer)."""
+    layer: the CAM methods' target layer(s) (value names; None: the default layer).
+    settings: the run's Settings (gnl_onnx/settings.py; its method is not read): with it, the
+    keywords it holds (steps ... memory_budget) are not read."""
     methods = parse_methods(methods)
-    settings = scoring(curve_steps, reduce, layout, batch_size, deletion_substrate, insertion_substrate, black,
-                       metrics, road_fractions, road_noise, road_span, seed)
+    if settings is None:
+        settings = Settings(steps=steps, baseline=baseline, integration=integration, gate=gate, output=output,
+                            input=input, output_name=output_name, layer=layer, bounds=bounds, black=black,
+                            layout=layout, seed=seed, threads=threads, providers=providers,
+                            memory_budget=memory_budget)
+    run = settings
+    scored = scoring(curve_steps, reduce, run.layout, batch_size, deletion_substrate, insertion_substrate, run.black,
+                       metrics, road_fractions, road_noise, road_span, run.seed)
     images = np.ascontiguousarray(images, dtype=np.float32)
     if images.ndim != 4:
         raise UsageError(f"expected a batch of images [N, C, H, W] or [N, H, W, C], got shape {images.shape}")
     n = len(images)
     names = list(names) if names is not None else [str(i) for i in range(n)]
-    model = prepare(model, input, output_name)  # read and normalized once for the scorer and every method
-    scorer = Scorer(model, input=input, output_name=output_name, providers=providers, threads=threads)
+    model = prepare(model, run.input, run.output_name)  # read and normalized once for the scorer and every method
+    scorer = Scorer(model, input=run.input, output_name=run.output_name, providers=run.providers, threads=run.threads)
     probabilities = scorer.probabilities(images, batch_size)
     broken = ~np.isfinite(probabilities).all(axis=1)
     if broken.any():  # the curves would be NaN: say which images and stop before any method runs
@@ -68,35 +77,31 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         if np.any(targets < 0) or np.any(targets >= probabilities.shape[1]):
             raise UsageError(f"target {target} is out of range: the model has {probabilities.shape[1]} classes")
     config = {"model": str(model),
-              "methods": methods, "steps": steps, **settings.config(),
-              "baseline": baseline if isinstance(baseline, str) else "array", "integration": integration,
-              "gate": gate, "output": output, "seed": seed, "provider": scorer.provider}
-    if layer:
-        config["layer"] = list(layer)
+              "methods": methods, "steps": run.steps, **scored.config(),
+              "baseline": run.baseline if isinstance(run.baseline, str) else "array", "integration": run.integration,
+              "gate": run.gate, "output": run.output, "seed": run.seed, "provider": scorer.provider}
+    if run.layer:
+        config["layer"] = list(run.layer)
     evaluation = Evaluation(config)
     curves: dict[str, dict[str, list]] = {}
     for method in methods:
         explainer = None
         if method != RANDOM:
-            explainer = Explainer(model, method=method, steps=steps, baseline=baseline, integration=integration,
-                                  memory_budget=memory_budget, gate=gate, output=output, input=input,
-                                  black=black, layout=layout, output_name=output_name, seed=seed,
-                                  providers=providers, threads=threads, bounds=bounds,
-                                  layer=layer if METHODS[method].cam else None)
+            explainer = Explainer(model, settings=run.for_method(method))
         per = curves.setdefault(method, {"deletion": [], "insertion": []}
-                                | ({"road_morf": [], "road_lerf": []} if settings.road else {}))
+                                | ({"road_morf": [], "road_lerf": []} if scored.road else {}))
         for lo in range(0, n, BATCH):
             part = slice(lo, min(n, lo + BATCH))
             start = time.perf_counter()
             try:
-                attributions = attribute(explainer, images[part], targets[part], range(part.start, part.stop), seed)
+                attributions = attribute(explainer, images[part], targets[part], range(part.start, part.stop), run.seed)
             except NonFiniteError as e:
                 raise e.named(names[part]) from None
             seconds = (time.perf_counter() - start) / (part.stop - part.start)
             if keep is not None:
                 keep(method, range(part.start, part.stop), attributions)
             for i, row in zip(range(part.start, part.stop),
-                              score_curves(scorer, images[part], attributions, targets[part], settings,
+                              score_curves(scorer, images[part], attributions, targets[part], scored,
                                            range(part.start, part.stop))):
                 for mode in per:
                     per[mode].append(row[mode])
@@ -107,11 +112,11 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
                     "steps": None if explainer is None else explainer.steps,
                     "attribution_seconds": round(seconds, 4),
                     "deletion_curve": row["deletion"].tolist(), "insertion_curve": row["insertion"].tolist(),
-                    **road_record(row, settings.road_fractions)})
+                    **road_record(row, scored.road_fractions)})
                 if progress is not None:
                     progress(1)
         evaluation.summaries[method] = summarize(method, per, None if explainer is None else explainer.steps,
-                                                 settings.road_fractions)
+                                                 scored.road_fractions)
     return evaluation
 
 

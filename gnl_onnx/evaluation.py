@@ -14,7 +14,7 @@ import numpy as np
 
 import gnl_onnx.road as road
 
-from .attribution import METHODS
+from .methods import METHODS, get_method
 from .errors import UsageError
 from .output import atomic_write
 from .road import FRACTIONS as ROAD_FRACTIONS
@@ -45,16 +45,24 @@ def parse_metrics(text) -> tuple[str, ...]:
     return tuple(m for m in METRICS if m in names)
 
 
+def _known(name: str) -> bool:
+    try:
+        get_method(name)
+    except UsageError:
+        return False
+    return True
+
+
 def parse_methods(text) -> list[str]:
     """'gnl_ig,ig,random' (or a list) -> the method names, checked, duplicates dropped."""
     names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text)]
     names = [m for m in dict.fromkeys(names) if m]
     if not names:
         raise UsageError("no methods given; e.g. --methods gnl_ig,ig,random")
-    unknown = [m for m in names if m != RANDOM and m not in METHODS]
+    unknown = [m for m in names if m != RANDOM and not _known(m)]
     if unknown:
         raise UsageError(f"unknown method {', '.join(map(repr, unknown))}; choose from "
-                         f"{', '.join(list(METHODS) + [RANDOM])}")
+                         f"{', '.join(list(METHODS) + [RANDOM])} (or smoothgrad:<method>)")
     return names
 
 

@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .attribution import METHODS, attribution_info, attribution_model, get_method, path_points
+from .attribution import attribution_info, attribution_model
 from .baselines import make_baseline
 from .budget import Budget, human_size
 from .errors import GnlOnnxError, NonFiniteError, UsageError
+from .methods import METHODS, get_method
 from .runtime import choose_providers, detach_weights, make_session, release_freed_memory
+from .settings import MAX_STEPS, Settings  # noqa: F401 - MAX_STEPS: imported from here
 
-MAX_STEPS = 100_000
 
 
 @dataclass
@@ -52,21 +53,26 @@ class Explainer:
                  gate: str = "paper", output: str = "logit", input: str | None = None,
                  output_name: str | None = None, black=None, layout: str | None = None, noise_level: float = 0.15,
                  seed: int = 0,
-                 threads: int | None = None, layer=None, bounds=None):
-        self.spec = get_method(method)
-        if not isinstance(steps, (int, np.integer)) or steps < 1 or steps > MAX_STEPS:
-            raise UsageError(f"steps must be an integer from 1 to {MAX_STEPS} (got {steps!r})")
-        self.method, self.integration = method, integration
-        self.steps = {"image": 1, "reference": 2}.get(self.spec.path, int(steps))
-        self.alphas, self.weights = self._points()
-        self.baseline, self.black, self.layout = baseline, black, layout
-        self.noise_level, self.seed = noise_level, seed
+                 threads: int | None = None, layer=None, bounds=None, settings: Settings | None = None):
+        """`settings`: the run's Settings (gnl_onnx/settings.py); without it, the keywords make one
+        (validated there). With it, the keywords are not read."""
+        if settings is None:
+            settings = Settings(method=method, steps=steps, baseline=baseline, integration=integration,
+                                providers=providers, memory_budget=memory_budget, gate=gate, output=output,
+                                input=input, output_name=output_name, black=black, layout=layout,
+                                noise_level=noise_level, seed=seed, threads=threads, layer=layer, bounds=bounds)
+        self.settings = s = settings
+        self.spec = get_method(s.method)
+        self.method, self.integration = s.method, s.integration
+        self.steps = self.spec.steps_run(int(s.steps))  # what it really runs (deeplift: 2, one-point methods: 1)
+        self.alphas, self.weights = self.spec.points(self.steps, s.integration)
+        self.baseline, self.black, self.layout = s.baseline, s.black, s.layout
+        self.noise_level, self.seed = s.noise_level, s.seed
+        providers, threads, memory_budget = s.providers, s.threads, s.memory_budget
         budget = Budget.resolve(memory_budget, choose_providers(providers)[0])
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise UsageError(f"the seed must be a non-negative integer (got {seed!r})")
         # The attribution model is not kept: the session holds its own copy of the weights.
-        attribution = attribution_model(model, method=method, gate=gate, output=output, input=input,
-                                        output_name=output_name, layer=layer, bounds=bounds)
+        attribution = attribution_model(model, method=s.method, gate=s.gate, output=s.output, input=s.input,
+                                        output_name=s.output_name, layer=s.layer, bounds=s.bounds)
         self.info = attribution_info(attribution)
         self.row_bytes = self.info["bytes_per_row"]
         budget = budget.fit(2 * self.row_bytes, memory_budget)  # one step of one image and its score
@@ -83,14 +89,6 @@ class Explainer:
         # a run after the first of an image's path scores nothing again (no extra rows): see chunks()
         self.scores_once = any(i.name == "score_rows" for i in self.session.get_overridable_initializers())
 
-    def _points(self):
-        if self.spec.path == "line":
-            return path_points(self.steps, self.integration)
-        if self.spec.path == "reference":  # the image, then its reference (the baseline), in one run
-            return np.array([1.0, 0.0], np.float32), np.array([1.0, 0.0], np.float32)
-        ones = np.ones(self.steps, np.float32)
-        return ones, ones / self.steps
-
     def chunks(self, n_images: int, steps: int | None = None) -> tuple[int, int]:
         """(images, steps) per run, as many rows as the memory budget holds. The first run of a
         path also carries one row per image for its scores (later runs of the same images skip
@@ -99,7 +97,7 @@ class Explainer:
         total = self.steps if steps is None else steps  # (another step count: what it would be)
         rows = self.budget // self.row_bytes
         images = max(1, min(n_images, rows // (total + 1)))
-        if self.spec.path == "reference":  # the image and its reference must share a run
+        if self.spec.pairs_rows:  # the image and its reference must share a run
             return images, total
         per_run = max(1, min(total, rows // images - 1))
         return images, -(-total // -(-total // per_run))  # runs of equal size: 128 = 43+43+42
@@ -125,11 +123,47 @@ class Explainer:
         if classes and np.any(targets >= classes):
             raise UsageError(f"target {int(targets.max())} is out of range: the model has {classes} classes "
                              f"(0 to {classes - 1}); a negative target means the top-1 class")
+        if self.spec.noisy_copies:
+            attributions, scores, targets, reference, baselines = self._noisy_copies(images, targets)
+        else:
+            attributions, scores, targets, reference, baselines = self._attribute(images, targets)
+        score = scores[np.arange(n), targets]
+        forward_bad = ~np.isfinite(scores).all(axis=1)
+        backward_bad = ~np.isfinite(attributions.reshape(n, -1)).all(axis=1) & ~forward_bad
+        delta = None
+        if self.spec.complete and reference is None:
+            per_run, _ = self.chunks(n)
+            reference = np.zeros_like(score)
+            for lo in range(0, n, per_run):
+                part = slice(lo, min(n, lo + per_run))
+                _, base_scores, _ = self._run(baselines[part], baselines[part], targets[part],
+                                              np.ones(1, np.float32), np.zeros(1, np.float32), None)
+                reference[part] = base_scores[np.arange(part.stop - part.start), targets[part]]
+        if self.spec.complete:
+            axes = tuple(range(1, images.ndim))
+            delta = attributions.sum(axis=axes) - (score - reference)
         baseline_name = self.baseline if isinstance(self.baseline, str) else "array"
-        baselines = make_baseline(self.baseline if self.spec.path in ("line", "reference") else "zeros", images,
+        result = Explanation(attributions, targets, score, scores, self.method,
+                             baseline_name if self.spec.uses_baseline else "none", self.steps,
+                             self.integration if self.spec.uses_integration else "none", self.provider,
+                             time.perf_counter() - start, delta, self.info["gated"], self.plan(n))
+        bad = np.flatnonzero(forward_bad | backward_bad)
+        if bad.size:  # never hand out NaN maps as if they meant something
+            raise NonFiniteError(bad, ["forward" if forward_bad[i] else "backward" for i in bad], partial=result)
+        return result
+
+    def _baselines(self, images):
+        baselines = make_baseline(self.baseline if self.spec.uses_baseline else "zeros", images,
                                   black=self.black, layout=self.layout, seed=self.seed)
         if not np.all(np.isfinite(baselines)):
             raise UsageError("the baseline contains NaN or infinite values; give a finite baseline")
+        return baselines
+
+    def _attribute(self, images, targets):
+        """(attributions, scores [N, classes], targets used, scores at the baselines or None, the
+        baselines): the method's graph over the images, in runs that fit the memory budget."""
+        n = len(images)
+        baselines = self._baselines(images)
         per_run, steps_per_run = self.chunks(n)
         attributions = np.zeros_like(images)
         scores = reference = None
@@ -156,28 +190,27 @@ class Explainer:
                 if at_baseline:
                     reference = np.zeros(n, np.float32) if reference is None else reference
                     reference[part] = at_baseline[0][np.arange(len(used)), used]
-        score = scores[np.arange(n), targets]
-        forward_bad = ~np.isfinite(scores).all(axis=1)
-        backward_bad = ~np.isfinite(attributions.reshape(n, -1)).all(axis=1) & ~forward_bad
-        delta = None
-        if self.spec.complete and reference is None:
-            reference = np.zeros_like(score)
-            for lo in range(0, n, per_run):
-                part = slice(lo, min(n, lo + per_run))
-                _, base_scores, _ = self._run(baselines[part], baselines[part], targets[part],
-                                              np.ones(1, np.float32), np.zeros(1, np.float32), None)
-                reference[part] = base_scores[np.arange(part.stop - part.start), targets[part]]
-        if self.spec.complete:
-            axes = tuple(range(1, images.ndim))
-            delta = attributions.sum(axis=axes) - (score - reference)
-        result = Explanation(attributions, targets, score, scores, self.method,
-                             baseline_name if self.spec.path in ("line", "reference") else "none", self.steps,
-                             self.integration if self.spec.path == "line" else "none", self.provider,
-                             time.perf_counter() - start, delta, self.info["gated"], self.plan(n))
-        bad = np.flatnonzero(forward_bad | backward_bad)
-        if bad.size:  # never hand out NaN maps as if they meant something
-            raise NonFiniteError(bad, ["forward" if forward_bad[i] else "backward" for i in bad], partial=result)
-        return result
+        return attributions, scores, targets, reference, baselines
+
+    def _noisy_copies(self, images, targets):
+        """SmoothGrad over a method that runs its own graph (gnl_onnx/methods/smoothgrad.py): the
+        class is chosen at the clean images (one point of weight 0 through the method's graph), then
+        the method explains that class at each noisy copy, and the attributions are averaged."""
+        n = len(images)
+        per_run, _ = self.chunks(n, 1)
+        baselines = self._baselines(images)
+        scores = None
+        for lo in range(0, n, per_run):
+            part = slice(lo, min(n, lo + per_run))
+            _, part_scores, used, *_ = self._run(images[part], baselines[part], targets[part],
+                                                 np.ones(1, np.float32), np.zeros(1, np.float32), None)
+            scores = np.zeros((n, part_scores.shape[1]), np.float32) if scores is None else scores
+            scores[part], targets[part] = part_scores, used
+        total = np.zeros(images.shape, np.float64)
+        for copy in range(self.spec.copies):
+            noisy = images + self._draw_noise(images, 0, slice(copy, copy + 1))[0]
+            total += self._attribute(noisy, targets.copy())[0]
+        return (total / self.spec.copies).astype(np.float32), scores, targets, None, baselines
 
     def _check_shape(self, images):
         expected = self.info["image_shape"]
@@ -195,8 +228,11 @@ class Explainer:
     def _noise(self, images, first_image, steps: slice):
         """SmoothGrad's noise for these images and steps; each (image, step) draws from its own
         seeded stream, so results do not depend on how the work is chunked."""
-        if self.spec.path != "noise":
+        if not self.spec.draws_noise:
             return None
+        return self._draw_noise(images, first_image, steps)
+
+    def _draw_noise(self, images, first_image, steps: slice):
         noise = np.empty((steps.stop - steps.start,) + images.shape, np.float32)
         for i, image in enumerate(images):
             spread = float(image.max() - image.min())

@@ -89,7 +89,7 @@ def plan_cost(model, methods=("gnl_ig", "ig", "gradient"), steps: int = 32, thre
     image = images[:1]
     costs, budget_note = [], resolve_budget(memory_budget, provider)[1]
     for method in methods:
-        along_steps = get_method(method).path in ("line", "noise")  # the others run a fixed set of points
+        along_steps = get_method(method).follows_steps  # the others run a fixed set of points
         explainer = Explainer(prepared, method=method, steps=min(steps, MEASURED_STEPS), threads=threads,
                               providers=providers, memory_budget=memory_budget)
         measured = _best_of(lambda e=explainer: e.explain(image), repeats=2)

@@ -136,7 +136,7 @@ def stepwise_reference(model, rule, factor, image, baseline, target, alphas, wei
 
 def test_every_method_has_a_reference():
     from gnl_onnx.attribution import LRP_METHODS  # checked against Zennit in tests/test_relevance.py
-    from gnl_onnx.cam import CAM_METHODS  # checked against pytorch-grad-cam in tests/test_cam.py
+    from gnl_onnx.methods import CAM_METHODS  # checked against pytorch-grad-cam in tests/test_cam.py
 
     relevance = set(LRP_METHODS) | {"deeplift"}  # deeplift: against Captum in tests/test_relevance.py
     assert set(METHODS) - set(CAM_METHODS) - relevance == set(EXPECTED)

@@ -92,7 +92,7 @@ def variants(methods: str = "all", exclude: str = "", network: str | None = None
     known = {method for method, _ in table.values()}
     for name, spec in METHODS.items():
         if name not in known:
-            table[f"{name} (zeros)" if spec.path == "line" else name] = (name, "zeros" if spec.path == "line" else None)
+            table[f"{name} (zeros)" if spec.uses_integration else name] = (name, "zeros" if spec.uses_integration else None)
     wanted = {w.strip() for w in methods.split(",") if w.strip()}
     if "all" not in wanted:
         unknown = wanted - set(table) - {m for m, _ in table.values()}

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from ..attribution import METHODS
+from ..methods import get_method
 from ..errors import InputError, UsageError
 from ..evaluation import (
     DEFAULT_METRICS,
@@ -51,7 +51,7 @@ class AuditWorker:
             memory_budget=s["memory_budget"], gate=s["gate"], output=s["output"], input=s["input"],
             black=s["prep"].black(), layout=s["prep"].layout, output_name=s["output_name"], seed=s["seed"],
             bounds=s["prep"].bounds(), providers=providers, threads=threads,
-            layer=s.get("layer") if METHODS[m].cam else None) for m in s["methods"]}
+            layer=s.get("layer") if get_method(m).takes_layer else None) for m in s["methods"]}
 
     def _load(self, path: str) -> np.ndarray:
         from pyarrow.fs import LocalFileSystem
@@ -73,8 +73,8 @@ class AuditWorker:
     def _attributions(self, method: str, images, targets, ids) -> np.ndarray:
         explainer = self.explainers[method]
         keys = [image_key(i) for i in ids]
-        if explainer is not None and (explainer.spec.path == "noise" or (
-                explainer.spec.path == "line" and explainer.baseline == "noise")):
+        if explainer is not None and (explainer.spec.draws_noise or explainer.spec.noisy_copies or (
+                explainer.spec.uses_baseline and explainer.baseline == "noise")):
             # SmoothGrad's noise and the noise baseline are drawn per call: one image per call,
             # seeded by its id, so the result does not depend on which batch the image is in
             results = []

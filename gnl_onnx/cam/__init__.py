@@ -23,30 +23,9 @@ The map [N, 1, H, W] ([N, H, W, 1] for NHWC images) is broadcast to the image's 
 attribution output keeps the image's shape for every method: each channel holds the map."""
 from __future__ import annotations
 
-# name: (rule of the input gradient, factor, path, summary, cam, the gradient part is used)
-CAM_METHODS = {
-    "gradcam": ("plain", "none", "image", "Grad-CAM (Selvaraju et al.): the target layer's channels weighted "
-                "by their mean gradient, ReLU, upsampled", "gradcam", False),
-    "gradcam_pp": ("plain", "none", "image", "Grad-CAM++ (Chattopadhyay et al.): channel weights from "
-                   "positive gradients and second/third-order alphas", "gradcam_pp", False),
-    "hirescam": ("plain", "none", "image", "HiResCAM (Draelos and Carin): the sum over channels of gradient "
-                 "times activation, per position", "hirescam", False),
-    "xgradcam": ("plain", "none", "image", "XGradCAM (Fu et al.): channels weighted by the activation-"
-                 "normalized sum of gradient times activation", "xgradcam", False),
-    "layercam": ("plain", "none", "image", "LayerCAM (Jiang et al.): the sum over channels of the positive "
-                 "gradient times activation", "layercam", False),
-    "eigencam": ("plain", "none", "image", "Eigen-CAM (Muhammad and Yeasin): the layer's first principal "
-                 "component (no gradient; power iteration in the graph)", "eigencam", False),
-    "scorecam": ("plain", "none", "image", "Score-CAM (Wang et al.): channels weighted by the softmax of the "
-                 "scores of the image masked by each upsampled channel (forward passes only)", "scorecam", False),
-    "guided_gradcam": ("guided", "none", "image", "Guided Grad-CAM: guided backprop times the upsampled "
-                       "Grad-CAM map", "gradcam", True),
-    "gnl_gradcam": ("guided", "delta", "line", "GNL-IG times the upsampled Grad-CAM map", "gradcam", True),
-}
+from .locate import Layer, candidates_report, default_layer, layer_candidates, locate, locate_layers
+from .maps import broadcast_to_image, cam_attribution, cam_map
+from .scorecam import scorecam_chunk, scorecam_rescore
 
-from .locate import Layer, candidates_report, default_layer, layer_candidates, locate, locate_layers  # noqa: E402
-from .maps import broadcast_to_image, cam_attribution, cam_map  # noqa: E402
-from .scorecam import scorecam_chunk, scorecam_rescore  # noqa: E402
-
-__all__ = ["CAM_METHODS", "Layer", "locate", "locate_layers", "layer_candidates", "default_layer", "candidates_report",
+__all__ = ["Layer", "locate", "locate_layers", "layer_candidates", "default_layer", "candidates_report",
            "cam_map", "cam_attribution", "broadcast_to_image", "scorecam_rescore", "scorecam_chunk"]

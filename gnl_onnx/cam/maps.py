@@ -133,16 +133,16 @@ def broadcast_to_image(g: GraphBuilder, cam: str, image: str, image_axis: int) -
     return g.op("Expand", cam, g.op("Shape", image), name="cam_like_image")
 
 
-def cam_attribution(g: GraphBuilder, spec, layers: list[Layer], image_axis: int, rows: str, image: str,
-                    gradient_part: str, points: str, logits: str, renamed: dict) -> str:
-    """The attribution of a CAM method inside attribution_model's graph: the map broadcast to the
-    image, times the gradient part (guided_gradcam, gnl_gradcam) or times sum(weights) (so that
-    runs over split steps still add up, as for the other methods)."""
+def cam_attribution(g: GraphBuilder, kind: str, times_gradient: bool, layers: list[Layer], image_axis: int, rows: str,
+                    image: str, gradient_part: str, points: str, logits: str, renamed: dict) -> str:
+    """The attribution of a CAM method inside attribution_model's graph: the map of `kind` broadcast
+    to the image, times the gradient part (times_gradient: guided_gradcam, gnl_gradcam) or times
+    sum(weights) (so that runs over split steps still add up, as for the other methods)."""
     grads = {a.name: renamed.get(f"{a.name}_grad", f"{a.name}_grad") for a in layers}
     rescore = (scorecam_rescore(g, image, image_axis, points, logits, "target_used")
-               if spec.cam == "scorecam" else None)
-    heat = broadcast_to_image(g, cam_map(g, spec.cam, layers, grads, rows, image, image_axis, rescore), image,
+               if kind == "scorecam" else None)
+    heat = broadcast_to_image(g, cam_map(g, kind, layers, grads, rows, image, image_axis, rescore), image,
                               image_axis)
-    if spec.cam_times:
+    if times_gradient:
         return g.op("Mul", gradient_part, heat)
     return g.op("Mul", heat, g.op("ReduceSum", "weights", g.ints([0]), keepdims=1))

@@ -68,7 +68,7 @@ class ModelChecker:
     # shared pieces
     def settings(self) -> dict:
 
-        steps = 1 if get_method(self.method).path == "image" else int(self.steps)  # as the Explainer runs it
+        steps = get_method(self.method).steps_run(self.steps)  # as the Explainer runs it (deeplift: 2)
         return {"method": self.method, "steps": steps, "baseline": self.baseline,
                 "integration": self.integration, "gate": self.gate, "output": self.output, "target": self.target,
                 "seed": self.seed, "preprocessing": None if self.prep is None else _plain(asdict(self.prep))}
@@ -82,7 +82,7 @@ class ModelChecker:
                 integration=self.integration, gate=self.gate, output=self.output, input=self.input_name,
                 output_name=self.output_name, black=None if self.prep is None else self.prep.black(),
                 bounds=None if self.prep is None else self.prep.bounds(),
-                layout=self._layout(), seed=self.seed, layer=self.layer if get_method(method).cam else None,
+                layout=self._layout(), seed=self.seed, layer=self.layer if get_method(method).takes_layer else None,
                 **self.runtime)
             if model is not None:
                 return explainer  # a changed copy of the model: not kept

@@ -1,0 +1,27 @@
+"""The registry of methods: name -> Method. Each family module registers its methods here; a name
+"smoothgrad:<method>" is SmoothGrad over that method (see smoothgrad.py), made on request."""
+from __future__ import annotations
+
+from ..errors import UsageError
+from .base import Method
+
+METHODS: dict[str, Method] = {}
+WRAPPERS: dict[str, type] = {}  # "smoothgrad" -> the wrapper class, filled by smoothgrad.py
+
+
+def register(*methods: Method) -> None:
+    for method in methods:
+        METHODS[method.name] = method
+
+
+def get_method(name) -> Method:
+    """The method called `name` (a Method is returned as it is)."""
+    if isinstance(name, Method):
+        return name
+    if name in METHODS:
+        return METHODS[name]
+    wrapper, _, inner = str(name).partition(":")
+    if inner and wrapper in WRAPPERS and inner in METHODS:
+        return WRAPPERS[wrapper](METHODS[inner])
+    raise UsageError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}, or smoothgrad:<method> "
+                     "(SmoothGrad over any of them)")
