@@ -400,12 +400,14 @@ def line_up(own: list[tuple[str, np.ndarray]], imposed: list[dict]) -> list[np.n
     for i, (op, value) in enumerate(own):
         scale = float(np.max(np.abs(value))) or 1.0
         for j in unused:
-            cand = np.asarray(imposed[j]["input"])
             if imposed[j]["op"] != op:
                 continue
-            if cand.ndim == 4 and cand.shape != value.shape and cand.transpose(0, 2, 3, 1).shape == value.shape:
-                cand = cand.transpose(0, 2, 3, 1)
-            if cand.shape == value.shape and np.max(np.abs(cand - value)) <= 1e-3 * scale:
+            given = np.asarray(imposed[j]["input"])
+            # NHWC as given, or NCHW (both can have one shape: C = H = W)
+            layouts = (given, given.transpose(0, 2, 3, 1)) if given.ndim == 4 else (given,)
+            cand = next((c for c in layouts if c.shape == value.shape
+                         and np.max(np.abs(c - value)) <= 1e-3 * scale), None)
+            if cand is not None:
                 out.append(np.ascontiguousarray(cand))
                 unused.remove(j)
                 break
