@@ -28,7 +28,7 @@ from .graph import GraphBuilder, prune, rename_value, skeleton, topological_sort
 from .intake import PreparedModel, prepare
 from .methods import (LRP_METHODS, MAX_GAUSS_LEGENDRE_STEPS, METHODS, Method, get_method,  # noqa: F401 - also
                       path_points)  # imported from here (METHODS, get_method: used)
-from .targets import OUTPUT_KINDS, select_output, selected  # noqa: F401 - select_output, OUTPUT_KINDS: imported from here too
+from .targets import OUTPUT_KINDS, get_target, select_output, selected  # noqa: F401 - also imported from here
 from .vjp import build_vjp, vjp_report
 
 METADATA_KEY = "gnl_onnx.attribution"
@@ -63,8 +63,8 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
         cams = ", ".join(name for name, m in METHODS.items() if m.takes_layer)
         raise UsageError(f"--layer (layer=) is for the CAM methods ({cams}), not {method}")
     # a model read here is this call's alone: its output is selected in place (a copy of vgg16: 0.26 s)
-    chosen = selected(prepare(model, input, output_name).for_rows, output,
-                      in_place=not isinstance(model, PreparedModel))
+    target = get_target(output)  # what is explained: it selects the output, chooses the class, seeds
+    chosen = target.select(prepare(model, input, output_name).for_rows, in_place=not isinstance(model, PreparedModel))
     if chosen.batch == "fixed":
         raise ModelError(chosen.notes[0])
     if chosen.one_per_run and spec.pairs_rows:  # its image and reference rows must meet in one run
@@ -149,13 +149,9 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     else:
         g.op("Slice", scores_all, rows, g.ints([np.iinfo(np.int64).max]), g.ints([0]), out="scores")
     spec.add_outputs(g, parts)
-    top1 = g.op("ArgMax", "scores", axis=1, keepdims=0)
-    if not direct:  # unscored images (score_rows < N) take their given target: top1 is padded for them
-        unscored = g.op("Sub", n, g.op("Shape", "scores", end=1))
-        top1 = g.op("Pad", top1, g.op("Concat", g.ints([0]), unscored, axis=0))
-    g.op("Where", g.op("Less", "target", g.ints(0)), top1, "target", out="target_used")
-    classes = g.op("Slice", g.op("Shape", "scores"), g.ints([1]), g.ints([2]))
-    one_hot = g.op("OneHot", "target_used", classes, g.const([0.0, 1.0]), axis=-1)
+    # unscored images (score_rows < N) take their given target
+    target.choose(g, "scores", "target", None if direct else n, out="target_used")
+    one_hot = target.seed(g, "scores", "target_used")
     tiled = g.op("Tile", one_hot, g.op("Concat", steps, g.ints([1]), axis=0))
     if direct:
         g.op("Identity", tiled, out=seed)

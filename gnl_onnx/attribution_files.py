@@ -14,6 +14,7 @@ from .images import load_all
 from .output import atomic_write, prepare_folder, progress, unique_stems
 from .presets import class_names
 from .report import heatmap_png, overlay_png, reduce_channels
+from .settings import Settings
 
 BATCH = 8  # images per Explainer call: the Explainer still splits steps to the memory budget
 
@@ -21,9 +22,16 @@ BATCH = 8  # images per Explainer call: the Explainer still splits steps to the 
 def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", steps=32, baseline="zeros",
                       integration="gausslegendre", target=None, gate="paper", output="logit",
                       memory_budget="auto", overwrite=False, input=None, output_name=None,
-                      summary_name="summary.json", layer=None):
+                      summary_name="summary.json", layer=None, settings: Settings | None = None):
     """Explain image files (and .npy arrays, one or a batch each); returns (records of the
-    explained images, the images that failed: unreadable, or non-finite in the model)."""
+    explained images, the images that failed: unreadable, or non-finite in the model). `settings`:
+    the run's Settings; without it, the keywords make one."""
+    if settings is None:  # the keywords make the run's settings (with the preprocessing's)
+        settings = Settings(method=method, steps=steps, baseline=baseline, integration=integration,
+                            memory_budget=memory_budget, gate=gate, output=output, input=input, output_name=output_name,
+                            layer=layer)
+    settings = settings.replace(black=prep.black(), layout=prep.layout, bounds=prep.bounds())
+    method = settings.method
     prepare_folder(out)
     arrays, names, bad = load_all(images, prep)
     if not arrays:  # nothing to explain: write nothing
@@ -36,10 +44,7 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
         existing.append(out / summary_name)
     if existing and not overwrite:
         raise UsageError(f"{existing[0]} exists (and {len(existing) - 1} more); pass --overwrite to replace")
-    explainer = Explainer(model, method=method, steps=steps, baseline=baseline, integration=integration,
-                          memory_budget=memory_budget, gate=gate, output=output, input=input,
-                          black=prep.black(), layout=prep.layout, output_name=output_name, layer=layer,
-                          bounds=prep.bounds())
+    explainer = Explainer(model, settings=settings)
     labels = class_names(preset) if preset else None
     records, failed_names = [], []
     bar = progress(len(arrays), method)

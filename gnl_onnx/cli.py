@@ -26,6 +26,7 @@ from .output import atomic_write, prepare_folder
 from .planning import plan_cost
 from .presets import PRESETS, get_preset
 from .report import image_png
+from .settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -95,7 +96,6 @@ def _note(message, category, filename, lineno, file=None, line=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-
     parser = argparse.ArgumentParser(prog="gnl-onnx", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -279,7 +279,6 @@ def metric_args(p):
 
 
 def explain_args(p):
-
     p.add_argument("--steps", type=int, default=32, help="integration steps (default 32)")
     p.add_argument("--baseline", default="zeros", choices=["zeros", "black", "blur", "noise"],
                    help="what the path starts from (default zeros in the model's input space; black "
@@ -302,7 +301,6 @@ def explain_args(p):
 
 
 def run_inspect(args) -> int:
-
     report = inspect_model(args.model, args.input, args.output_name)
     if args.cost and not report["unsupported"]:
 
@@ -336,7 +334,6 @@ def run_inspect(args) -> int:
 
 
 def run_convert(args) -> int:
-
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
@@ -406,15 +403,25 @@ def preprocessing_from(args, model=None, images=()):
     return prep, preset
 
 
-def run_explain(args) -> int:
+def run_settings(args, prep=None) -> Settings:
+    """The run's settings from the flags (validated here, once), with the preprocessing's black,
+    layout and input bounds."""
+    given = {name: getattr(args, name) for name in ("method", "steps", "baseline", "integration", "gate", "output",
+                                                    "input", "output_name", "layer", "seed", "threads",
+                                                    "memory_budget") if getattr(args, name, None) is not None}
+    if prep is not None:
+        given.update(black=prep.black(), layout=prep.layout, bounds=prep.bounds())
+    return Settings(**given)
 
+
+def run_explain(args) -> int:
     model = prepare(args.model, args.input, args.output_name)
     prep, preset = preprocessing_from(args, model, args.images)
-    return explain_files(model, args.images, Path(args.out), prep, preset, args)
+    return explain_files(model, args.images, Path(args.out), prep, preset, run_settings(args, prep), target=args.target,
+                         overwrite=args.overwrite)
 
 
 def run_evaluate(args) -> int:
-
     methods = parse_methods(args.methods)  # bad names fail before anything is loaded or written
     metrics = parse_metrics(args.metrics)
     model = prepare(args.model, args.input, args.output_name)
@@ -426,14 +433,10 @@ def run_evaluate(args) -> int:
         raise UsageError("--limit applies to --dataset only")
     images = find_images(named, args.image_dir)
     return evaluate_files(model, images, Path(args.out), prep, methods, overwrite=args.overwrite,
-                          steps=args.steps, curve_steps=args.curve_steps, reduce=args.reduce,
-                          baseline=args.baseline, integration=args.integration, target=args.target,
-                          gate=args.gate, output=args.output, memory_budget=args.memory_budget,
-                          input=args.input, output_name=args.output_name,
-                          deletion_substrate=args.deletion_substrate,
-                          insertion_substrate=args.insertion_substrate, batch_size=args.batch_size,
-                          seed=args.seed, threads=args.threads, metrics=metrics,
-                          road_fractions=args.road_fractions, road_noise=args.road_noise, layer=args.layer)
+                          settings=run_settings(args, prep), curve_steps=args.curve_steps, reduce=args.reduce,
+                          target=args.target, deletion_substrate=args.deletion_substrate,
+                          insertion_substrate=args.insertion_substrate, batch_size=args.batch_size, metrics=metrics,
+                          road_fractions=args.road_fractions, road_noise=args.road_noise)
 
 
 def save_dataset(name: str, limit, seed: int, folder: Path, overwrite: bool) -> list[str]:
@@ -455,39 +458,30 @@ def save_dataset(name: str, limit, seed: int, folder: Path, overwrite: bool) -> 
 
 
 def run_check(args) -> int:
-
-
     checks = parse_checks(args.checks)
     thresholds, config = load_thresholds(args.model, args.config, parse_threshold_flags(args.threshold))
     model = prepare(args.model, args.input, args.output_name)
     prep = preprocessing_from(args, model, args.images)[0] if args.images else None
     return check_files(model, args.images, prep, checks, reference=args.reference,
                        save_reference=args.save_reference, junit=args.junit, json_path=args.json,
-                       overwrite=args.overwrite, thresholds=thresholds, config=config, method=args.method,
-                       steps=args.steps, baseline=args.baseline, integration=args.integration, gate=args.gate,
-                       output=args.output, target=args.target, input=args.input, output_name=args.output_name,
-                       memory_budget=args.memory_budget, seed=args.seed, threads=args.threads, layer=args.layer)
+                       overwrite=args.overwrite, thresholds=thresholds, config=config, target=args.target,
+                       settings=run_settings(args, prep))
 
 
 def run_audit(args) -> int:
-
-
     methods = parse_methods(args.methods)  # a bad name fails before anything is loaded
     model = prepare(args.model, args.input, args.output_name)
     prep, _ = preprocessing_from(args, model, [args.images])
     return audit_files(model, args.images, Path(args.out), prep, methods, engine=args.engine,
                        address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                        labels=args.labels, overwrite=args.overwrite, images_per_batch=args.images_per_batch,
-                       steps=args.steps, curve_steps=args.curve_steps, reduce=args.reduce, baseline=args.baseline,
-                       integration=args.integration, target=args.target, gate=args.gate, output=args.output,
-                       memory_budget=args.memory_budget, input=args.input, output_name=args.output_name,
-                       deletion_substrate=args.deletion_substrate, insertion_substrate=args.insertion_substrate,
-                       batch_size=args.batch_size, seed=args.seed, threads=args.threads, metrics=args.metrics,
-                       road_fractions=args.road_fractions, road_noise=args.road_noise, layer=args.layer)
+                       settings=run_settings(args, prep), curve_steps=args.curve_steps, reduce=args.reduce,
+                       target=args.target, deletion_substrate=args.deletion_substrate,
+                       insertion_substrate=args.insertion_substrate, batch_size=args.batch_size,
+                       metrics=args.metrics, road_fractions=args.road_fractions, road_noise=args.road_noise)
 
 
 def run_demo(args) -> int:
-
     return demo(Path(args.out), args.steps, args.overwrite)
 
 

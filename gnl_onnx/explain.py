@@ -9,14 +9,15 @@ from pathlib import Path
 import gnl_onnx.budget as _budget
 import gnl_onnx.explainer as _explainer
 from .attribution_files import explain_to_folder
+from .settings import Settings
 
 
-def explain_files(model, images: list[str], out: Path, prep, preset, args) -> int:
-    records, bad = explain_to_folder(model, images, out, prep, preset, method=args.method, steps=args.steps,
-                                     baseline=args.baseline, integration=args.integration, target=args.target,
-                                     gate=args.gate, output=args.output, memory_budget=args.memory_budget,
-                                     overwrite=args.overwrite, input=args.input, output_name=args.output_name,
-                                     layer=getattr(args, "layer", None))
+def explain_files(model, images: list[str], out: Path, prep, preset, settings: Settings, target=None,
+                  overwrite: bool = False) -> int:
+    """The `gnl-onnx explain` command: explain the image files with the run's settings, print
+    what was written; 0 done, 1 some images were skipped."""
+    records, bad = explain_to_folder(model, images, out, prep, preset, target=target, overwrite=overwrite,
+                                     settings=settings)
     for r in records:
         label = f" ({r['label']})" if r.get("label") else ""
         print(f"{r['image']}: class {r['target']}{label}, {r['method']} -> {r['files']['overlay']}")

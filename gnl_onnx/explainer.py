@@ -14,6 +14,7 @@ from .errors import GnlOnnxError, NonFiniteError, UsageError
 from .methods import METHODS, get_method
 from .runtime import choose_providers, detach_weights, make_session, release_freed_memory
 from .settings import MAX_STEPS, Settings  # noqa: F401 - MAX_STEPS: imported from here
+from .targets import get_target
 
 
 
@@ -63,6 +64,7 @@ class Explainer:
                                 noise_level=noise_level, seed=seed, threads=threads, layer=layer, bounds=bounds)
         self.settings = s = settings
         self.spec = get_method(s.method)
+        self.target = get_target(s.output)  # what is explained (the graph's seed and score come from it)
         self.method, self.integration = s.method, s.integration
         self.steps = self.spec.steps_run(int(s.steps))  # what it really runs (deeplift: 2, one-point methods: 1)
         self.alphas, self.weights = self.spec.points(self.steps, s.integration)
@@ -127,7 +129,7 @@ class Explainer:
             attributions, scores, targets, reference, baselines = self._noisy_copies(images, targets)
         else:
             attributions, scores, targets, reference, baselines = self._attribute(images, targets)
-        score = scores[np.arange(n), targets]
+        score = self.target.score(scores, targets)
         forward_bad = ~np.isfinite(scores).all(axis=1)
         backward_bad = ~np.isfinite(attributions.reshape(n, -1)).all(axis=1) & ~forward_bad
         delta = None

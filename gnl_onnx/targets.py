@@ -1,10 +1,17 @@
-"""What is explained: the model's output chosen and reduced to one class score per image.
+"""What is explained: a target picks the model's explained output, chooses what each image's score
+is (the class: top-1 or given), builds the seed of the backward pass (the one-hot of that class),
+and reads the score from the outputs. Methods never ask which target they explain: every attribution
+graph takes the seed and scores a target builds (gnl_onnx/attribution.py).
 
-select_output / selected: the explained output as [N, classes], the logits in front of a final
-Softmax/LogSoftmax (the default), their softmax or their log-softmax."""
+ClassScore: a classifier's class logit (the default), probability or log-probability, of the top-1
+class or a given one. select_output / selected: the explained output as [N, classes], the logits in
+front of a final Softmax/LogSoftmax, their softmax or their log-softmax.
+
+A detector's box or a segmenter's mask is another Target: its own explained output, its own seed
+(the box's score, the mask's pixels) and score; the methods and the runtime stay as they are."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -64,3 +71,41 @@ def selected(prepared: PreparedModel, kind: str = "logit", in_place: bool = Fals
         graph.output.append(helper.make_tensor_value_info(chosen, declared.elem_type, list(shape)))
     prune(graph)
     return replace(prepared, proto=model, output=chosen)
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class score per image, as `output` says ("logit", "prob" or "logprob"); the class is the
+    given target, or the top-1 where the target is negative."""
+    output: str = "logit"
+
+    def __post_init__(self):
+        if self.output not in OUTPUT_KINDS:
+            raise UsageError(f"unknown output '{self.output}'; choose one of {', '.join(OUTPUT_KINDS)}")
+
+    def select(self, prepared: PreparedModel, in_place: bool = False) -> PreparedModel:
+        """The prepared model with its explained output, [N, classes]."""
+        return selected(prepared, self.output, in_place=in_place)
+
+    def choose(self, g: GraphBuilder, scores: str, given: str, n: str | None = None, out: str = "") -> str:
+        """In the graph: the class explained per image (`given`, or the top-1 of `scores` where it is
+        negative). n: the number of images, when fewer have score rows (the others keep `given`)."""
+        top1 = g.op("ArgMax", scores, axis=1, keepdims=0)
+        if n is not None:
+            unscored = g.op("Sub", n, g.op("Shape", scores, end=1))
+            top1 = g.op("Pad", top1, g.op("Concat", g.ints([0]), unscored, axis=0))
+        return g.op("Where", g.op("Less", given, g.ints(0)), top1, given, out=out)
+
+    def seed(self, g: GraphBuilder, scores: str, chosen: str) -> str:
+        """In the graph: the seed of the backward pass for each image, the one-hot of its class."""
+        classes = g.op("Slice", g.op("Shape", scores), g.ints([1]), g.ints([2]))
+        return g.op("OneHot", chosen, classes, g.const([0.0, 1.0]), axis=-1)
+
+    def score(self, scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """The explained score of each image, from the outputs [N, classes]."""
+        return scores[np.arange(len(chosen)), chosen]
+
+
+def get_target(output) -> ClassScore:
+    """The target explained: a Target is returned as it is, an output kind becomes a ClassScore."""
+    return output if isinstance(output, ClassScore) else ClassScore(output)

@@ -11,13 +11,13 @@ import numpy as np
 
 from ..errors import UsageError
 from ..evaluation import DEFAULT_METRICS, FILES, Evaluation, parse_methods, scoring
-from ..explainer import MAX_STEPS
 from ..intake import model_sha256, prepare
 from ..output import progress as progress_bar
 from ..metrics import BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE
 from ..road import FRACTIONS as ROAD_FRACTIONS
 from ..road import NOISE as ROAD_NOISE
 from ..road import span_of
+from ..settings import Settings
 from .engines import _run_local, _run_ray_started
 from .layout import CRASH_ENV, RESULTS, SUMMARY
 from .sources import list_images, need_pyarrow, need_ray, read_labels
@@ -48,7 +48,7 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
           deletion_substrate=DELETION_SUBSTRATE, insertion_substrate=INSERTION_SUBSTRATE,
           batch_size: int = BATCH_SIZE, seed: int = 0, providers=None, threads: int | None = None,
           progress: bool = True, metrics=DEFAULT_METRICS, road_fractions=ROAD_FRACTIONS,
-          road_noise: float = ROAD_NOISE, layer=None) -> AuditResult:
+          road_noise: float = ROAD_NOISE, layer=None, settings: Settings | None = None) -> AuditResult:
     """Audit every image under `images` (a folder or URI) with `methods`; write OUT as the module
     docstring says and return what happened. Resumes an earlier audit in OUT with the same settings.
     metrics: "deletion,insertion" or "deletion,insertion,road" (ROAD's noise: road_noise of the
@@ -65,8 +65,14 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
         if given:
             raise UsageError(f"{', '.join(given)} are for --engine ray; add --engine ray (the local engine uses "
                              "CUDA by itself when onnxruntime-gpu sees a GPU)")
-    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
-        raise UsageError(f"steps must be an integer from 1 to {MAX_STEPS} (got {steps!r})")
+    if settings is None:  # the run's settings, checked here, before any worker starts
+        settings = Settings(steps=steps, baseline=baseline, integration=integration, gate=gate, output=output,
+                            input=input, output_name=output_name, layer=layer, seed=seed, threads=threads,
+                            providers=providers, memory_budget=memory_budget)
+    run = settings.replace(black=prep.black(), layout=prep.layout, bounds=prep.bounds())
+    steps, baseline, integration, gate, output = run.steps, run.baseline, run.integration, run.gate, run.output
+    input, output_name, layer, seed, threads = run.input, run.output_name, run.layer, run.seed, run.threads
+    providers, memory_budget = run.providers, run.memory_budget
     for name, value in (("workers", workers), ("images per batch", images_per_batch)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise UsageError(f"{name} must be a positive integer (got {value!r})")
@@ -98,7 +104,8 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
                 "integration": integration, "gate": gate, "output": output, "target": target, "seed": int(seed),
                 "input": input, "output_name": output_name, "memory_budget": memory_budget,
                 "providers": providers, "batch_size": int(batch_size), **checked.config(),
-                "crash_marker": os.environ.get(CRASH_ENV), "layer": list(layer) if layer else None}
+                "crash_marker": os.environ.get(CRASH_ENV), "layer": list(layer) if layer else None,
+                "run": run}  # the Settings (the keys above: the identity and engines' sizing read them)
     if rows:
         bar = _progress(pending) if progress else None
 

@@ -11,7 +11,6 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from ..methods import get_method
 from ..errors import InputError, UsageError
 from ..evaluation import (
     DEFAULT_METRICS,
@@ -46,12 +45,9 @@ class AuditWorker:
                                s.get("road_noise", ROAD_NOISE), span_of(s["prep"]), s["seed"])
         self.scorer = Scorer(s["model"], input=s["input"], output_name=s["output_name"], providers=providers,
                              threads=threads)
-        self.explainers = {m: None if m == RANDOM else Explainer(
-            s["model"], method=m, steps=s["steps"], baseline=s["baseline"], integration=s["integration"],
-            memory_budget=s["memory_budget"], gate=s["gate"], output=s["output"], input=s["input"],
-            black=s["prep"].black(), layout=s["prep"].layout, output_name=s["output_name"], seed=s["seed"],
-            bounds=s["prep"].bounds(), providers=providers, threads=threads,
-            layer=s.get("layer") if get_method(m).takes_layer else None) for m in s["methods"]}
+        run = s["run"].replace(providers=providers, threads=threads)
+        self.explainers = {m: None if m == RANDOM else Explainer(s["model"], settings=run.for_method(m))
+                           for m in s["methods"]}
 
     def _load(self, path: str) -> np.ndarray:
         from pyarrow.fs import LocalFileSystem

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from ..attribution import LRP_METHODS, get_method
+from ..methods import LRP_METHODS, get_method
 from ..errors import GnlOnnxError, InputError, UnsupportedModelError, UsageError
 from ..explainer import Explainer
 from ..graph import graph_inputs
@@ -22,6 +22,7 @@ from ..intake import model_sha256, prepare
 from ..pixels import ranking, spearman
 from ..pixels import reduce_to_pixels as pixel_map
 from ..runtime import make_session
+from ..settings import Settings
 from ..targets import selected
 from ..vjp import vjp_model, vjp_report
 from .randomization import randomize_layers, weighted_layers
@@ -43,10 +44,17 @@ class ModelChecker:
                  gate: str = "paper", output: str = "logit", target: int | None = None,
                  input: str | None = None, output_name: str | None = None, thresholds: Thresholds | None = None,
                  memory_budget="auto", seed: int = 0, providers=None, threads: int | None = None,
-                 config: str | None = None, layer=None):
-
-        get_method(method)
-        self.source = prepare(model, input, output_name)  # read and normalized once for every check
+                 config: str | None = None, layer=None, settings: Settings | None = None):
+        """`settings`: the run's Settings (gnl_onnx/settings.py); with it, the keywords it holds
+        (method ... layer) are not read."""
+        if settings is None:
+            settings = Settings(method=method, steps=steps, baseline=baseline, integration=integration, gate=gate,
+                                output=output, input=input, output_name=output_name, memory_budget=memory_budget,
+                                seed=seed, providers=providers, threads=threads, layer=layer)
+        self.run_settings = settings
+        method, steps, baseline, integration = settings.method, settings.steps, settings.baseline, settings.integration
+        gate, output, seed, layer = settings.gate, settings.output, settings.seed, settings.layer
+        self.source = prepare(model, settings.input, settings.output_name)  # read and normalized once for every check
         self.path = None if self.source.path is None else Path(self.source.path)
         self.model_sha256 = model_sha256(model)
         self.input_name, self.output_name = self.source.input, self.source.output
@@ -60,7 +68,6 @@ class ModelChecker:
         self.gate, self.output, self.target, self.seed = gate, output, target, seed
         self.thresholds = thresholds or Thresholds()
         self.config = config
-        self.runtime = {"memory_budget": memory_budget, "providers": providers, "threads": threads}
         self.layer = layer  # the CAM methods' target layer(s); None: the default
         self._explanations: dict = {}
         self._random_inputs = None
@@ -77,13 +84,10 @@ class ModelChecker:
 
         key = ("explainer", method)
         if model is not None or key not in self._explanations:
-            explainer = Explainer(
-                self.source if model is None else model, method=method, steps=self.steps, baseline=self.baseline,
-                integration=self.integration, gate=self.gate, output=self.output, input=self.input_name,
-                output_name=self.output_name, black=None if self.prep is None else self.prep.black(),
-                bounds=None if self.prep is None else self.prep.bounds(),
-                layout=self._layout(), seed=self.seed, layer=self.layer if get_method(method).takes_layer else None,
-                **self.runtime)
+            explainer = Explainer(self.source if model is None else model, settings=self.run_settings.for_method(
+                method).replace(input=self.input_name, output_name=self.output_name, layout=self._layout(),
+                                black=None if self.prep is None else self.prep.black(),
+                                bounds=None if self.prep is None else self.prep.bounds()))
             if model is not None:
                 return explainer  # a changed copy of the model: not kept
             self._explanations[key] = explainer
@@ -220,7 +224,7 @@ class ModelChecker:
         return forward, backward, "float32", why
 
     def _session_options(self):
-        return {"providers": self.runtime["providers"], "threads": self.runtime["threads"]}
+        return {"providers": self.run_settings.providers, "threads": self.run_settings.threads}
 
     def _scores(self, session, points, target: int) -> np.ndarray:
         fixed = session.get_inputs()[0].shape[0] == 1
