@@ -15,12 +15,12 @@ import gnl_onnx.road as road
 
 from .errors import InputError, NonFiniteError, UsageError
 from .evaluation import (ALL_METHODS, DEFAULT_METRICS, FILES, METRICS, RANDOM, Evaluation,  # noqa: F401 - also
-                         MethodSummary, attribute, parse_methods, parse_metrics, plot_curves, road_record,  # imported
-                         score_curves, scoring, summarize, write_csv)  # from here
+                         MethodSummary, attribute, image_record, parse_methods, parse_metrics, plot_curves,  # imported
+                         road_record, score_curves, scoring, summarize, write_csv)  # from here
 from .explainer import Explainer
 from .images import find_images, load_all  # noqa: F401 - find_images: imported from here by callers
 from .intake import prepare
-from .metrics import BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE, Scorer, auc
+from .metrics import BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE, Scorer
 from .output import atomic_write, prepare_folder, progress, unique_stems
 from .report import ReportImages, evaluation_page
 from .settings import Settings
@@ -88,8 +88,7 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         explainer = None
         if method != RANDOM:
             explainer = Explainer(model, settings=run.for_method(method))
-        per = curves.setdefault(method, {"deletion": [], "insertion": []}
-                                | ({"road_morf": [], "road_lerf": []} if scored.road else {}))
+        per = curves.setdefault(method, {name: [] for m in scored.measures for name in m.curve_names})
         for lo in range(0, n, BATCH):
             part = slice(lo, min(n, lo + BATCH))
             start = time.perf_counter()
@@ -108,11 +107,8 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
                 evaluation.records.append({
                     "image": names[i], "method": method, "target": int(targets[i]),
                     "probability": float(probabilities[i, targets[i]]),
-                    "deletion_auc": auc(row["deletion"]), "insertion_auc": auc(row["insertion"]),
-                    "steps": None if explainer is None else explainer.steps,
-                    "attribution_seconds": round(seconds, 4),
-                    "deletion_curve": row["deletion"].tolist(), "insertion_curve": row["insertion"].tolist(),
-                    **road_record(row, scored.road_fractions)})
+                    **image_record(row, scored, steps=None if explainer is None else explainer.steps,
+                                   attribution_seconds=round(seconds, 4))})
                 if progress is not None:
                     progress(1)
         evaluation.summaries[method] = summarize(method, per, None if explainer is None else explainer.steps,

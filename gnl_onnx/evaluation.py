@@ -16,6 +16,7 @@ import gnl_onnx.road as road
 
 from .methods import METHODS, get_method
 from .errors import UsageError
+from .measures import MEASURES
 from .output import atomic_write
 from .road import FRACTIONS as ROAD_FRACTIONS
 from .road import NOISE as ROAD_NOISE
@@ -221,6 +222,11 @@ class Scoring:
     road_span: object = 1.0
     seed: int = 0
 
+    @property
+    def measures(self) -> tuple:
+        """The measures every attribution is scored by (gnl_onnx/measures.py), in METRICS order."""
+        return tuple(MEASURES[name] for name in METRICS if name in DEFAULT_METRICS or (name == "road" and self.road))
+
     def config(self) -> dict:
         """The settings as evaluation.config states them (substrate arrays come from "black").
         ROAD's settings only when it is measured: without it the config is what it always was."""
@@ -265,65 +271,62 @@ def attribute(explainer, images, targets, random_keys, seed: int = 0) -> np.ndar
 
 
 def score_curves(scorer, images, attributions, targets, scoring: Scoring, keys=None) -> list[dict[str, np.ndarray]]:
-    """The deletion and insertion curves of each image's attribution, tracking its target's probability,
-    and with scoring.road the ROAD curves "road_morf" and "road_lerf", their noise seeded by
-    (scoring.seed, the image's key): keys[i] (default: i)."""
+    """The curves of each image's attribution by every measure of `scoring` (deletion and insertion;
+    with scoring.road the ROAD curves "road_morf" and "road_lerf", their noise seeded by
+    (scoring.seed, the image's key): keys[i] (default: i)), tracking its target's probability."""
     curves = []
     for i in range(len(images)):
         order = ranking(reduce_to_pixels(attributions[i:i + 1], scoring.layout, scoring.reduce))
-        curves.append({mode: perturbation_curve(scorer, images[i:i + 1], order, substrate, scoring.curve_steps,
-                                                mode, scoring.batch_size, int(targets[i]), scoring.layout)
-                       for mode, substrate in (("deletion", scoring.deletion_substrate),
-                                               ("insertion", scoring.insertion_substrate))})
-        if scoring.road:
-            key = i if keys is None else keys[i]
-            for which in road.ORDERS:
-                curves[-1]["road_" + which] = road.road_curve(
-                    scorer, images[i:i + 1], order, scoring.road_fractions, which, scoring.road_noise,
-                    scoring.road_span, scoring.seed, key, int(targets[i]), scoring.batch_size, scoring.layout)
+        key = i if keys is None else keys[i]
+        row = {}
+        for measure in scoring.measures:
+            row.update(measure.curves(scorer, images[i:i + 1], order, int(targets[i]), key, scoring))
+        curves.append(row)
     return curves
+
+
+def measured(curves: dict) -> tuple:
+    """The measures whose curves are in `curves` (one image's, or per-method lists)."""
+    return tuple(m for m in MEASURES.values() if all(curves.get(c) is not None and len(curves[c])
+                                                     for c in m.curve_names))
+
+
+def image_record(curves: dict, scoring: Scoring, **between) -> dict:
+    """One image's record: every measure's numbers, then `between` (steps, seconds), then the curves."""
+    chosen = measured(curves)
+    record = {k: v for m in chosen for k, v in m.numbers(curves, scoring).items()}
+    record.update(between)
+    record.update({k: v for m in chosen for k, v in m.curve_fields(curves, scoring).items()})
+    return record
 
 
 def road_record(curves: dict, fractions) -> dict:
     """The ROAD numbers of one image's curves (empty without ROAD): AUCs, difference, curves."""
     if "road_morf" not in curves:
         return {}
-    r = road.summary(curves["road_morf"], curves["road_lerf"], fractions)
-    return {"road_morf_auc": r["morf_auc"], "road_lerf_auc": r["lerf_auc"], "road_difference": r["difference"],
-            "road_morf_curve": r["morf"].tolist(), "road_lerf_curve": r["lerf"].tolist()}
+    settings = Scoring(road_fractions=tuple(fractions))
+    road_measure = MEASURES["road"]
+    return {**road_measure.numbers(curves, settings), **road_measure.curve_fields(curves, settings)}
 
 
 def summarize(method: str, per: dict, steps, road_fractions=road.FRACTIONS) -> MethodSummary:
-    """Mean AUCs with standard errors and mean curves of one method; per: {"deletion": [curves],
-    "insertion": [curves]} and, with ROAD, "road_morf" and "road_lerf" [curves] over road_fractions."""
-    deletion = np.array([auc(c) for c in per["deletion"]])
-    insertion = np.array([auc(c) for c in per["insertion"]])
-
-    def se(v):
-        return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-
-    summary = MethodSummary(method, len(deletion), steps, float(deletion.mean()), se(deletion),
-                            float(insertion.mean()), se(insertion), np.mean(per["deletion"], axis=0),
-                            np.mean(per["insertion"], axis=0))
-    if per.get("road_morf"):
-        morf = np.array([road.auc(c, road_fractions) for c in per["road_morf"]])
-        lerf = np.array([road.auc(c, road_fractions) for c in per["road_lerf"]])
-        summary.road_morf, summary.road_morf_se = float(morf.mean()), se(morf)
-        summary.road_lerf, summary.road_lerf_se = float(lerf.mean()), se(lerf)
-        summary.road_difference, summary.road_difference_se = float((lerf - morf).mean()), se(lerf - morf)
-        summary.road_morf_curve = np.mean(per["road_morf"], axis=0)
-        summary.road_lerf_curve = np.mean(per["road_lerf"], axis=0)
-    return summary
+    """Mean AUCs with standard errors and mean curves of one method, from every measure whose
+    curves `per` holds ({"deletion": [curves], "insertion": [curves]} and, with ROAD, "road_morf"
+    and "road_lerf" [curves] over road_fractions)."""
+    fields = {}
+    for measure in measured(per):
+        fields.update(measure.summary(per, road_fractions) if measure.name == "road" else measure.summary(per))
+    return MethodSummary(method=method, images=len(per["deletion"]), steps=steps, **fields)
 
 
 # -- files -----------------------------------------------------------------------------------------
 
 
 def write_csv(evaluation: Evaluation, path: Path) -> Path:
-    columns = ["image", "method", "target", "probability", "deletion_auc", "insertion_auc", "steps",
-               "attribution_seconds"]
-    if evaluation.records and "road_morf_auc" in evaluation.records[0]:
-        columns[6:6] = ["road_morf_auc", "road_lerf_auc", "road_difference"]
+    first = evaluation.records[0] if evaluation.records else {}
+    numbers = [c for m in MEASURES.values() if all(c in first for c in m.columns) for c in m.columns] or \
+        ["deletion_auc", "insertion_auc"]
+    columns = ["image", "method", "target", "probability", *numbers, "steps", "attribution_seconds"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns + ["curve_steps", "reduce", "baseline", "deletion_substrate", "insertion_substrate"])

@@ -16,6 +16,7 @@ from ..evaluation import (
     plot_curves,
     summarize,
 )
+from ..measures import MEASURES
 from ..metrics import auc
 from ..report import OVERLAYS
 from ..road import FRACTIONS as ROAD_FRACTIONS
@@ -156,7 +157,8 @@ def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _St
         return None, None
     config = {**identity, "methods": methods, "provider": ", ".join(sorted(set(table.column("provider").to_pylist())))}
     evaluation = Evaluation(config)
-    modes = ("deletion", "insertion") + (("road_morf", "road_lerf") if "road_morf_curve" in table.column_names else ())
+    modes = tuple(c for m in MEASURES.values() if all(f"{c}_curve" in table.column_names for c in m.curve_names)
+                  for c in m.curve_names)  # the curves of the measures this audit took
     columns = {k: table.column(k).to_pylist() for k in ("method", "steps") + tuple(f"{m}_curve" for m in modes)}
     for method in methods:
         rows = [k for k, m in enumerate(columns["method"]) if m == method]
