@@ -25,8 +25,9 @@ its gated nodes (tests/gates.py), keras_zoo.line_up matches them to TensorFlow's
 values within 1e-3 of the tensor's scale, NCHW or NHWC), and the float64 TensorFlow reference
 decides each gate from them (keras_zoo.gradient_function(gates=...): the gate only; the gradient
 arithmetic stays TensorFlow's, in float64). The engine is then held to REL_TOL = 1e-4 on every
-model and both rules; the error against TensorFlow's own-gate float64 gradient and TensorFlow's
-float32 error are recorded beside it.
+model and both rules. (TensorFlow's own-gate and float32 gradients, which only informed the old
+tolerance, are no longer computed: they were two thirds of the sweep's TensorFlow time. With gates
+imposed the engine read 2e-7..1.7e-6 on all 12 models on 2026-12-02.)
 
 The exports are written by one child process for all models (keras_zoo.export_all).
 
@@ -142,15 +143,12 @@ def test_vjp_matches_tensorflow(arch, results_file, exports):
         del vjp
         t1 = time.perf_counter()
         calls = collections.Counter()
-        ref64 = refs[rule] = zoo.input_gradient(model64, x, seed, guided=guided, calls=calls)
-        ref_gates = zoo.input_gradient(model64, x, seed, guided=guided, gates=imposed)
-        ref32 = zoo.input_gradient(model, x, seed, guided=guided)
+        ref = refs[rule] = zoo.input_gradient(model64, x, seed, guided=guided, calls=calls, gates=imposed)
         t2 = time.perf_counter()
-        err = rel_err(grad, ref_gates)
-        row[rule] = {"rel_err": err, "tol": REL_TOL, "rel_err_tf_own_gates": rel_err(grad, ref64),
-                     "tf_f32_rel_err": rel_err(ref32, ref64),
-                     "forward_rel_err": rel_err(logits, logits64), "tf_s": t2 - t1, "gnl_ort_s": t1 - t0,
-                     "gated": dict(gated), "tf_gated": dict(calls) if guided else {}}
+        err = rel_err(grad, ref)
+        row[rule] = {"rel_err": err, "tol": REL_TOL, "forward_rel_err": rel_err(logits, logits64),
+                     "tf_s": t2 - t1, "gnl_ort_s": t1 - t0, "gated": dict(gated),
+                     "tf_gated": dict(calls) if guided else {}}
         if grad.shape != x.shape:
             failures.append(f"{rule}: gradient shape {grad.shape} != input {x.shape}")
         elif not err <= REL_TOL:
@@ -167,9 +165,8 @@ def test_vjp_matches_tensorflow(arch, results_file, exports):
         failures.append(f"forward logits rel err {fwd:.3g} > {REL_TOL}")
     row["status"] = "failed: " + "; ".join(failures) if failures else "ok"
     p, g = row["plain"], row["guided"]
-    print(f"\n{arch} (opset {row['opset']}): plain {p['rel_err']:.1e} (own gates {p['rel_err_tf_own_gates']:.1e}, "
-          f"tf f32 {p['tf_f32_rel_err']:.1e}) guided {g['rel_err']:.1e} (own gates {g['rel_err_tf_own_gates']:.1e}, "
-          f"tf f32 {g['tf_f32_rel_err']:.1e}) gated {g['gated']}")
+    print(f"\n{arch} (opset {row['opset']}): plain {row['plain']['rel_err']:.1e} guided "
+          f"{row['guided']['rel_err']:.1e} gated {row['guided']['gated']}")
     assert not failures, "; ".join(failures)
 
 
