@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import GnlOnnxError, InputError, ModelError, UnsupportedModelError, UsageError
@@ -365,9 +366,6 @@ def preprocessing_from(args, model=None, images=()):
     """The preprocessing the flags and preset say, completed from the model's static input shape
     (a PreparedModel): its size is the default, and photos that would not come out at that size
     are centre-cropped to it."""
-    from dataclasses import replace
-
-
     preset = get_preset(args.preset) if args.preset else None
     base = preset.preprocessing if preset else None
     fields = {"size": args.size and (args.size[0] if len(args.size) == 1 else tuple(args.size[:2])),

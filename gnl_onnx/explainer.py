@@ -86,8 +86,8 @@ class Explainer:
         del light, weights
         release_freed_memory()  # the setup's copies of the weights, which the C heap would keep
         self.input_name = self.info["input"]
-        self.outputs = ["attribution", "scores", "target_used"] + \
-            [o.name for o in self.session.get_outputs() if o.name == "baseline_scores"]  # deeplift: F(baseline)
+        self.outputs = ["attribution", "scores", "target_used", *self.spec.wrapped().extra_outputs]  # deeplift:
+        # baseline_scores, F(baseline)
         # a run after the first of an image's path scores nothing again (no extra rows): see chunks()
         self.scores_once = any(i.name == "score_rows" for i in self.session.get_overridable_initializers())
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 
+import onnx
+
 from .autodiff import check_supported, differentiable_path
 from .autodiff.gating import OTHER_NONLINEAR_UNITS, PAPER_UNITS
 from .cam import default_layer, layer_candidates  # the target layers of CAM methods (--layer)
@@ -16,8 +18,6 @@ from .normalize import default_opset, normalize
 
 def _describe(value) -> str:
     t = value.type.tensor_type
-    import onnx
-
     dims = ["?" if not (d.HasField("dim_value") or d.dim_param) else (d.dim_param or str(d.dim_value))
             for d in t.shape.dim]
     return f"{value.name}: {onnx.TensorProto.DataType.Name(t.elem_type).lower()}[{', '.join(dims)}]"

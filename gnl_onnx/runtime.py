@@ -2,6 +2,7 @@
 only onnx and numpy, running them needs one of the two."""
 from __future__ import annotations
 
+import ctypes
 import functools
 
 import numpy as np
@@ -116,8 +117,6 @@ def release_freed_memory() -> None:
 
 @functools.cache
 def _malloc_trim():
-    import ctypes
-
     try:
         return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc

@@ -64,7 +64,8 @@ def main() -> int:
             a = found[(model, method, args.after)]
             med = {k: (statistics.median(x[k] for x in b), statistics.median(x[k] for x in a)) for k in ("setup", "explain")}
             print(f"{model:<14}{method:<8}{med['setup'][0]:>13.2f}{med['setup'][1]:>8.2f}{med['explain'][0]:>15.3f}"
-                  f"{med['explain'][1]:>8.3f}{med['explain'][1] / med['explain'][0]:>7.3f}")
+                  f"{med['explain'][1]:>8.3f}{med['explain'][1] / med['explain'][0]:>7.3f}   explain s, each round: "
+                  f"before {' '.join('%.2f' % x['explain'] for x in b)}, after {' '.join('%.2f' % x['explain'] for x in a)}")
     return 0
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import time
+from io import BytesIO
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -36,7 +37,6 @@ class AuditWorker:
     comma-separated ones still to do for that image), it returns one row per (image, method)."""
 
     def __init__(self, settings: dict, source: str, providers=None, threads: int | None = None):
-
         s = self.settings = settings
         self.fs, _ = sources.filesystem(source)
         self.scoring = scoring(s["curve_steps"], s["reduce"], s["prep"].layout, s["batch_size"],
@@ -151,8 +151,6 @@ class _Rows:
             self.data.update(road_morf_curve=[], road_lerf_curve=[])
 
     def add(self, image, method, target, score, curves, steps, seconds, provider, attribution):
-        from io import BytesIO
-
         buffer = BytesIO()
         np.save(buffer, attribution[None])  # [1, ...]: the model's input layout, as `explain` saves it
         for k, v in (("image", image), ("method", method), ("target", target), ("score", score),

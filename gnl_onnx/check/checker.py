@@ -74,14 +74,12 @@ class ModelChecker:
 
     # shared pieces
     def settings(self) -> dict:
-
         steps = get_method(self.method).steps_run(self.steps)  # as the Explainer runs it (deeplift: 2)
         return {"method": self.method, "steps": steps, "baseline": self.baseline,
                 "integration": self.integration, "gate": self.gate, "output": self.output, "target": self.target,
                 "seed": self.seed, "preprocessing": None if self.prep is None else _plain(asdict(self.prep))}
 
     def _explainer(self, method: str, model=None):
-
         key = ("explainer", method)
         if model is not None or key not in self._explanations:
             explainer = Explainer(self.source if model is None else model, settings=self.run_settings.for_method(
@@ -152,7 +150,6 @@ class ModelChecker:
                            self.thresholds, self.settings(), self.config)
 
     def check_supported(self) -> CheckResult:
-
         report = inspect_model(self.source, self.input_name, self.output_name)
         gated = ", ".join(f"{op} {n}" for op, n in report["gated_paper"].items()) or "none"
         details = {"gated_paper": report["gated_paper"], "gated_all_extra": report["gated_all_extra"],
@@ -164,7 +161,6 @@ class ModelChecker:
         return _judged("supported", [measure], f"gated (gate=paper): {gated}", details)
 
     def check_gradient(self) -> CheckResult:
-
         t = self.thresholds
         chosen = selected(self.source, self.output)
         vjp = vjp_model(chosen, rule="plain")

@@ -21,7 +21,7 @@ ReLU it loses it (tests/captum_deeplift.py reproduces that, to compare with Capt
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from ..rules import RULES
 from ..rulesets import Backward, ExtraInput, RuleSet
@@ -155,5 +155,4 @@ class DeepLift(RuleSet):
 
 
 def _zero(g):
-    from onnx import numpy_helper
     return numpy_helper.from_array(np.zeros(1, g.np_float))
