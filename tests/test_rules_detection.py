@@ -44,6 +44,7 @@ class Case:
     truth: str = "reference"  # "ort_linear": see _truth
     rtol: float = RTOL64
     marks: tuple = ()
+    skip64: str = ""  # why the float64 VJP cannot run (no float64 kernel anywhere for its forward)
 
     def x(self, dtype):
         rng = np.random.default_rng(zlib.crc32(self.id.encode()))
@@ -53,8 +54,14 @@ class Case:
     def build(self, dtype):
         inits = {k: (v.astype(dtype) if v.dtype == np.float64 else v) for k, v in self.inits.items()}
         inputs = [("X", dtype, list(self.shape))]
-        draft = make_model(self.nodes, inputs, [("Y", dtype, None)], inits, opset=self.opset, check=False)
-        y = Runner(draft)({"X": self.x(dtype)})[0]
+        if self.truth == "ort_linear":  # the shape as onnxruntime computes it, in float32
+            draft = make_model(self.nodes, [("X", np.float32, list(self.shape))], [("Y", np.float32, None)],
+                               {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in self.inits.items()},
+                               opset=self.opset, check=False)
+            y = ort_session(draft).run(None, {"X": self.x(np.float32)})[0]
+        else:
+            draft = make_model(self.nodes, inputs, [("Y", dtype, None)], inits, opset=self.opset, check=False)
+            y = Runner(draft)({"X": self.x(dtype)})[0]
         return make_model(self.nodes, inputs, [("Y", dtype, list(y.shape))], inits, opset=self.opset)
 
 
@@ -142,69 +149,6 @@ case("upsample_op9_linear", [node("Upsample", ["X", "sc"], mode="linear")], (1, 
          "with half_pixel: another function than the original")),))
 
 
-# ---------------------------------------------------------------- harness
-def _vjp(model, **kw):
-    return gnl_onnx.vjp_model(model, **kw)
-
-
-@functools.lru_cache(maxsize=None)
-def _truth(case_id):
-    """(float64 model, x, seed, y, gradient). "reference": central differences in float64 (onnxruntime,
-    else the reference evaluator). "ort_linear", for ops linear in X: onnxruntime's float32 kernel
-    applied to +-e_i (a central difference with step 1, exact for a linear map up to float32
-    rounding), held to RTOL32."""
-    c = CASES[case_id]
-    model = c.build(np.float64)
-    run = Runner(model)
-    x = c.x(np.float64)
-    y = run({"X": x})[0]
-    seed = np.random.default_rng(7).normal(size=y.shape)
-    if c.truth == "ort_linear":
-        session = ort_session(c.build(np.float32))
-        forward32 = lambda v: session.run(None, {"X": v.astype(np.float32)})[0]  # noqa: E731
-        y = forward32(x)
-        return model, x, seed, y, fd_gradient(forward32, np.zeros_like(x), seed, 1.0)
-    return model, x, seed, y, fd_gradient(lambda v: run({"X": v})[0], x, seed, EPS64)
-
-
-def _tolerance(c):
-    return max(RTOL32, c.rtol) if c.truth == "ort_linear" else c.rtol
-
-
-def _params():
-    return [pytest.param(c.id, id=c.id, marks=list(c.marks)) for c in CASES.values()]
-
-
-def vjp_gradient(model, x, seed, allow_reference=True, **kw):
-    run = Runner(_vjp(model, **kw), allow_reference=allow_reference)
-    y, g = run({"X": x, "Y_grad": seed}, ["Y", "X_grad"])
-    return y, g
-
-
-@pytest.mark.parametrize("case_id", _params())
-def test_vjp_matches_finite_differences_float64(case_id):
-    c = CASES[case_id]
-    model, x, seed, y, g_fd = _truth(case_id)
-    y_v, g = vjp_gradient(model, x, seed)
-    assert g.dtype == np.float64 and g.shape == x.shape
-    if c.truth == "reference":
-        np.testing.assert_allclose(y_v, y, rtol=1e-12, atol=1e-12)
-    assert np.max(np.abs(g_fd)) > 0
-    err = max_rel_err(g, g_fd)
-    assert err <= _tolerance(c), f"{case_id}: max rel err {err:.3g}\nvjp=\n{g}\nfd=\n{g_fd}"
-
-
-@pytest.mark.parametrize("case_id", _params())
-def test_vjp_float32_runs_in_onnxruntime(case_id):
-    c = CASES[case_id]
-    _, x, seed, y64, g_fd = _truth(case_id)
-    vjp = _vjp(c.build(np.float32))
-    y, g = ort_session(vjp).run(["Y", "X_grad"], {"X": x.astype(np.float32), "Y_grad": seed.astype(np.float32)})
-    np.testing.assert_allclose(y, y64, rtol=1e-5, atol=1e-5)
-    err = max_rel_err(g, g_fd)
-    assert err <= max(RTOL32, c.rtol), f"{case_id}: max rel err {err:.3g}"
-
-
 # ---------------------------------------------------------------- Resize against torch autograd
 TORCH_RESIZE = [  # (torch mode, align_corners, antialias) -> the ONNX attributes of the same resampling
     ("nearest", None, False, dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")),
@@ -272,3 +216,167 @@ def test_resize_is_linear_under_guided_and_moves_relevance_under_lrp(rule):
     assert gnl_onnx.vjp_report(vjp)["gated"] == []
     np.testing.assert_allclose(got, plain, rtol=1e-6, atol=1e-6)
     assert abs(got.sum() - seed.sum()) < 1e-4 * np.abs(seed).sum()
+
+
+# ---------------------------------------------------------------- ConvTranspose
+_WT = np.random.default_rng(5)
+
+
+def conv_transpose(id, shape, wshape, bias=True, case_kw=None, **attrs):
+    inits = {"W": _WT.normal(size=wshape)}
+    ins = ["X", "W"]
+    if bias:
+        inits["B"] = _WT.normal(size=wshape[1] * attrs.get("group", 1))
+        ins.append("B")
+    case(id, [node("ConvTranspose", ins, **attrs)], shape, inits, **(case_kw or {}))
+
+
+conv_transpose("convT_s2_k2_unet", (1, 3, 3, 4), (3, 2, 2, 2), strides=[2, 2])
+conv_transpose("convT_s2_k3_p1_outpad1", (1, 2, 3, 3), (2, 3, 3, 3), strides=[2, 2], pads=[1, 1, 1, 1],
+               output_padding=[1, 1])
+conv_transpose("convT_s2_k4_p1_fcn", (2, 2, 3, 3), (2, 2, 4, 4), strides=[2, 2], pads=[1, 1, 1, 1])
+conv_transpose("convT_asym_pads", (1, 2, 4, 3), (2, 3, 3, 2), strides=[3, 2], pads=[0, 1, 2, 0])
+conv_transpose("convT_dilated", (1, 2, 3, 3), (2, 2, 3, 3), dilations=[2, 2], pads=[1, 1, 1, 1])
+conv_transpose("convT_s2_dil2_outpad", (1, 2, 3, 4), (2, 2, 3, 2), strides=[2, 3], dilations=[2, 1],
+               output_padding=[1, 2])
+conv_transpose("convT_grouped", (1, 4, 3, 3), (4, 3, 3, 3), group=2, strides=[2, 2], pads=[1, 1, 1, 1])
+conv_transpose("convT_depthwise", (1, 3, 4, 4), (3, 1, 4, 4), group=3, strides=[2, 2], pads=[1, 1, 1, 1])
+conv_transpose("convT_1d", (2, 2, 5), (2, 3, 3), strides=[2], pads=[0, 1])
+conv_transpose("convT_no_bias_s1", (1, 2, 4, 4), (2, 2, 3, 3), bias=False, pads=[1, 1, 1, 1])
+conv_transpose("convT_same_upper", (1, 2, 3, 3), (2, 2, 3, 3), strides=[2, 2], auto_pad="SAME_UPPER")
+conv_transpose("convT_same_lower", (1, 2, 3, 3), (2, 2, 4, 4), strides=[2, 2], auto_pad="SAME_LOWER")
+conv_transpose("convT_output_shape", (1, 2, 3, 3), (2, 2, 3, 3), strides=[2, 2], output_shape=[6, 5],
+               case_kw=dict(truth="ort_linear", skip64="onnx's reference ConvTranspose fails on output_shape "
+                                                       "and onnxruntime has no float64 ConvTranspose"))
+
+
+@pytest.mark.parametrize("stride, padding, output_padding, groups, dilation", [
+    (2, 1, 1, 1, 1), (2, 0, 0, 2, 1), (3, 2, 1, 1, 2), (1, 1, 0, 4, 1)], ids=["outpad", "groups", "dilated", "depthwise"])
+def test_conv_transpose_gradient_matches_torch_autograd(stride, padding, output_padding, groups, dilation):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(13)
+    x, w, b = rng.normal(size=(2, 4, 4, 5)), rng.normal(size=(4, 6 // groups if groups != 4 else 1, 3, 3)), None
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.conv_transpose2d(xt, torch.tensor(w), stride=stride, padding=padding,
+                                              output_padding=output_padding, groups=groups, dilation=dilation)
+    seed = rng.normal(size=tuple(yt.shape))
+    yt.backward(torch.tensor(seed))
+    attrs = dict(strides=[stride] * 2, pads=[padding] * 4, output_padding=[output_padding] * 2, group=groups,
+                 dilations=[dilation] * 2)
+    model = make_model([node("ConvTranspose", ["X", "W"], **attrs)], [("X", np.float64, list(x.shape))],
+                       [("Y", np.float64, list(seed.shape))], {"W": w})
+    y, g = vjp_gradient(model, x, seed)
+    assert max_rel_err(y, yt.detach().numpy()) < 1e-10
+    assert max_rel_err(g, xt.grad.numpy()) < 1e-10
+
+
+# ---------------------------------------------------------------- harness
+def _vjp(model, **kw):
+    return gnl_onnx.vjp_model(model, **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def _truth(case_id):
+    """(float64 model, x, seed, y, gradient). "reference": central differences in float64 (onnxruntime,
+    else the reference evaluator). "ort_linear", for ops linear in X: onnxruntime's float32 kernel
+    applied to +-e_i (a central difference with step 1, exact for a linear map up to float32
+    rounding), held to RTOL32."""
+    c = CASES[case_id]
+    model = c.build(np.float64)
+    x = c.x(np.float64)
+    if c.truth == "ort_linear":  # affine maps too: the central difference cancels the constant
+        session = ort_session(c.build(np.float32))
+        forward32 = lambda v: session.run(None, {"X": v.astype(np.float32)})[0]  # noqa: E731
+        y = forward32(x)
+        seed = np.random.default_rng(7).normal(size=y.shape)
+        return model, x, seed, y, fd_gradient(forward32, np.zeros_like(x), seed, 1.0)
+    run = Runner(model)
+    y = run({"X": x})[0]
+    seed = np.random.default_rng(7).normal(size=y.shape)
+    return model, x, seed, y, fd_gradient(lambda v: run({"X": v})[0], x, seed, EPS64)
+
+
+def _tolerance(c):
+    return max(RTOL32, c.rtol) if c.truth == "ort_linear" else c.rtol
+
+
+def _params():
+    return [pytest.param(c.id, id=c.id, marks=list(c.marks)) for c in CASES.values()]
+
+
+def vjp_gradient(model, x, seed, allow_reference=True, **kw):
+    run = Runner(_vjp(model, **kw), allow_reference=allow_reference)
+    y, g = run({"X": x, "Y_grad": seed}, ["Y", "X_grad"])
+    return y, g
+
+
+@pytest.mark.parametrize("case_id", _params())
+def test_vjp_matches_finite_differences_float64(case_id):
+    c = CASES[case_id]
+    if c.skip64:
+        pytest.skip(c.skip64)
+    model, x, seed, y, g_fd = _truth(case_id)
+    y_v, g = vjp_gradient(model, x, seed)
+    assert g.dtype == np.float64 and g.shape == x.shape
+    if c.truth == "reference":
+        np.testing.assert_allclose(y_v, y, rtol=1e-12, atol=1e-12)
+    assert np.max(np.abs(g_fd)) > 0
+    err = max_rel_err(g, g_fd)
+    assert err <= _tolerance(c), f"{case_id}: max rel err {err:.3g}\nvjp=\n{g}\nfd=\n{g_fd}"
+
+
+@pytest.mark.parametrize("case_id", _params())
+def test_vjp_float32_runs_in_onnxruntime(case_id):
+    c = CASES[case_id]
+    _, x, seed, y64, g_fd = _truth(case_id)
+    vjp = _vjp(c.build(np.float32))
+    y, g = ort_session(vjp).run(["Y", "X_grad"], {"X": x.astype(np.float32), "Y_grad": seed.astype(np.float32)})
+    np.testing.assert_allclose(y, y64, rtol=1e-5, atol=1e-5)
+    err = max_rel_err(g, g_fd)
+    assert err <= max(RTOL32, c.rtol), f"{case_id}: max rel err {err:.3g}"
+
+
+# ---------------------------------------------------------------- ConvTranspose under LRP, against Zennit
+@pytest.mark.parametrize("composite", ["lrp_epsilon_plus_flat", "lrp_epsilon_alpha2_beta1_flat",
+                                       "lrp_epsilon_gamma_box"])
+def test_conv_transpose_lrp_matches_zennit(composite):
+    """Conv -> Relu -> ConvTranspose (stride 2, pads, output_padding) -> Relu -> Conv: the
+    ConvTranspose takes the composite's convolution rule, as Zennit's Convolution type includes
+    the transposed convolutions."""
+    torch = pytest.importorskip("torch")
+    zennit = pytest.importorskip("zennit.composites")
+    from zennit.attribution import Gradient
+
+    rng = np.random.default_rng(17)
+    w1, b1 = rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3) * 0.1
+    w2, b2 = rng.normal(size=(3, 4, 3, 3)), rng.normal(size=4) * 0.1
+    w3, b3 = rng.normal(size=(2, 4, 3, 3)), rng.normal(size=2) * 0.1
+    x = rng.uniform(0, 1, size=(2, 2, 4, 5))
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1),
+                              torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3)).double()
+    with torch.no_grad():
+        for layer, (w, b) in zip((net[0], net[2], net[4]), ((w1, b1), (w2, b2), (w3, b3))):
+            layer.weight.copy_(torch.tensor(w))
+            layer.bias.copy_(torch.tensor(b))
+    seed = rng.normal(size=tuple(net(torch.tensor(x)).shape))
+    made = {"lrp_epsilon_plus_flat": lambda: zennit.EpsilonPlusFlat(),
+            "lrp_epsilon_alpha2_beta1_flat": lambda: zennit.EpsilonAlpha2Beta1Flat(),
+            "lrp_epsilon_gamma_box": lambda: zennit.EpsilonGammaBox(low=0.0, high=1.0)}[composite]()
+    with Gradient(net, made) as attributor:
+        _, want = attributor(torch.tensor(x), torch.tensor(seed))
+    # the ZBox bounds are float32 inputs: that composite runs in float32 (onnxruntime), the others in float64
+    dtype = np.float32 if composite == "lrp_epsilon_gamma_box" else np.float64
+    model = make_model([node("Conv", ["X", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), node("Relu", ["c1"], ["r1"]),
+                        node("ConvTranspose", ["r1", "w2", "b2"], ["t"], strides=[2, 2], pads=[1, 1, 1, 1],
+                             output_padding=[1, 1]),
+                        node("Relu", ["t"], ["r2"]), node("Conv", ["r2", "w3", "b3"])],
+                       [("X", dtype, list(x.shape))], [("Y", dtype, list(seed.shape))],
+                       {k: v.astype(dtype) for k, v in dict(w1=w1, b1=b1, w2=w2, b2=b2, w3=w3, b3=b3).items()})
+    vjp = gnl_onnx.vjp_model(model, rule=composite, bounds=(0.0, 1.0))
+    rules = {entry["op"]: entry["rule"] for entry in gnl_onnx.vjp_report(vjp)["rules"]}
+    assert rules["ConvTranspose"] == {"lrp_epsilon_plus_flat": "zplus", "lrp_epsilon_alpha2_beta1_flat": "alpha2_beta1",
+                                      "lrp_epsilon_gamma_box": "gamma"}[composite]
+    got = Runner(vjp)({"X": x.astype(dtype), "Y_grad": seed.astype(dtype)}, ["X_grad"])[0]
+    err = max_rel_err(got, want.numpy())
+    assert err < (1e-8 if dtype == np.float64 else 1e-4), err

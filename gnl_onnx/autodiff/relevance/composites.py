@@ -1,7 +1,7 @@
 """LRP composites as rule sets, after Zennit's (zennit.composites, with its canonizers: BatchNorm
 merged into the layer before it, residual sums as Sum modules):
 
-    composite                       first linear layer   Conv             Gemm / MatMul
+    composite                       first linear layer   Conv, ConvT      Gemm / MatMul
     lrp_epsilon_plus_flat           Flat                 ZPlus            Epsilon
     lrp_epsilon_gamma_box           ZBox(low, high)      Gamma(0.25)      Epsilon
     lrp_epsilon_alpha2_beta1_flat   Flat                 AlphaBeta(2, 1)  Epsilon
@@ -92,7 +92,7 @@ class Composite(RuleSet):
             if len(paths) == 1 and paths[0] < 2:
                 if node.name in self.firsts:
                     return Backward(self.first_name, self.first_rule(node))
-                return Backward(self.conv_name, self.conv()) if op == "Conv" else \
+                return Backward(self.conv_name, self.conv()) if op in linear.CONVOLUTIONS else \
                     Backward("epsilon", linear.epsilon())
             if op == "MatMul":
                 return Backward("half_product", split.half_product)

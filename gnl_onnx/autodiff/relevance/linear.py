@@ -1,5 +1,5 @@
-"""LRP rules of linear layers (Conv, Gemm, MatMul with one operand on the path), as Zennit defines
-them (zennit.rules, version 0.5). With x the layer's input, W, b its weights and bias, R the
+"""LRP rules of linear layers (Conv, ConvTranspose, Gemm, MatMul with one operand on the path), as
+Zennit defines them (zennit.rules, version 0.5). With x the layer's input, W, b its weights and bias, R the
 relevance at its output, stab(z) = z + eps * (1 if z >= 0 else -1) and back(s, V) the chain
 rule's input gradient of the layer with weights V applied to s (for a Conv a transposed
 convolution), x+ = max(x, 0), x- = min(x, 0), and likewise W+, W-, b+, b-:
@@ -29,7 +29,8 @@ from onnx import helper
 from ...graph import Node
 from ..rules import RULES
 
-LINEAR_OPS = ("Conv", "Gemm", "MatMul")
+LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+CONVOLUTIONS = ("Conv", "ConvTranspose")  # Zennit's Convolution: its transposed ones too
 EPSILON = 1e-6
 
 
@@ -56,7 +57,7 @@ class Layer:
 
     def __init__(self, g, node: Node):
         self.g, self.node = g, node
-        if node.op == "Conv":
+        if node.op in CONVOLUTIONS:
             self.data, self.weight, self.bias = 0, 1, (2 if node.input(2) else None)
         else:  # Gemm, MatMul: the operand on the path is the data, the other the weight
             self.data = 0 if g.wants(node.inputs[0]) else 1

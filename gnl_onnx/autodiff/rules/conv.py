@@ -174,3 +174,57 @@ def conv(g, node, dy):
     in_sizes, out_sizes, strides, dilations, begin, _ = window_geometry(g, node, kernel)
     return [spread_back(g, dy, weight, in_sizes, out_sizes, kernel, strides, dilations, begin,
                         group=node.attr("group", 1), subpixel=True)]
+
+
+def transposed_pads(auto_pad, in_sizes, out_sizes, kernel, strides, dilations, pads, output_padding):
+    """(begin, end) crops of a ConvTranspose per spatial axis: its pads, or (auto_pad SAME_*, or an
+    output_shape attribute) the crop of the full output down to the output's size, split as the
+    spec says (SAME_UPPER: the smaller half first)."""
+    n = len(in_sizes)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") or not pads or auto_pad == "VALID":
+        begin, end = [], []
+        for size, out, k, s, d, extra in zip(in_sizes, out_sizes, kernel, strides, dilations, output_padding):
+            total = s * (size - 1) + extra + (k - 1) * d + 1 - out
+            if auto_pad == "VALID" or (auto_pad not in ("SAME_UPPER", "SAME_LOWER") and total == 0):
+                total = 0
+            first = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            begin.append(first)
+            end.append(total - first)
+        return begin, end
+    return list(pads[:n]), list(pads[n:])
+
+
+@rule("ConvTranspose")
+def conv_transpose(g, node, dy):
+    # y = ConvTranspose(x, W) is the transpose of the Conv with the same W ([C, M/group, *k] read as a
+    # Conv weight maps M channels to C), strides, dilations and group: dx = Conv(dy, W), padded by
+    # the forward's begin crop; the output_padding rows at the end got nothing from x and are skipped.
+    weight = node.inputs[1]
+    if g.wants(weight):
+        raise UnsupportedModelError({"ConvTranspose with weights computed from the image": [node.name]})
+    kernel = node.attr("kernel_shape") or list(g.static_shape(weight, "ConvTranspose weight")[2:])
+    x, y = node.inputs[0], node.outputs[0]
+    rank = g.rank(x)
+    if rank is None or rank < 3:
+        raise UnsupportedModelError({f"{node.op} (unknown rank)": [node.name]},
+                                    hint="export the model with a fixed image size")
+    spatial = list(range(2, rank))
+    in_sizes, out_sizes = g.static_dims(x, spatial, node.op), g.static_dims(y, spatial, node.op)
+    n = len(spatial)
+    strides = node.attr("strides") or [1] * n
+    dilations = node.attr("dilations") or [1] * n
+    output_padding = node.attr("output_padding") or [0] * n
+    begin, _ = transposed_pads(node.attr("auto_pad", "NOTSET"), in_sizes, out_sizes, kernel, strides, dilations,
+                               node.attr("pads"), output_padding)
+    if min(begin) < 0:
+        raise UnsupportedModelError({"ConvTranspose with an output larger than its full extent": [node.name]})
+    # pad the end so that the windows cover the rows x reached; windows past them are dropped below
+    end = [max(0, s * (i - 1) + (k - 1) * d + 1 - o - b)
+           for i, o, k, s, d, b in zip(in_sizes, out_sizes, kernel, strides, dilations, begin)]
+    dx = g.op("Conv", dy, weight, kernel_shape=list(kernel), strides=list(strides), dilations=list(dilations),
+              group=node.attr("group", 1), pads=begin + end)
+    got = [(o + b + e - (k - 1) * d - 1) // s + 1
+           for o, b, e, k, s, d in zip(out_sizes, begin, end, kernel, strides, dilations)]
+    if got != list(in_sizes):
+        dx = g.op("Slice", dx, g.ints([0] * n), g.ints(list(in_sizes)), g.ints(spatial))
+    return [dx]
