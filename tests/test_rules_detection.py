@@ -48,7 +48,15 @@ class Case:
 
     def x(self, dtype):
         rng = np.random.default_rng(zlib.crc32(self.id.encode()))
-        value = distinct_values(rng, self.shape) if self.draw == "distinct" else rng.normal(size=self.shape)
+        if self.draw == "distinct":
+            value = distinct_values(rng, self.shape)
+        elif self.draw == "off_grid":  # at least 0.1 from every multiple of 0.5 (Floor, Ceil, Round, Sign)
+            value = rng.uniform(-3, 3, size=self.shape)
+            value = np.floor(value * 2) / 2 + rng.uniform(0.1, 0.4, size=self.shape)
+        elif self.draw == "positive":
+            value = rng.uniform(0.5, 2.0, size=self.shape)
+        else:
+            value = rng.normal(size=self.shape)
         return value.astype(dtype)
 
     def build(self, dtype):
@@ -268,6 +276,94 @@ def test_conv_transpose_gradient_matches_torch_autograd(stride, padding, output_
     y, g = vjp_gradient(model, x, seed)
     assert max_rel_err(y, yt.detach().numpy()) < 1e-10
     assert max_rel_err(g, xt.grad.numpy()) < 1e-10
+
+
+# ---------------------------------------------------------------- rounding, picking, placing
+for _op in ["Floor", "Ceil", "Round", "Sign"]:  # zero gradient: through x * op(x), d/dx = op(x)
+    case(f"{_op.lower()}_times_x", [node(_op, ["X"], ["r"]), node("Mul", ["X", "r"])], (2, 3, 4), draw="off_grid")
+case("floor_alone_zero_gradient_mixed", [node("Floor", ["X"], ["r"]), node("Add", ["r", "X"])], (2, 5), draw="off_grid")
+case("topk_last_axis", [node("TopK", ["X", "k"], ["Y", "i"])], (2, 3, 6), {"k": i64(3)}, draw="distinct")
+case("topk_smallest_axis1", [node("TopK", ["X", "k"], ["Y", "i"], axis=1, largest=0)], (2, 5, 3), {"k": i64(2)},
+     draw="distinct")
+case("topk_values_squared", [node("TopK", ["X", "k"], ["v", "i"], axis=-1), node("Mul", ["v", "v"])], (3, 7),
+     {"k": i64(4)}, draw="distinct")
+case("gather_elements_const_dup_neg", [node("GatherElements", ["X", "idx"], axis=1)], (2, 4, 3),
+     {"idx": np.array([[[0, 3, -1], [0, 0, 2]], [[-4, 1, 1], [2, 2, 2]]], np.int64)})
+case("gather_elements_argmax_data_dependent", [
+    node("ArgMax", ["X"], ["am"], axis=1, keepdims=1), node("GatherElements", ["X", "am"], ["best"], axis=1),
+    node("Mul", ["best", "X"])], (2, 5, 3), draw="distinct")
+case("gather_nd_const_slices_dup", [node("GatherND", ["X", "idx"])], (3, 4, 2),
+     {"idx": np.array([[0, 1], [2, 3], [0, 1]], np.int64)})
+case("gather_nd_const_elements", [node("GatherND", ["X", "idx"])], (3, 4),
+     {"idx": np.array([[[0, 1], [2, 3]], [[1, 1], [0, 1]]], np.int64)})
+case("gather_nd_nonzero_data_dependent", [
+    node("Greater", ["X", "zero"], ["pos"]), node("NonZero", ["pos"], ["nz"]), node("Transpose", ["nz"], ["at"]),
+    node("GatherND", ["X", "at"])], (3, 4), {"zero": np.array(0.0)}, draw="off_grid")
+case("scatter_elements_x_is_data", [node("ScatterElements", ["X", "idx", "u"], axis=1)], (2, 4),
+     {"idx": i64(1, 3, 0, 2).reshape(2, 2), "u": np.random.default_rng(3).normal(size=(2, 2))})
+case("scatter_elements_x_is_updates", [node("ScatterElements", ["d", "idx", "X"], axis=0)], (2, 3),
+     {"idx": np.array([[1, 0, 3], [2, 3, 0]], np.int64), "d": np.random.default_rng(4).normal(size=(4, 3))})
+case("scatter_elements_add_both", [node("Slice", ["X", "s0", "s1", "ax"], ["u"]),
+                                   node("ScatterElements", ["X", "idx", "u"], axis=1, reduction="add")], (2, 4),
+     {"s0": i64(0), "s1": i64(2), "ax": i64(1), "idx": np.array([[3, 3], [0, 1]], np.int64)})
+case("scatter_nd_x_is_data", [node("ScatterND", ["X", "idx", "u"])], (4, 3),
+     {"idx": np.array([[1], [3]], np.int64), "u": np.random.default_rng(5).normal(size=(2, 3))})
+case("scatter_nd_both_written_elements", [node("Slice", ["X", "s0", "s1", "ax"], ["u"]),
+                                          node("ScatterND", ["X", "idx", "u"])], (3, 3),
+     {"s0": i64(0), "s1": i64(2), "ax": i64(1), "idx": np.array([[[0, 2], [2, 0]], [[1, 1], [2, 2]], [[0, 0], [1, 0]]],
+                                                                  np.int64)})
+case("scatter_nd_add_x_is_updates", [node("ScatterND", ["d", "idx", "X"], reduction="add")], (3, 2),
+     {"idx": np.array([[1], [1], [0]], np.int64), "d": np.random.default_rng(6).normal(size=(2, 2))})
+for _ex in (0, 1):
+    for _rev in (0, 1):
+        case(f"cumsum_exclusive{_ex}_reverse{_rev}", [node("CumSum", ["X", "ax"], exclusive=_ex, reverse=_rev)],
+             (2, 5, 3), {"ax": i64(1)})
+
+
+# ---------------------------------------------------------------- reductions, instance normalization
+case("reducemax_axes_keepdims", [node("ReduceMax", ["X", "ax"])], (2, 3, 4), {"ax": i64(1, 2)}, draw="distinct")
+case("reducemax_neg_axis_nokeep", [node("ReduceMax", ["X", "ax"], keepdims=0)], (2, 3, 4), {"ax": i64(-1)},
+     draw="distinct")
+case("reducemin_all_op13_attr", [node("ReduceMin", ["X"], keepdims=0)], (3, 4), draw="distinct", opset=13)
+case("reducemax_attr_axes_op13", [node("ReduceMax", ["X"], axes=[0], keepdims=0)], (3, 4), draw="distinct",
+     opset=13)
+case("reducel2_axis1", [node("ReduceL2", ["X", "ax"])], (2, 3, 4), {"ax": i64(1)})
+case("reducel2_all_nokeep", [node("ReduceL2", ["X"], keepdims=0)], (2, 3))
+case("reducel1_axes", [node("ReduceL1", ["X", "ax"], keepdims=0)], (2, 3, 4), {"ax": i64(0, 2)}, draw="off_grid")
+case("reducesumsquare", [node("ReduceSumSquare", ["X", "ax"])], (2, 3, 4), {"ax": i64(2)})
+case("reducelogsumexp", [node("ReduceLogSumExp", ["X", "ax"], keepdims=0)], (2, 3, 4), {"ax": i64(1)})
+case("reducelogsum", [node("ReduceLogSum", ["X", "ax"])], (2, 3, 4), {"ax": i64(-1)}, draw="positive")
+case("reduceprod", [node("ReduceProd", ["X", "ax"], keepdims=0)], (2, 3, 4), {"ax": i64(1)}, draw="positive")
+case("reduceprod_signed", [node("ReduceProd", ["X", "ax"])], (3, 4), {"ax": i64(0)}, draw="off_grid")
+case("instancenorm_2d", [node("InstanceNormalization", ["X", "s", "b"], epsilon=1e-3)], (2, 3, 4, 5),
+     {"s": np.random.default_rng(8).normal(size=3), "b": np.random.default_rng(9).normal(size=3)})
+case("instancenorm_1d_default_eps", [node("InstanceNormalization", ["X", "s", "b"])], (2, 2, 6),
+     {"s": np.random.default_rng(10).normal(size=2), "b": np.zeros(2)})
+
+
+def test_reduce_max_ties_share_the_gradient_as_torch_amax():
+    torch = pytest.importorskip("torch")
+    x = np.array([[1.0, 3.0, 3.0, -2.0], [0.5, 0.5, 0.5, 0.5]])
+    seed = np.array([[2.0], [-1.5]])
+    model = make_model([node("ReduceMax", ["X", "ax"])], [("X", np.float64, [2, 4])], [("Y", np.float64, [2, 1])],
+                       {"ax": i64(1)})
+    xt = torch.tensor(x, requires_grad=True)
+    torch.amax(xt, dim=1, keepdim=True).backward(torch.tensor(seed))
+    np.testing.assert_allclose(vjp_gradient(model, x, seed)[1], xt.grad.numpy(), rtol=1e-15)
+    assert xt.grad.numpy()[0, 1] == 1.0  # the check is not vacuous: a tie split in two
+
+
+def test_instance_norm_gradient_matches_torch_autograd():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    x, s, b = rng.normal(size=(2, 3, 5, 4)), rng.normal(size=3), rng.normal(size=3)
+    seed = rng.normal(size=x.shape)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.instance_norm(xt, weight=torch.tensor(s), bias=torch.tensor(b), eps=1e-5).backward(
+        torch.tensor(seed))
+    model = make_model([node("InstanceNormalization", ["X", "s", "b"], epsilon=1e-5)],
+                       [("X", np.float64, list(x.shape))], [("Y", np.float64, list(x.shape))], {"s": s, "b": b})
+    assert max_rel_err(vjp_gradient(model, x, seed)[1], xt.grad.numpy()) < 1e-12
 
 
 # ---------------------------------------------------------------- harness

@@ -60,3 +60,20 @@ def lrn(g, node, dy):
     coupled = g.op("Div", g.op("Mul", g.op("Mul", dy, x), s_beta), s)
     cross = _channel_window_sum(g, coupled, size, after, before)
     return [g.op("Sub", direct, g.op("Mul", g.const(2 * alpha * beta / size), g.op("Mul", x, cross)))]
+
+
+@rule("InstanceNormalization")
+def instance_normalization(g, node, dy):
+    # per image and channel over the spatial axes: dx = r (dz - mean(dz) - z mean(dz z)), dz = dy * scale
+    x, scale = node.inputs[0], node.inputs[1]
+    rank = g.rank(x)
+    spatial = g.ints(list(range(2, rank)))
+    channel = g.op("Unsqueeze", scale, g.ints(list(range(1, rank - 1))))
+    centred = g.op("Sub", x, g.op("ReduceMean", x, spatial, keepdims=1))
+    variance = g.op("ReduceMean", g.op("Mul", centred, centred), spatial, keepdims=1)
+    inv_std = g.op("Reciprocal", g.op("Sqrt", g.op("Add", variance, g.const(node.attr("epsilon", 1e-5)))))
+    z = g.op("Mul", centred, inv_std)
+    dz = g.op("Mul", dy, channel)
+    mean_dz = g.op("ReduceMean", dz, spatial, keepdims=1)
+    mean_dz_z = g.op("ReduceMean", g.op("Mul", dz, z), spatial, keepdims=1)
+    return [g.op("Mul", g.op("Sub", g.op("Sub", dz, mean_dz), g.op("Mul", z, mean_dz_z)), inv_std), None, None]
