@@ -320,6 +320,20 @@ for _ex in (0, 1):
              (2, 5, 3), {"ax": i64(1)})
 
 
+case("gather_const_indices_rank2_dup_neg", [node("Gather", ["X", "idx"], axis=1)], (2, 4, 3),
+     {"idx": np.array([[0, -1], [3, 0], [1, 1]], np.int64)})
+case("gather_topk_indices_data_dependent", [  # a detector's post-processing: the boxes of the k best scores
+    node("ReduceMax", ["X", "last"], ["score"], keepdims=0), node("TopK", ["score", "k"], ["best", "which"], axis=1),
+    node("Gather", ["X", "which"], ["picked"], axis=1), node("Mul", ["picked", "picked"])], (2, 5, 3),
+    {"last": i64(2), "k": i64(2)}, draw="distinct")
+case("gather_scalar_runtime_index_axis2", [
+    node("ArgMax", ["X"], ["am"], axis=2, keepdims=0), node("ReduceMin", ["am"], ["first"], keepdims=0),
+    node("Gather", ["X", "first"], axis=2)], (2, 3, 4), draw="distinct")
+case("gather_int32_runtime_indices", [
+    node("ArgMax", ["X"], ["am"], axis=0, keepdims=0), node("Cast", ["am"], ["am32"], to=TensorProto.INT32),
+    node("Gather", ["X", "am32"], axis=1)], (3, 4), draw="distinct")
+
+
 # ---------------------------------------------------------------- reductions, instance normalization
 case("reducemax_axes_keepdims", [node("ReduceMax", ["X", "ax"])], (2, 3, 4), {"ax": i64(1, 2)}, draw="distinct")
 case("reducemax_neg_axis_nokeep", [node("ReduceMax", ["X", "ax"], keepdims=0)], (2, 3, 4), {"ax": i64(-1)},

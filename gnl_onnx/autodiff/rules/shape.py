@@ -190,10 +190,12 @@ def gather(g, node, dy):
         flat = g.op("Where", g.op("Less", flat, g.const(0, dtype=np.int64)), g.op("Add", flat, size), flat)
         return [g.op("ScatterElements", g.zeros_like(x), flat, g.op("Reshape", dy, g.ints([-1])),
                      axis=0, reduction="add")]
-    indices = _constant(g, node, 1, "indices")
     axis = node.attr("axis", 0) % g.rank(x)
+    if node.input(1) not in g.constants:
+        return [_gather_back(g, x, indices, dy, axis)]
+    indices = g.constants[node.input(1)]
     if indices.ndim > 1:
-        raise UnsupportedModelError({"Gather with indices of rank > 1": [node.name]})
+        return [_gather_back(g, x, node.input(1), dy, axis)]
     if indices.ndim == 0:  # the gathered axis was dropped: put it back with size 1
         dy = g.op("Unsqueeze", dy, g.ints([axis]))
     dim = g.static_dims(x, [axis], node.op)[0]
@@ -202,3 +204,19 @@ def gather(g, node, dy):
     where = g.const(np.where(indices < 0, indices + dim, indices).reshape(shape).astype(np.int64))
     where = g.op("Expand", where, g.runtime_shape(dy))
     return [g.op("ScatterElements", g.zeros_like(x), where, dy, axis=axis, reduction="add")]
+
+
+def _gather_back(g, x, indices, dy, axis):
+    """Gather with indices of any rank, known only at run time (a detector's top-k boxes): fold the
+    indices' axes of dy into one, of K entries, and scatter-add each entry to its index along axis."""
+    rank = g.rank(x)
+    dim = g.op("Shape", x, start=axis, end=axis + 1)
+    flat = g.op("Cast", g.op("Reshape", indices, g.ints([-1])), to=7)  # int64, as int32 indices may be
+    flat = g.op("Where", g.op("Less", flat, g.const(0, dtype=np.int64)), g.op("Add", flat, dim), flat)
+    folded_shape = g.op("Concat", g.op("Shape", x, start=0, end=axis), g.ints([-1]),
+                        g.op("Shape", x, start=axis + 1), axis=0)
+    folded = g.op("Reshape", dy, folded_shape)
+    shape = [1] * rank
+    shape[axis] = -1
+    where = g.op("Expand", g.op("Reshape", flat, g.ints(shape)), g.op("Shape", folded))
+    return g.op("ScatterElements", g.zeros_like(x), where, folded, axis=axis, reduction="add")
