@@ -10,13 +10,17 @@ k the triangle or Keys' cubic kernel, s = min(scale, 1) with antialias and 1 wit
 also renormalizes the weights); exclude_outside drops the taps outside the input and
 renormalizes; taps outside are otherwise clamped to the edge. The backward is built sparsely:
 input j receives from at most M outputs, so per axis it is M Gathers of dy along the axis, each
-times a weight vector, summed. Every row of A sums to 1, so LRP's rule of moving relevance by the
-gradient conserves it here; the gating and DeepLIFT rule sets treat Resize as linear (chain rule)."""
+times a weight vector, summed. Where a resized axis's size is known only at run time (images of
+any size), the same coordinates, taps and weights are computed with ops instead and each tap's
+share is scatter-added (antialias and keep_aspect_ratio_policy are then refused). Every row of A
+sums to 1, so LRP's rule of moving relevance by the gradient conserves it here; the gating and
+DeepLIFT rule sets treat Resize as linear (chain rule)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from onnx import numpy_helper
 
 from ...errors import UnsupportedModelError
 from .registry import rule
@@ -184,11 +188,15 @@ def resize(g, node, dy):
     for axis in axes:
         n, out, factor = inputs[axis], outputs[axis], factors[axis]
         if not all(isinstance(v, int) for v in (n, out)) or factor is None:
-            if factor == 1.0 or (sizes is not None and in_shape[axis] == out_shape[axis] and n is not None):
+            if factor == 1.0 or (scales is None and out_shape is not None and n is not None
+                                 and in_shape[axis] == out_shape[axis]):
                 continue  # an axis left alone (a dynamic batch or channel axis)
-            _refuse(node, "of an axis whose size is only known at run time",
-                    f"the sizes of '{x}' and '{y}' along axis {axis} must be known; export the model with a "
-                    "fixed image size")
+            if (antialias and mode != "nearest") or policy != "stretch":
+                _refuse(node, "with antialias or keep_aspect_ratio_policy of an axis whose size is only known at "
+                        "run time", f"export the model with a fixed image size (axis {axis} of '{x}')")
+            grad = _spread_at_runtime(g, node, grad, axis, rank, mode, transform, nearest_mode,
+                                      factor if scales is not None else None)
+            continue
         matrix = interpolation_matrix(out, n, factor, mode, transform, nearest_mode, node.attr("cubic_coeff_a", -0.75),
                                       bool(node.attr("exclude_outside", 0)), antialias and mode != "nearest")
         if matrix.shape[0] == matrix.shape[1] and np.array_equal(matrix, np.eye(n)):
@@ -208,3 +216,78 @@ def _spread(g, grad, matrix, axis, rank):
         w = weight[:, m]
         parts.append(picked if np.all(w == 1.0) else g.op("Mul", picked, g.const(w.reshape(shape))))
     return parts[0] if len(parts) == 1 else g.op("Sum", *parts)
+
+
+def _spread_at_runtime(g, node, grad, axis, rank, mode, transform, nearest_mode, factor):
+    """A^T along `axis` when the sizes are only known at run time (DBNet-style dynamic images):
+    the source coordinate of every output position, its taps and weights are computed with ops
+    (in the model's float type), and each tap's share of grad is scatter-added to its index.
+    factor: the constant scale, or None (sizes: out / in at run time)."""
+    x = node.inputs[0]
+    n_in = g.op("Shape", x, start=axis, end=axis + 1)
+    n_out = g.op("Shape", grad, start=axis, end=axis + 1)
+    f_in, f_out = (g.op("Cast", v, to=g.float_type) for v in (n_in, n_out))
+    one, half = g.const(1.0), g.const(0.5)
+    i = g.op("Cast", g.op("Range", g.ints(0), g.op("Squeeze", n_out, g.ints([0])), g.ints(1)), to=g.float_type)
+    scale = g.const(factor) if factor is not None else g.op("Div", f_out, f_in)
+    centred = g.op("Sub", g.op("Div", g.op("Add", i, half), scale), half)
+    if transform in ("half_pixel", "pytorch_half_pixel"):
+        source = centred
+        if transform == "pytorch_half_pixel":
+            source = g.op("Where", g.op("Greater", f_out, one), centred, g.op("Mul", i, g.const(0.0)))
+    elif transform == "align_corners":
+        source = g.op("Div", g.op("Mul", i, g.op("Sub", f_in, one)), g.op("Max", g.op("Sub", f_out, one), one))
+    elif transform == "asymmetric":
+        source = g.op("Div", i, scale)
+    elif transform == "tf_half_pixel_for_nn":
+        source = g.op("Div", g.op("Add", i, half), scale)
+    else:  # half_pixel_symmetric
+        adjustment = g.op("Div", f_out, g.op("Mul", scale, f_in))
+        source = g.op("Add", g.op("Mul", g.op("Mul", f_in, half), g.op("Sub", one, adjustment)), centred)
+    last = g.op("Squeeze", g.op("Sub", f_in, one), g.ints([0]))  # Clip takes scalar bounds
+    if mode == "nearest":
+        if nearest_mode == "simple":
+            nearest_mode = "ceil" if factor is not None and factor < 1 else "floor"
+            if factor is None:
+                _refuse(node, "(Resize-10 / Upsample) with sizes of an axis only known at run time")
+        rounded = {"round_prefer_floor": lambda: g.op("Ceil", g.op("Sub", source, half)),
+                   "round_prefer_ceil": lambda: g.op("Floor", g.op("Add", source, half)),
+                   "floor": lambda: g.op("Floor", source), "ceil": lambda: g.op("Ceil", source)}[nearest_mode]()
+        taps = [(rounded, None)]
+    else:
+        base = g.op("Sub", g.op("Ceil", source), one)
+        ratio = g.op("Sub", source, base)
+        a = node.attr("cubic_coeff_a", -0.75)
+        offsets = (0, 1) if mode == "linear" else (-1, 0, 1, 2)
+        taps = []
+        for t in offsets:
+            d = g.op("Abs", g.op("Sub", g.const(float(t)), ratio))
+            if mode == "linear":
+                w = g.op("Sub", one, d)
+            else:
+                near = g.op("Add", g.op("Mul", g.op("Mul", g.op("Sub", g.op("Mul", g.const(a + 2), d), g.const(a + 3)),
+                                                    d), d), one)
+                far = g.op("Sub", g.op("Mul", g.op("Add", g.op("Mul", g.op("Sub", g.op("Mul", g.const(a), d),
+                                                                               g.const(5 * a)), d), g.const(8 * a)), d),
+                           g.const(4 * a))
+                w = g.op("Where", g.op("LessOrEqual", d, one), near, g.op("Where", g.op("Less", d, g.const(2.0)), far,
+                                                                            g.op("Mul", d, g.const(0.0))))
+            taps.append((g.op("Add", base, g.const(float(t))), w))
+        if node.attr("exclude_outside", 0):
+            inside = [g.op("Cast", g.op("And", g.op("GreaterOrEqual", at, g.const(0.0)), g.op("LessOrEqual", at, last)),
+                           to=g.float_type) for at, _ in taps]
+            kept = [g.op("Mul", w, m) for (_, w), m in zip(taps, inside)]
+            total = g.op("Sum", *kept)
+            taps = [(at, g.op("Div", w, total)) for (at, _), w in zip(taps, kept)]
+    shape = [1] * rank
+    shape[axis] = -1
+    line = g.ints(shape)
+    grad_shape = g.op("Shape", grad)
+    target = g.op("Concat", g.op("Shape", grad, start=0, end=axis), n_in, g.op("Shape", grad, start=axis + 1), axis=0)
+    result = g.op("ConstantOfShape", target, value=numpy_helper.from_array(np.zeros(1, g.np_float)))
+    for at, w in taps:
+        index = g.op("Cast", g.op("Clip", at, g.const(0.0), last), to=7)
+        index = g.op("Expand", g.op("Reshape", index, line), grad_shape)
+        share = grad if w is None else g.op("Mul", grad, g.op("Reshape", w, line))
+        result = g.op("ScatterElements", result, index, share, axis=axis, reduction="add")
+    return result
