@@ -388,6 +388,26 @@ case("gather_int32_runtime_indices", [
     node("Gather", ["X", "am32"], axis=1)], (3, 4), draw="distinct")
 
 
+# ---------------------------------------------------------------- Einsum
+_E = np.random.default_rng(23)
+case("einsum_matmul_x_left", [node("Einsum", ["X", "W"], equation="ij,jk->ik")], (2, 3), {"W": _E.normal(size=(3, 4))})
+case("einsum_matmul_x_right", [node("Einsum", ["W", "X"], equation="ij,jk->ik")], (3, 4), {"W": _E.normal(size=(2, 3))})
+case("einsum_attention_scores", [node("Einsum", ["X", "K"], equation="bhqd,bhkd->bhqk")], (1, 2, 3, 4),
+     {"K": _E.normal(size=(1, 2, 5, 4))})
+case("einsum_x_twice_rowwise_dot", [node("Einsum", ["X", "X"], equation="ij,ij->i")], (3, 4))
+case("einsum_implicit_output", [node("Einsum", ["X", "W"], equation="ij,jk")], (2, 3), {"W": _E.normal(size=(3, 2))})
+case("einsum_sum_and_transpose", [node("Einsum", ["X"], equation="ijk->kj")], (2, 3, 4))
+case("einsum_letter_only_in_x", [node("Einsum", ["X", "W"], equation="abc,c->c")], (2, 3, 4), {"W": _E.normal(size=4)})
+
+
+def test_einsum_diagonal_is_refused_in_one_line():
+    model = make_model([node("Einsum", ["X"], equation="ii->i", name="diag")], [("X", np.float32, [3, 3])],
+                       [("Y", np.float32, [3])])
+    with pytest.raises(UnsupportedModelError, match="diagonal") as info:
+        gnl_onnx.vjp_model(model)
+    assert list(info.value.unsupported.values()) == [["diag"]]
+
+
 # ---------------------------------------------------------------- reductions, instance normalization
 case("reducemax_axes_keepdims", [node("ReduceMax", ["X", "ax"])], (2, 3, 4), {"ax": i64(1, 2)}, draw="distinct")
 case("reducemax_neg_axis_nokeep", [node("ReduceMax", ["X", "ax"], keepdims=0)], (2, 3, 4), {"ax": i64(-1)},

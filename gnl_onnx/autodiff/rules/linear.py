@@ -64,3 +64,39 @@ def _matmul_with_vector(g, node, dy, rank_a, rank_b):
     da = g.op("MatMul", row, _swap_last_axes(g, b, rank_b))
     da = g.op("ReduceSum", da, g.ints(list(range(rank_b - 1))), keepdims=0)
     return [da, g.op("Mul", g.op("Unsqueeze", a, g.ints([-1])), row)]
+
+
+def _einsum_terms(equation: str):
+    """(input subscripts, output subscripts) of an Einsum equation; implicit outputs are the
+    letters seen once, in alphabetical order."""
+    equation = equation.replace(" ", "")
+    inputs, _, output = equation.partition("->")
+    terms = inputs.split(",")
+    if "->" not in equation:
+        letters = "".join(terms)
+        output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return terms, output
+
+
+@rule("Einsum")
+def einsum(g, node, dy):
+    # d/d operand k: the Einsum of the other operands and dy onto operand k's subscripts; a letter
+    # only operand k has (summed away in the forward) comes back by broadcasting
+    terms, output = _einsum_terms(node.attr("equation"))
+    if "." in node.attr("equation") or any(len(set(t)) != len(t) for t in terms + [output]):
+        raise UnsupportedModelError({"Einsum with an ellipsis or a repeated subscript (a diagonal)": [node.name]})
+    grads = []
+    for k, (name, term) in enumerate(zip(node.inputs, terms)):
+        if not g.wants(name):
+            grads.append(None)
+            continue
+        others = [(n, t) for j, (n, t) in enumerate(zip(node.inputs, terms)) if j != k]
+        seen = set("".join(t for _, t in others) + output)
+        kept = "".join(c for c in term if c in seen)
+        equation = ",".join([t for _, t in others] + [output]) + "->" + kept
+        grad = g.op("Einsum", *[n for n, _ in others], dy, equation=equation)
+        if kept != term:
+            grad = g.op("Unsqueeze", grad, g.ints([i for i, c in enumerate(term) if c not in seen]))
+            grad = g.op("Expand", grad, g.runtime_shape(name))
+        grads.append(grad)
+    return grads
