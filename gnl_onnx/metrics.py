@@ -11,7 +11,9 @@ The model randomization of Adebayo et al. lives beside the check that uses it
 (gnl_onnx/check/randomization.py)."""
 from __future__ import annotations
 
+import importlib
 import math
+import warnings
 
 import numpy as np
 
@@ -146,3 +148,15 @@ def insertion_score(model, image, attribution, substrate=INSERTION_SUBSTRATE, st
 __all__ = ["BATCH_SIZE", "Scorer", "auc", "chunk_size", "deletion_score", "insertion_score", "make_substrate",
            "perturbation_curve", "random_attribution", "rankdata", "ranking", "reduce_to_pixels", "road_score",
            "spearman"]
+
+# the model randomization moved beside the check that uses it (gnl_onnx/check/randomization.py);
+# its old names here still answer, with a DeprecationWarning (looked up on use: check sits above)
+_MOVED = ("cascading_randomization", "randomize_layers", "weighted_layers", "CascadingRandomization",
+          "RandomizationStep")
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        warnings.warn(f"gnl_onnx.metrics.{name} moved to gnl_onnx.check.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("gnl_onnx.check.randomization"), name)
+    raise AttributeError(f"module 'gnl_onnx.metrics' has no attribute {name!r}")

@@ -23,9 +23,19 @@ The map [N, 1, H, W] ([N, H, W, 1] for NHWC images) is broadcast to the image's 
 attribution output keeps the image's shape for every method: each channel holds the map."""
 from __future__ import annotations
 
+import importlib
+import warnings
+
 from .locate import Layer, candidates_report, default_layer, layer_candidates, locate, locate_layers
 from .maps import broadcast_to_image, cam_attribution, cam_map
 from .scorecam import scorecam_chunk, scorecam_rescore
 
 __all__ = ["Layer", "locate", "locate_layers", "layer_candidates", "default_layer", "candidates_report",
            "cam_map", "cam_attribution", "broadcast_to_image", "scorecam_rescore", "scorecam_chunk"]
+
+
+def __getattr__(name):
+    if name == "CAM_METHODS":  # the CAM methods' table became method objects (gnl_onnx/methods/cams.py)
+        warnings.warn("gnl_onnx.cam.CAM_METHODS moved to gnl_onnx.methods.CAM_METHODS", DeprecationWarning, stacklevel=2)
+        return importlib.import_module("gnl_onnx.methods").CAM_METHODS
+    raise AttributeError(f"module 'gnl_onnx.cam' has no attribute {name!r}")
