@@ -454,6 +454,66 @@ def test_instance_norm_gradient_matches_torch_autograd():
     assert max_rel_err(vjp_gradient(model, x, seed)[1], xt.grad.numpy()) < 1e-12
 
 
+# ---------------------------------------------------------------- a torch-exported segmentation-style net
+def _decoder_net(torch):
+    class Decoder(torch.nn.Module):
+        """An encoder-decoder in miniature: a strided Conv, a ConvTranspose + InstanceNorm branch, a
+        bilinear upsample to the skip's size (read from its shape) and a nearest x2 upsample."""
+
+        def __init__(self):
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.c2 = torch.nn.Conv2d(4, 4, 3, stride=2, padding=1)
+            self.up = torch.nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1)
+            self.norm = torch.nn.InstanceNorm2d(4, affine=True)
+            self.head = torch.nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            a = torch.relu(self.c1(x))
+            b = torch.relu(self.c2(a))
+            u = self.norm(self.up(b))
+            v = torch.nn.functional.interpolate(b, size=a.shape[-2:], mode="bilinear", align_corners=False)
+            n = torch.nn.functional.interpolate(b, scale_factor=2, mode="nearest")
+            return self.head(torch.cat([u + n, v], 1))
+
+    torch.manual_seed(0)
+    net = Decoder().eval()
+    with torch.no_grad():  # InstanceNorm's affine parameters start at 1 and 0: make them count
+        net.norm.weight.uniform_(0.5, 1.5)
+        net.norm.bias.uniform_(-0.5, 0.5)
+    return net
+
+
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["legacy", "dynamo"])
+def test_exported_decoder_matches_torch_autograd(dynamo, tmp_path):
+    """Resize (sizes read from a shape, scale 2), ConvTranspose and InstanceNormalization as torch's
+    two exporters write them: the float32 VJP in onnxruntime against torch's float64 gradient."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    net = _decoder_net(torch)
+    x = torch.randn(2, 3, 8, 10)
+    path = tmp_path / "decoder.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            pytest.importorskip("onnxscript")
+            torch.onnx.export(net, (x,), dynamo=True, opset_version=18).save(str(path))
+        else:
+            torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["X"])
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Resize", "ConvTranspose", "InstanceNormalization"} <= ops
+    xt = x.double().requires_grad_(True)
+    y = net.double()(xt)
+    seed = torch.randn_like(y)
+    y.backward(seed)
+    vjp = gnl_onnx.vjp_model(str(path))
+    report = gnl_onnx.vjp_report(vjp)
+    g = ort_session(vjp).run([report["gradient"]], {report["input"]: x.numpy(),
+                                                    report["seed"]: seed.float().numpy()})[0]
+    assert max_rel_err(g, xt.grad.numpy()) < 1e-5
+
+
 # ---------------------------------------------------------------- harness
 def _vjp(model, **kw):
     return gnl_onnx.vjp_model(model, **kw)
