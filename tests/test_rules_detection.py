@@ -514,6 +514,25 @@ def test_exported_decoder_matches_torch_autograd(dynamo, tmp_path):
     assert max_rel_err(g, xt.grad.numpy()) < 1e-5
 
 
+# ---------------------------------------------------------------- the new ops under LRP
+@pytest.mark.parametrize("case_id", ["topk_last_axis", "gather_elements_const_dup_neg", "gather_nd_const_slices_dup",
+                                     "scatter_nd_both_written_elements", "reducemax_axes_keepdims",
+                                     "resize_cubic_half_pixel_up_scales", "cumsum_exclusive0_reverse0"])
+def test_lrp_conserves_relevance_through_routing_ops_and_running_sums(case_id):
+    """Under an LRP composite the routing ops and Resize move relevance by the gradient and CumSum
+    splits it proportionally (Norm): the total arriving at X is the total leaving Y."""
+    c = CASES[case_id]
+    x = c.x(np.float32)
+    model = c.build(np.float32)
+    y = ort_session(model).run(None, {"X": x})[0]
+    seed = np.random.default_rng(3).uniform(0.1, 1.0, size=y.shape).astype(np.float32)
+    vjp = gnl_onnx.vjp_model(model, rule="lrp_epsilon_plus_flat")
+    r = ort_session(vjp).run(["X_grad"], {"X": x, "Y_grad": seed})[0]
+    assert abs(float(r.sum()) - float(seed.sum())) <= 1e-4 * float(np.abs(seed).sum())
+    rules = {entry["op"]: entry["rule"] for entry in gnl_onnx.vjp_report(vjp).get("rules", [])}
+    assert rules == ({"CumSum": "norm"} if c.id.startswith("cumsum") else {})
+
+
 # ---------------------------------------------------------------- harness
 def _vjp(model, **kw):
     return gnl_onnx.vjp_model(model, **kw)

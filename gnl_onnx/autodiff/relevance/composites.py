@@ -9,11 +9,13 @@ merged into the layer before it, residual sums as Sum modules):
 and for every composite (Zennit's layer_map_base, extended to ops a torch module list does not
 name): activations, Softmax, LayerNorm, BatchNorm left unfolded, scales and shifts by constants
 -> Pass; sums of path values (Add, Sum, Sub, Mean) and average pooling (AveragePool,
-GlobalAveragePool, ReduceMean, ReduceSum) -> the proportional (Norm) split; products of two path
-values -> half each; everything else (MaxPool, Concat, Split, Slice, reshapes, Pad, Gather...)
--> the gradient, which for these ops moves relevance without creating or losing any.
+GlobalAveragePool, ReduceMean, ReduceSum; CumSum's running sums) -> the proportional (Norm)
+split; products of two path values -> half each; everything else (MaxPool, Concat, Split, Slice,
+reshapes, Pad, Gather, GatherElements/ND, TopK, Scatter*, ReduceMax/Min, Resize: rows of
+weights summing to 1) -> the gradient, which for these ops moves relevance without creating or
+losing any.
 
-The first linear layers are the Conv/Gemm/MatMul nodes the image reaches without passing another
+The first linear layers are the Conv/ConvTranspose/Gemm/MatMul nodes the image reaches without passing another
 linear layer (Zennit: the first such module in registration order; here every such node, so a
 model whose image feeds two branches gets the first-layer rule on both)."""
 from __future__ import annotations
@@ -34,7 +36,7 @@ PASS_UNITS = ((PAPER_UNITS - {"MaxPool", "GlobalMaxPool"}) | OTHER_NONLINEAR_UNI
                  "InstanceNormalization", "Exp", "Log", "Sqrt", "Reciprocal", "Abs", "Neg", "Erf",
                  "Pow", "Cast", "CastLike", "Identity", "Dropout"})
 SUMS = {"Add", "Sum", "Sub", "Mean"}
-AVERAGES = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"}
+AVERAGES = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "CumSum"}
 DEFAULT_BOUNDS = (0.0, 1.0)  # ZBox: the pixel range 0..1 with no mean/std, unless told
 
 
