@@ -350,6 +350,12 @@ case("gather_nd_const_slices_dup", [node("GatherND", ["X", "idx"])], (3, 4, 2),
      {"idx": np.array([[0, 1], [2, 3], [0, 1]], np.int64)})
 case("gather_nd_const_elements", [node("GatherND", ["X", "idx"])], (3, 4),
      {"idx": np.array([[[0, 1], [2, 3]], [[1, 1], [0, 1]]], np.int64)})
+case("gather_nd_batch_dims1", [node("GatherND", ["X", "idx"], batch_dims=1)], (2, 3, 4),
+     {"idx": np.array([[[1], [2], [1]], [[0], [0], [2]]], np.int64)})
+case("gather_nd_batch_dims1_elements", [node("GatherND", ["X", "idx"], batch_dims=1)], (2, 3, 4),
+     {"idx": np.array([[[1, 3], [2, 0]], [[0, 0], [0, 0]]], np.int64)})
+case("gather_nd_batch_dims2", [node("GatherND", ["X", "idx"], batch_dims=2)], (2, 3, 4),
+     {"idx": np.array([[[1], [3], [3]], [[0], [2], [1]]], np.int64)})
 case("gather_nd_nonzero_data_dependent", [
     node("Greater", ["X", "zero"], ["pos"]), node("NonZero", ["pos"], ["nz"]), node("Transpose", ["nz"], ["at"]),
     node("GatherND", ["X", "at"])], (3, 4), {"zero": np.array(0.0)}, draw="off_grid")

@@ -31,9 +31,23 @@ def gather_elements(g, node, dy):
 
 @rule("GatherND")
 def gather_nd(g, node, dy):
-    if node.attr("batch_dims", 0):
-        raise UnsupportedModelError({"GatherND with batch_dims > 0": [node.name]})
     data, indices = node.inputs
+    batch = node.attr("batch_dims", 0)
+    if batch:  # ScatterND has no batch_dims: prepend each entry's batch coordinates to its index
+        rank = g.rank(indices)
+        if rank is None:
+            raise UnsupportedModelError({"GatherND with batch_dims of indices of unknown rank": [node.name]})
+        indices = g.op("Cast", indices, to=7)
+        where = g.op("Shape", indices, start=0, end=rank - 1)
+        full = g.op("Concat", where, g.ints([1]), axis=0)
+        coordinates = []
+        for axis in range(batch):
+            count = g.op("Squeeze", g.op("Shape", indices, start=axis, end=axis + 1), g.ints([0]))
+            shape = [1] * rank
+            shape[axis] = -1
+            line = g.op("Reshape", g.op("Range", g.ints(0), count, g.ints(1)), g.ints(shape))
+            coordinates.append(g.op("Expand", line, full))
+        indices = g.op("Concat", *coordinates, indices, axis=-1)
     return [g.op("ScatterND", g.zeros_like(data), indices, dy, reduction="add"), None]
 
 
