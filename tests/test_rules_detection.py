@@ -254,6 +254,16 @@ def test_resize_antialias_of_dynamic_spatial_size_is_refused_in_one_line():
     assert "Resize" in str(info.value) and "fixed image size" in str(info.value)
 
 
+def test_resize_keep_aspect_ratio_of_dynamic_size_is_refused_in_one_line():
+    model = make_model([node("Resize", ["X", "", "", "sz"], mode="linear", axes=[2, 3], name="fit",
+                             keep_aspect_ratio_policy="not_larger")],
+                       [("X", np.float32, [1, 2, "H", "W"])], [("Y", np.float32, [1, 2, None, None])],
+                       {"sz": i64(8, 8)})
+    with pytest.raises(UnsupportedModelError, match="keep_aspect_ratio_policy") as info:
+        gnl_onnx.vjp_model(model)
+    assert list(info.value.unsupported.values()) == [["fit"]]
+
+
 def test_resize_tf_crop_and_resize_is_refused():
     model = make_model([node("Resize", ["X", "roi", "sc"], mode="linear", name="crop",
                              coordinate_transformation_mode="tf_crop_and_resize")],

@@ -176,6 +176,9 @@ def resize(g, node, dy):
             factor = out / n if isinstance(out, int) and isinstance(n, int) else None
         inputs[axis], outputs[axis], factors[axis] = n, out, factor
     if policy != "stretch" and sizes is not None and scales is None:
+        if any(factors[a] is None for a in axes):
+            _refuse(node, f"with keep_aspect_ratio_policy '{policy}' and sizes known only at run time",
+                    "export the model with a fixed image size")
         pick = min if policy == "not_larger" else max
         common = pick(factors[a] for a in axes)
         for a in axes:
