@@ -549,6 +549,30 @@ def test_lrp_conserves_relevance_through_routing_ops_and_running_sums(case_id):
     assert rules == ({"CumSum": "norm"} if c.id.startswith("cumsum") else {})
 
 
+# ---------------------------------------------------------------- step functions under DeepLIFT
+@pytest.mark.parametrize("op", ["Floor", "Ceil", "Round", "Sign"])
+def test_deeplift_carries_the_difference_through_step_functions(op):
+    """Gemm(op(3 x) + x, W): DeepLIFT's Rescale at the step keeps completeness, sum(attribution) =
+    F(x) - F(x0), where the chain rule's zero derivative would drop op's share of the gap."""
+    rng = np.random.default_rng(31)
+    w = rng.normal(size=(6, 2)).astype(np.float32)
+    model = make_model([node("Mul", ["X", "three"], ["t"]), node(op, ["t"], ["s"]), node("Add", ["s", "X"], ["u"]),
+                        node("Gemm", ["u", "W"])], [("X", np.float32, ["N", 6])], [("Y", np.float32, ["N", 2])],
+                       {"three": np.array(3.0, np.float32), "W": w})
+    vjp = gnl_onnx.vjp_model(model, rule="deeplift")
+    report = gnl_onnx.vjp_report(vjp)
+    x, x0 = rng.uniform(-2, 2, size=(2, 6)).astype(np.float32), rng.uniform(-2, 2, size=(2, 6)).astype(np.float32)
+    feeds = {"X": np.concatenate([x, x0]), report["extra_inputs"][0]: np.array([2, 3, 2, 3], np.int64)}
+    seed = np.tile(np.array([[1.0, 0.0]], np.float32), (4, 1))
+    y, multipliers = ort_session(vjp).run(["Y", "X_grad"], {**feeds, "Y_grad": seed})
+    gap = y[:2, 0].astype(np.float64) - y[2:, 0]
+    total = ((x - x0) * multipliers[:2]).astype(np.float64).sum(1)
+    assert {e["op"]: e["rule"] for e in report["rules"]}[op] == "rescale"
+    steps = {"Floor": np.floor, "Ceil": np.ceil, "Round": np.round, "Sign": np.sign}[op]
+    assert np.abs(steps(3 * x) - steps(3 * x0)).sum() > 0  # the step does move between x0 and x
+    np.testing.assert_allclose(total, gap, rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- harness
 def _vjp(model, **kw):
     return gnl_onnx.vjp_model(model, **kw)

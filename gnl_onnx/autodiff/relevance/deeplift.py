@@ -2,8 +2,9 @@
 their references (baselines); input `<x>_reference_rows` (int64 [rows]) names each row's
 reference row, and v0 = Gather(v, reference_rows) is any value at the reference. Then:
 
-    elementwise non-linear units y = f(x) (Relu, Sigmoid, Tanh, Elu, Softplus, Clip, Gelu, ... and
-    elementwise ops with one operand on the path and a non-linear f):
+    elementwise non-linear units y = f(x) (Relu, Sigmoid, Tanh, Elu, Softplus, Clip, Gelu, ..., the
+    steps Floor, Ceil, Round, Sign, and elementwise ops with one operand on the path and a
+    non-linear f):
         multiplier = g * (y - y0) / (x - x0), the plain gradient where |x - x0| < 1e-10
     MaxPool (Captum's maxpool rule): with M = max(y, y0),
         multiplier = (route_x(g (M - y0)) + route_x0(g (y - M))) / (x - x0)
@@ -31,7 +32,8 @@ from .split import on_path
 EPS = 1e-10
 UNARY = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "Softplus", "Softsign",
          "HardSigmoid", "HardSwish", "Gelu", "Mish", "ThresholdedRelu", "Clip", "Exp", "Log", "Sqrt",
-         "Reciprocal", "Abs", "Erf", "Pow", "Max", "Min"}
+         "Reciprocal", "Abs", "Erf", "Pow", "Max", "Min",
+         "Floor", "Ceil", "Round", "Sign"}  # steps: a zero gradient, but a difference to carry
 
 
 @rule_set("deeplift")
@@ -88,9 +90,11 @@ class DeepLift(RuleSet):
         return g.op("Where", small, chain, g.op("Div", numerator, safe))
 
     def rescale(self, g, node, dy, i):
-        chain = RULES[node.op](g, node, dy)
+        chain = RULES[node.op](g, node, dy)[i]
+        if chain is None:  # a step function: where x = x0 its (zero) derivative
+            chain = g.op("Mul", dy, g.const(0.0))
         grads = [None] * len(node.inputs)
-        grads[i] = self._secant(g, node.inputs[i], node.outputs[0], chain[i], dy)
+        grads[i] = self._secant(g, node.inputs[i], node.outputs[0], chain, dy)
         return grads
 
     def softmax(self, g, node, dy):
