@@ -2,6 +2,8 @@ import os
 import pathlib
 import sys
 
+import pytest
+
 # One torch thread: torch's OpenMP workers spin-wait, and beside onnxruntime's own pool (or any
 # other busy process on a 2-core machine) a reference backward pass stalled for minutes.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -29,8 +31,6 @@ QUICK_ANYWAY = ("tests/test_cam.py::test_cams_match_anchor[resnet18-legacy]",)
 
 
 def pytest_collection_modifyitems(config, items):
-    import pytest
-
     for item in items:
         if item.get_closest_marker("slow"):
             continue

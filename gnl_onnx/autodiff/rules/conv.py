@@ -165,12 +165,17 @@ def window_geometry(g, node, kernel):
     return in_sizes, out_sizes, strides, dilations, begin, end
 
 
-@rule("Conv")
-def conv(g, node, dy):
+def fixed_weight(g, node):
+    """(weight, kernel sizes) of a Conv or ConvTranspose, whose weight must not depend on the image."""
     weight = node.inputs[1]
     if g.wants(weight):
-        raise UnsupportedModelError({"Conv with weights computed from the image": [node.name]})
-    kernel = node.attr("kernel_shape") or list(g.static_shape(weight, "Conv weight")[2:])
+        raise UnsupportedModelError({f"{node.op} with weights computed from the image": [node.name]})
+    return weight, node.attr("kernel_shape") or list(g.static_shape(weight, f"{node.op} weight")[2:])
+
+
+@rule("Conv")
+def conv(g, node, dy):
+    weight, kernel = fixed_weight(g, node)
     in_sizes, out_sizes, strides, dilations, begin, _ = window_geometry(g, node, kernel)
     return [spread_back(g, dy, weight, in_sizes, out_sizes, kernel, strides, dilations, begin,
                         group=node.attr("group", 1), subpixel=True)]
@@ -199,10 +204,7 @@ def conv_transpose(g, node, dy):
     # y = ConvTranspose(x, W) is the transpose of the Conv with the same W ([C, M/group, *k] read as a
     # Conv weight maps M channels to C), strides, dilations and group: dx = Conv(dy, W), padded by
     # the forward's begin crop; the output_padding rows at the end got nothing from x and are skipped.
-    weight = node.inputs[1]
-    if g.wants(weight):
-        raise UnsupportedModelError({"ConvTranspose with weights computed from the image": [node.name]})
-    kernel = node.attr("kernel_shape") or list(g.static_shape(weight, "ConvTranspose weight")[2:])
+    weight, kernel = fixed_weight(g, node)
     x, y = node.inputs[0], node.outputs[0]
     rank = g.rank(x)
     if rank is None or rank < 3:
