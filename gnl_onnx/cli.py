@@ -349,7 +349,8 @@ def run_convert(args) -> int:
 
 FEEDING = """feed it with any ONNX Runtime (Python shown):
   import numpy as np, onnxruntime as ort
-  s = ort.InferenceSession("{path}")
+  quiet = ort.SessionOptions(); quiet.log_severity_level = 3  # no warning about score_rows, an input with a default
+  s = ort.InferenceSession("{path}", quiet)
   alphas, weights = np.polynomial.legendre.leggauss(32); alphas = (alphas + 1) / 2; weights /= 2
   attribution, scores, target = s.run(["attribution", "scores", "target_used"], {{
       "{image}": images,                                  # float32, the model's own layout

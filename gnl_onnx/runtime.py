@@ -90,6 +90,8 @@ def make_session(model, providers=None, threads: int | None = None, memory_patte
     if weights is None:
         model, weights = detach_weights(model)
     options = ort.SessionOptions()
+    # errors only: ONNX Runtime warns on every session about the inputs with defaults the graphs add
+    # (score_rows, ZBox's low/high: initializers that are also inputs, by design); errors still raise
     options.log_severity_level = 3
     options.enable_mem_pattern = memory_pattern
     if not prepack:
