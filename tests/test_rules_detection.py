@@ -404,6 +404,42 @@ case("gather_int32_runtime_indices", [
     node("Gather", ["X", "am32"], axis=1)], (3, 4), draw="distinct")
 
 
+# ---------------------------------------------------------------- RoiAlign, NonMaxSuppression
+# boxes (x1, y1, x2, y2) in image coordinates: inside, crossing the border, smaller than a cell,
+# on both images of the batch; spatial_scale 0.5 maps them onto the 6x7 feature map
+_ROIS = np.array([[1.0, 2.0, 9.0, 8.5], [-3.0, 4.0, 6.0, 14.0], [5.2, 3.1, 5.9, 3.6], [0.0, 0.0, 13.0, 11.0],
+                  [7.5, 1.0, 15.0, 6.0]])
+_ROI_BATCH = i64(0, 1, 1, 0, 1)
+for _mode in ["avg", "max"]:
+    for _t in ["half_pixel", "output_half_pixel"]:
+        for _ratio in [0, 2]:
+            case(f"roi_align_{_mode}_{_t}_ratio{_ratio}",
+                 [node("RoiAlign", ["X", "rois", "bi"], mode=_mode, coordinate_transformation_mode=_t,
+                       output_height=3, output_width=2, sampling_ratio=_ratio, spatial_scale=0.5)],
+                 (2, 3, 6, 7), {"rois": _ROIS, "bi": _ROI_BATCH}, draw="distinct" if _mode == "max" else "normal")
+# a two-stage detector's shape: the boxes come from the image (a pooled score decides them), so they
+# are data dependent; the gradient flows to the feature map only (as torchvision's roi_align)
+case("roi_align_data_dependent_boxes_after_nms", [
+    node("ReduceMean", ["X", "c12"], ["m"], keepdims=0),                      # [1, W]
+    node("Slice", ["m", "s0", "s4", "s1"], ["m4"]),
+    node("Reshape", ["m4", "sshape"], ["score64"]),                            # [1, 1, 4]: a score per box
+    node("Cast", ["score64"], ["scores"], to=TensorProto.FLOAT),
+    node("Reshape", ["cands", "cshape"], ["boxes"]),
+    node("NonMaxSuppression", ["boxes", "scores", "keep", "iou"], ["sel"]),
+    node("Gather", ["sel", "two"], ["which"], axis=1),                        # the kept boxes' indices
+    node("Gather", ["cands", "which"], ["rois32"], axis=0),
+    node("CastLike", ["rois32", "X"], ["rois"]),  # NonMaxSuppression takes float32 boxes only
+    node("Cast", ["which"], ["zero_batch"], to=TensorProto.INT64),
+    node("Mul", ["zero_batch", "zero"], ["bi"]),
+    node("RoiAlign", ["X", "rois", "bi"], ["pooled"], output_height=2, output_width=2, sampling_ratio=2),
+    node("Mul", ["pooled", "pooled"])], (1, 2, 5, 6),
+    {"c12": i64(1, 2), "s0": i64(0), "s4": i64(4), "s1": i64(1), "sshape": i64(1, 1, 4), "cands": np.array([[0.0, 0.0, 3.0, 3.0], [0.5, 0.5, 3.5, 3.0],
+                                                           [2.0, 1.0, 5.5, 4.5], [1.0, 2.0, 4.0, 4.8]], np.float32),
+     "cshape": i64(1, 4, 4), "keep": i64(3), "iou": np.array([0.5], np.float32), "two": np.array(2, np.int64),
+     "zero": i64(0)}, draw="distinct",
+     skip64="NonMaxSuppression takes float32 scores only, so a float64 model would mix precisions")
+
+
 # ---------------------------------------------------------------- Einsum
 _E = np.random.default_rng(23)
 case("einsum_matmul_x_left", [node("Einsum", ["X", "W"], equation="ij,jk->ik")], (2, 3), {"W": _E.normal(size=(3, 4))})
@@ -683,3 +719,26 @@ def test_conv_transpose_lrp_matches_zennit(composite):
     got = Runner(vjp)({"X": x.astype(dtype), "Y_grad": seed.astype(dtype)}, ["X_grad"])[0]
     err = max_rel_err(got, want.numpy())
     assert err < (1e-8 if dtype == np.float64 else 1e-4), err
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_roi_align_gradient_matches_torchvision_autograd(aligned):
+    """torchvision.ops.roi_align (avg): aligned=True is ONNX's half_pixel, False output_half_pixel;
+    the gradient of the feature map in float64, adaptive and fixed sampling."""
+    torch = pytest.importorskip("torch")
+    ops = pytest.importorskip("torchvision.ops")
+    rng = np.random.default_rng(41)
+    x = rng.normal(size=(2, 3, 6, 7))
+    for ratio in (0, 2):
+        seed = rng.normal(size=(len(_ROIS), 3, 3, 2))
+        xt = torch.tensor(x, requires_grad=True)
+        boxes = torch.tensor(np.concatenate([_ROI_BATCH[:, None].astype(np.float64), _ROIS], axis=1))
+        ops.roi_align(xt, boxes, (3, 2), spatial_scale=0.5, sampling_ratio=ratio if ratio else -1,
+                      aligned=aligned).backward(torch.tensor(seed))
+        model = make_model([node("RoiAlign", ["X", "rois", "bi"], mode="avg", output_height=3, output_width=2,
+                                 coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel",
+                                 sampling_ratio=ratio, spatial_scale=0.5)],
+                           [("X", np.float64, list(x.shape))], [("Y", np.float64, list(seed.shape))],
+                           {"rois": _ROIS, "bi": _ROI_BATCH})
+        got = vjp_gradient(model, x, seed)[1]
+        assert max_rel_err(got, xt.grad.numpy()) < 1e-12
