@@ -10,7 +10,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import ModelError, UnsupportedModelError
-from .graph import HALF_TYPES, SKELETON_KEEPS, GraphBuilder, drop_unused_initializers, prune, skeleton
+from .graph import HALF_TYPES, SKELETON_KEEPS, GraphBuilder, all_nodes, drop_unused_initializers, prune, skeleton
 from .runtime import onnxruntime
 
 TARGET_OPSET = 18
@@ -40,8 +40,9 @@ def normalize(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto
                       "is computed in float32 (the model's float16 weights are kept exactly)", PrecisionNote,
                       stacklevel=2)
     _remove_passthrough(model.graph)
-    for _ in range(4):  # folding can reveal shapes, which can reveal more folding
-        if not fold_constants(model):
+    for _ in range(4):  # folding can reveal shapes, which can reveal more folding (and If conditions)
+        folded = fold_constants(model)
+        if not (inline_constant_ifs(model) or folded):
             break
     _refuse_quantized(model.graph)
     _match_clip_bound_types(model)
@@ -224,6 +225,53 @@ def fold_constants(model: onnx.ModelProto) -> bool:
     del graph.node[:]
     graph.node.extend(keep)
     return True
+
+
+def inline_constant_ifs(model: onnx.ModelProto) -> bool:
+    """An If whose condition is a constant (after folding: often a shape test) is replaced by the
+    nodes of the branch it takes; the branch's own values are renamed so they cannot collide with
+    the outer graph's. Returns whether anything changed. An If decided only at run time stays
+    (the reverse pass refuses it, naming the node)."""
+    graph = model.graph
+    constants = {t.name: t for t in graph.initializer}
+    keep, changed, taken = [], False, 0
+    for node in graph.node:
+        if node.op_type != "If" or node.input[0] not in constants:
+            keep.append(node)
+            continue
+        condition = numpy_helper.to_array(constants[node.input[0]])
+        branch_name = "then_branch" if bool(np.asarray(condition).reshape(-1)[0]) else "else_branch"
+        branch = next(a.g for a in node.attribute if a.name == branch_name)
+        taken += 1
+        prefix = f"{node.name or 'If'}_{branch_name}_{taken}/"
+        local = {v for n in branch.node for v in n.output if v} | {t.name for t in branch.initializer}
+        renamed = {name: prefix + name for name in local}
+        for tensor in branch.initializer:
+            copy = graph.initializer.add()
+            copy.CopyFrom(tensor)
+            copy.name = renamed[tensor.name]
+        for index, inner in enumerate(branch.node):
+            copy = onnx.NodeProto()
+            copy.CopyFrom(inner)
+            copy.name = f"{prefix}{inner.name or inner.op_type}_{index}"
+            for i, name in enumerate(copy.input):
+                copy.input[i] = renamed.get(name, name)
+            for i, name in enumerate(copy.output):
+                copy.output[i] = renamed.get(name, name)
+            for sub in (s for a in copy.attribute for s in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)):
+                for n in all_nodes(sub):  # nested subgraphs read the branch's values by name
+                    for i, name in enumerate(n.input):
+                        n.input[i] = renamed.get(name, name)
+            keep.append(copy)
+        for produced, result in zip(branch.output, node.output):
+            keep.append(helper.make_node("Identity", [renamed.get(produced.name, produced.name)], [result],
+                                         name=f"{prefix}{result}"))
+        changed = True
+    if changed:
+        del graph.node[:]
+        graph.node.extend(keep)
+        _remove_passthrough(graph)
+    return changed
 
 
 def _static_part_of_shape(node, partial, known) -> dict | None:

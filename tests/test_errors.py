@@ -55,21 +55,23 @@ def nms():
 
 
 def if_direct():
-    # Branches read `a` from the outer scope; Y also uses `a` directly.
+    # Branches read `a` from the outer scope; Y also uses `a` directly. The condition is decided at
+    # run time (an If with a constant condition is replaced by its branch: tests/test_rules_detection.py)
     then_g = helper.make_graph([n("Mul", ["a", "a"], ["t"])], "then", [], [vi("t", [1, 6])])
     else_g = helper.make_graph([n("Neg", ["a"], ["e"])], "else", [], [vi("e", [1, 6])])
-    return make_model([n("Relu", ["X"], ["a"]),
+    return make_model([n("Relu", ["X"], ["a"]), n("ReduceSum", ["X"], ["s"], keepdims=0), n("Greater", ["s", "z"], ["c"]),
                        n("If", ["c"], ["b"], then_branch=then_g, else_branch=else_g, name="branch"),
                        n("Add", ["a", "b"], ["Y"])],
-                      [("X", F32, [1, 6])], [("Y", F32, [1, 6])], {"c": np.array(True)})
+                      [("X", F32, [1, 6])], [("Y", F32, [1, 6])], {"z": np.array(0.0, F32)})
 
 
 def if_outer_scope_only():
     # Y depends on X only through the If's branches (an implicit, outer-scope input).
     then_g = helper.make_graph([n("Mul", ["X", "X"], ["t"])], "then", [], [vi("t", [1, 6])])
     else_g = helper.make_graph([n("Neg", ["X"], ["e"])], "else", [], [vi("e", [1, 6])])
-    return make_model([n("If", ["c"], ["Y"], then_branch=then_g, else_branch=else_g, name="branch")],
-                      [("X", F32, [1, 6])], [("Y", F32, [1, 6])], {"c": np.array(True)})
+    return make_model([n("ReduceSum", ["X"], ["s"], keepdims=0), n("Greater", ["s", "z"], ["c"]),
+                       n("If", ["c"], ["Y"], then_branch=then_g, else_branch=else_g, name="branch")],
+                      [("X", F32, [1, 6])], [("Y", F32, [1, 6])], {"z": np.array(0.0, F32)})
 
 
 def loop():

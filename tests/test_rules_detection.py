@@ -440,6 +440,49 @@ case("roi_align_data_dependent_boxes_after_nms", [
      skip64="NonMaxSuppression takes float32 scores only, so a float64 model would mix precisions")
 
 
+# ---------------------------------------------------------------- If
+def _if_node(condition, output, elem):
+    """then: 3 X^2 (with a constant of the branch's own), else: -X; both read X from the outer graph."""
+    then_branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["k"], value=helper.make_tensor("k", elem, [], [3.0])),
+         helper.make_node("Mul", ["X", "X"], ["sq"]), helper.make_node("Mul", ["sq", "k"], ["t"])], "then", [],
+        [helper.make_tensor_value_info("t", elem, None)])
+    else_branch = helper.make_graph([helper.make_node("Neg", ["X"], ["e"])], "else", [],
+                                    [helper.make_tensor_value_info("e", elem, None)])
+    return node("If", [condition], [output], then_branch=then_branch, else_branch=else_branch)
+
+
+# torch's exports test shapes ("any boxes?", "is the image wider than...?"): constant once shapes fold
+@pytest.mark.parametrize("axis, branch", [(2, "then"), (1, "else")])
+def test_if_with_a_shape_condition_follows_the_branch_taken(axis, branch):
+    rng = np.random.default_rng(axis)
+    x = rng.normal(size=(2, 3, 5))
+    seed = rng.normal(size=x.shape)
+    for dtype, elem in ((np.float64, TensorProto.DOUBLE), (np.float32, TensorProto.FLOAT)):
+        model = make_model([node("Shape", ["X"], ["s"]), node("Gather", ["s", "ax"], ["d"], axis=0),
+                            node("Greater", ["d", "three"], ["c"]), _if_node("c", "b", elem), node("Add", ["b", "X"])],
+                           [("X", dtype, list(x.shape))], [("Y", dtype, list(x.shape))],
+                           {"ax": np.array(axis, np.int64), "three": np.array(3, np.int64)})
+        want = seed * (6 * x + 1 if branch == "then" else 0 * x)
+        if dtype == np.float64:
+            run = Runner(model)
+            assert np.allclose(want, fd_gradient(lambda v: run({"X": v})[0], x, seed, EPS64), atol=1e-6)
+        vjp = _vjp(model)
+        assert not any(n.op_type == "If" for n in vjp.graph.node)
+        y, got = ort_session(vjp).run(["Y", "X_grad"], {"X": x.astype(dtype), "Y_grad": seed.astype(dtype)})
+        assert max_rel_err(got, want) < (1e-12 if dtype == np.float64 else RTOL32)
+
+
+def test_if_decided_at_run_time_is_refused_in_one_line():
+    model = make_model([node("ReduceSum", ["X"], ["total"], keepdims=0), node("Greater", ["total", "zero"], ["c"]),
+                        _if_node("c", "b", TensorProto.FLOAT), node("Add", ["b", "X"])],
+                       [("X", np.float32, [2, 3])], [("Y", np.float32, [2, 3])], {"zero": np.array(0.0, np.float32)})
+    with pytest.raises(UnsupportedModelError) as e:
+        gnl_onnx.vjp_model(model)
+    assert list(e.value.unsupported) == ["If"]
+    assert "decided at run time" in str(e.value) and "\n" not in str(e.value)
+
+
 # ---------------------------------------------------------------- Einsum
 _E = np.random.default_rng(23)
 case("einsum_matmul_x_left", [node("Einsum", ["X", "W"], equation="ij,jk->ik")], (2, 3), {"W": _E.normal(size=(3, 4))})

@@ -48,7 +48,10 @@ def check_supported(builder: GraphBuilder, path: list[onnx.NodeProto], y: str) -
         if node.domain in ("", "ai.onnx") and node.op_type not in CONTROL_FLOW and node.op_type not in RULES:
             unsupported.setdefault(node.op_type, []).append(node.name)
     if unsupported:
-        raise UnsupportedModelError(unsupported)
+        decided_at_run_time = ("an If is followed only where its condition folds to a constant (a shape test); "
+                               "this one is decided at run time: export the model without its post-processing "
+                               "(the raw head outputs) or with a fixed image size") if "If" in unsupported else ""
+        raise UnsupportedModelError(unsupported, hint=decided_at_run_time)
 
 
 def check_differentiable(builder: GraphBuilder, x: str, y: str, active: set[str]) -> None:
