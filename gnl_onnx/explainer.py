@@ -11,6 +11,7 @@ from .attribution import attribution_info, attribution_model
 from .baselines import make_baseline
 from .budget import Budget, human_size
 from .errors import GnlOnnxError, NonFiniteError, UsageError
+from .forward import ForwardRunner
 from .methods import METHODS, get_method
 from .runtime import choose_providers, detach_weights, make_session, release_freed_memory
 from .settings import MAX_STEPS, Settings  # noqa: F401 - MAX_STEPS: imported from here
@@ -70,6 +71,11 @@ class Explainer:
         self.alphas, self.weights = self.spec.points(self.steps, s.integration)
         self.baseline, self.black, self.layout = s.baseline, s.black, s.layout
         self.noise_level, self.seed = s.noise_level, s.seed
+        if self.spec.forward_only:  # perturbed copies through the forward graph only (gnl_onnx/forward.py)
+            self.forward = f = ForwardRunner(model, self.spec, s)
+            self.info, self.row_bytes, self.provider, self.input_name = f.info, f.row_bytes, f.provider, f.info["input"]
+            self.budget, self.budget_note, self.session, self.scores_once = f.budget, f.budget_note, None, False
+            return
         providers, threads, memory_budget = s.providers, s.threads, s.memory_budget
         budget = Budget.resolve(memory_budget, choose_providers(providers)[0])
         # The attribution model is not kept: the session holds its own copy of the weights.
@@ -106,6 +112,8 @@ class Explainer:
 
     def plan(self, n_images: int, steps: int | None = None) -> dict:
         """How explain() splits n images: images and steps per run, memory per run, and why."""
+        if self.spec.forward_only:
+            return self.forward.plan(n_images)
         images, steps = self.chunks(n_images, steps)
         rows = images * (steps + int(self.scores_once))  # (LRP and deeplift runs have no score rows)
         return {"images_per_run": images, "steps_per_run": steps, "memory_per_run": human_size(rows * self.row_bytes),
@@ -125,7 +133,10 @@ class Explainer:
         if classes and np.any(targets >= classes):
             raise UsageError(f"target {int(targets.max())} is out of range: the model has {classes} classes "
                              f"(0 to {classes - 1}); a negative target means the top-1 class")
-        if self.spec.noisy_copies:
+        if self.spec.forward_only:
+            attributions, scores, targets, reference, baselines = self.forward.attribute(
+                images, targets, self._baselines(images), self.layout)
+        elif self.spec.noisy_copies:
             attributions, scores, targets, reference, baselines = self._noisy_copies(images, targets)
         else:
             attributions, scores, targets, reference, baselines = self._attribute(images, targets)

@@ -21,7 +21,11 @@ def get_method(name) -> Method:
     if name in METHODS:
         return METHODS[name]
     wrapper, _, inner = str(name).partition(":")
+    if inner and wrapper in METHODS and hasattr(METHODS[wrapper], "configured"):
+        return METHODS[wrapper].configured(inner)  # a method's options: "rise:masks=8000,cells=7"
+    if inner and wrapper in WRAPPERS and get_method(inner).forward_only:
+        raise UsageError(f"{wrapper} wraps methods with a backward graph, not the forward-only {inner}")
     if inner and wrapper in WRAPPERS and inner in METHODS:
         return WRAPPERS[wrapper](METHODS[inner])
     raise UsageError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}, or smoothgrad:<method> "
-                     "(SmoothGrad over any of them)")
+                     "(SmoothGrad over any of them), or rise:masks=8000 (a forward-only method's options)")
