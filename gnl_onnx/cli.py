@@ -16,6 +16,8 @@ from .attribution import attribution_info, attribution_model
 from .audit import audit_files
 from .check import check_files, load_thresholds, parse_checks, parse_threshold_flags
 from .demo import run_demo as demo
+from .deploy import combined_model, parse_method_list, runtime_folder, write_triton, write_web
+from .deploy.web import check_folder
 from .evaluate import evaluate_files
 from .evaluation import ALL_METHODS as EVALUATED, FILES, parse_methods, parse_metrics
 from .explain import explain_files
@@ -25,7 +27,7 @@ from .methods import METHODS, get_method
 from .intake import IntakeNote, prepare
 from .output import atomic_write, prepare_folder
 from .planning import plan_cost
-from .presets import PRESETS, get_preset
+from .presets import PRESETS, class_names, get_preset
 from .report import image_png
 from .settings import Settings
 
@@ -131,11 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --cost: the budget that splits the runs (default auto)")
     p.set_defaults(run=run_inspect)
 
-    p = commands.add_parser("convert", help="write an ONNX model that computes the attribution")
+    p = commands.add_parser("convert", help="write an ONNX model that computes the attribution (a file, a web "
+                            "page's folder, a Triton model repository)")
     model_args(p)
     method_args(p)
-    p.add_argument("-o", "--out", required=True, help="where to write the attribution model")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.add_argument("-o", "--out", help="where to write the attribution model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file, or write into a non-empty folder")
+    p.add_argument("--methods", metavar="LIST",
+                   help="several methods in one model, the weights stored once (e.g. gnl_ig,ig,gradcam): inputs and "
+                        "outputs named METHOD.NAME, every input but the image with a default")
+    p.add_argument("--steps", type=int, default=32, help="with --methods/--web/--triton: the integration steps "
+                                                         "written as the default points (default 32)")
+    p.add_argument("--web", metavar="DIR", help="also write a static web page explaining images in the browser "
+                                                "(onnxruntime-web, copied from web/node_modules)")
+    p.add_argument("--ort-web", metavar="DIR", help="onnxruntime-web's dist folder (default: web/node_modules of "
+                                                    "the checkout, after `npm ci --prefix web`)")
+    p.add_argument("--triton", metavar="REPO", help="also write a model repository for NVIDIA Triton's ONNX Runtime "
+                                                    "backend: REPO/NAME/1/model.onnx and REPO/NAME/config.pbtxt")
+    p.add_argument("--triton-name", default="gnl_onnx", help="the model's name in --triton's repository")
+    p.add_argument("--max-batch", type=int, default=4,
+                   help="--triton: max_batch_size when the graph's batch is free (0: no batching; default 4)")
+    preprocessing_args(p)
     layer_args(p)
     p.set_defaults(run=run_convert)
 
@@ -279,6 +297,17 @@ def metric_args(p):
                    help="what the methods explain (the curves always track the probability)")
 
 
+def preprocessing_args(p):
+    p.add_argument("--preset", choices=sorted(PRESETS), help="preprocessing and class names of a known model")
+    p.add_argument("--size", type=int, nargs="+", help="resize: shorter side (one number) or H W")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="centre crop after resizing")
+    p.add_argument("--mean", type=float, nargs="+", help="per-channel mean (in the --value-range scale)")
+    p.add_argument("--std", type=float, nargs="+", help="per-channel std")
+    p.add_argument("--value-range", type=float, choices=[1.0, 255.0], help="pixel 255 becomes 1.0 or 255.0")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"])
+    p.add_argument("--channels", choices=["RGB", "BGR", "L"])
+
+
 def explain_args(p):
     p.add_argument("--steps", type=int, default=32, help="integration steps (default 32)")
     p.add_argument("--baseline", default="zeros", choices=["zeros", "black", "blur", "noise"],
@@ -291,14 +320,7 @@ def explain_args(p):
                    help="memory for one run: auto (default: about 1 GB, at most a quarter of what is available; "
                         "the choice is in the summary) or a size, e.g. 2GB")
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="preprocessing and class names of a known model")
-    p.add_argument("--size", type=int, nargs="+", help="resize: shorter side (one number) or H W")
-    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="centre crop after resizing")
-    p.add_argument("--mean", type=float, nargs="+", help="per-channel mean (in the --value-range scale)")
-    p.add_argument("--std", type=float, nargs="+", help="per-channel std")
-    p.add_argument("--value-range", type=float, choices=[1.0, 255.0], help="pixel 255 becomes 1.0 or 255.0")
-    p.add_argument("--layout", choices=["NCHW", "NHWC"])
-    p.add_argument("--channels", choices=["RGB", "BGR", "L"])
+    preprocessing_args(p)
 
 
 def run_inspect(args) -> int:
@@ -335,15 +357,42 @@ def run_inspect(args) -> int:
 
 
 def run_convert(args) -> int:
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
+    if not (args.out or args.web or args.triton):
+        raise UsageError("say where to write: -o FILE, --web DIR and/or --triton REPO")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
-    model = attribution_model(args.model, method=args.method, gate=args.gate, output=args.output,
-                              input=args.input, output_name=args.output_name, layer=args.layer)
-    atomic_write(out, model.SerializeToString())
-    info = attribution_info(model)
-    print(f"wrote {out} ({args.method}: {info['summary']}; {len(info['gated'])} units gated)")
-    print(FEEDING.format(image=info["input"], path=out))
+    if not (args.methods or args.web or args.triton):  # one method, one file: its inputs as in FEEDING
+        model = attribution_model(args.model, method=args.method, gate=args.gate, output=args.output,
+                                  input=args.input, output_name=args.output_name, layer=args.layer)
+        atomic_write(out, model.SerializeToString())
+        info = attribution_info(model)
+        print(f"wrote {out} ({args.method}: {info['summary']}; {len(info['gated'])} units gated)")
+        print(FEEDING.format(image=info["input"], path=out))
+        return EXIT_OK
+    methods = parse_method_list(args.methods) if args.methods else [args.method]
+    if args.web:  # fail on a missing runtime or a full folder before the conversion's minutes
+        runtime_folder(args.ort_web)
+        check_folder(Path(args.web), args.overwrite)
+    prepared = prepare(args.model, args.input, args.output_name)
+    model = combined_model(prepared, methods, steps=args.steps, gate=args.gate, output=args.output,
+                           input=args.input, output_name=args.output_name, layer=args.layer)
+    size = model.ByteSize()
+    if out is not None:
+        atomic_write(out, model.SerializeToString())
+        print(f"wrote {out} ({', '.join(methods)} in one model, {size / 1e6:.1f} MB; outputs METHOD.attribution, "
+              "METHOD.scores, METHOD.target_used; feed the image alone, or override METHOD.alphas, ...)")
+    if args.web:
+        prep, preset = preprocessing_from(args, prepared)
+        names = class_names(preset) if preset else None
+        write_web(Path(args.web), model, prep, names, title=Path(args.model).stem, runtime=args.ort_web,
+                  overwrite=args.overwrite)
+        print(f"wrote {args.web}/ (index.html, model.onnx {size / 1e6:.1f} MB, onnxruntime-web); serve it with any "
+              f"static server, e.g. python -m http.server -d {args.web}, and open it in a browser")
+    if args.triton:
+        folder = write_triton(Path(args.triton), model, args.triton_name, args.max_batch, overwrite=args.overwrite)
+        print(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx for Triton's ONNX Runtime backend "
+              f"({', '.join(methods)})")
     return EXIT_OK
 
 

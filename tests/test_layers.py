@@ -30,12 +30,14 @@ LAYERS = [
     ("runtime", ["gnl_onnx.forward", "gnl_onnx.explainer", "gnl_onnx.planning"]),
     ("measures", ["gnl_onnx.pixels", "gnl_onnx.scorer", "gnl_onnx.road", "gnl_onnx.metrics", "gnl_onnx.measures",
                   "gnl_onnx.evaluation", "gnl_onnx.report", "gnl_onnx.attribution_files"]),
-    ("commands", ["gnl_onnx.explain", "gnl_onnx.demo", "gnl_onnx.evaluate", "gnl_onnx.check", "gnl_onnx.audit"]),
+    ("commands", ["gnl_onnx.explain", "gnl_onnx.demo", "gnl_onnx.evaluate", "gnl_onnx.check", "gnl_onnx.audit",
+                  "gnl_onnx.deploy"]),
     ("models", ["models"]),  # the bundled real models (installed as gnl_onnx_models): an extra
     ("edge", ["gnl_onnx.cli", "gnl_onnx.pipeline", "gnl_onnx"]),
 ]
 OPTIONAL = ("models",)  # may be imported inside a function: an extra that may be missing
-COMMANDS = ["gnl_onnx.explain", "gnl_onnx.demo", "gnl_onnx.evaluate", "gnl_onnx.check", "gnl_onnx.audit"]
+COMMANDS = ["gnl_onnx.explain", "gnl_onnx.demo", "gnl_onnx.evaluate", "gnl_onnx.check", "gnl_onnx.audit",
+            "gnl_onnx.deploy"]
 
 
 def modules() -> dict[str, pathlib.Path]:
