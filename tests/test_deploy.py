@@ -1,0 +1,172 @@
+"""convert --methods and --triton: several methods in one ONNX model, the weights kept once, each
+method's outputs equal to the Explainer's; Triton's config.pbtxt parsed (protobuf text format) and
+checked against what ONNX Runtime reports of the model and returns for a batch. Triton itself is
+not run here (no server in the tests): what its ONNX Runtime backend checks on loading, the
+inputs without a default, the names, types and dims, is checked against ONNX Runtime directly."""
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from gnl_onnx import Explainer
+from gnl_onnx.cli import main
+from gnl_onnx.deploy import combined_info
+
+METHODS = ["gnl_ig", "ig", "gradcam", "deeplift"]
+STEPS = 8
+NUMPY = {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64}
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    from gnl_onnx_models.registry import get_model
+
+    return str(get_model("mnist"))
+
+
+@pytest.fixture(scope="module")
+def converted(mnist, tmp_path_factory):
+    base = tmp_path_factory.mktemp("deploy")
+    assert main(["convert", mnist, "--methods", ",".join(METHODS), "--steps", str(STEPS), "-o", str(base / "all.onnx"),
+                 "--triton", str(base / "repo"), "--triton-name", "mnist_explain"]) == 0
+    return base
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+
+
+def session(path):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def digests(model: onnx.ModelProto) -> list[str]:
+    return [hashlib.sha256(numpy_helper.to_array(t).tobytes()).hexdigest() for t in model.graph.initializer
+            if np.prod(t.dims) > 16]
+
+
+def test_combined_model_matches_the_explainer_and_keeps_weights_once(mnist, converted, images):
+    model = onnx.load(str(converted / "all.onnx"))
+    info = combined_info(model)
+    assert list(info["methods"]) == METHODS
+    s = session(converted / "all.onnx")
+    assert [i.name for i in s.get_inputs()] == [info["input"]]  # the image alone is required
+    out = dict(zip([o.name for o in s.get_outputs()], s.run(None, {info["input"]: images})))
+    for method in METHODS:
+        ref = Explainer(mnist, method=method, steps=STEPS, threads=1).explain(images)
+        np.testing.assert_allclose(out[f"{method}.attribution"], ref.attributions, rtol=1e-5,
+                                   atol=1e-6 * np.abs(ref.attributions).max())
+        assert out[f"{method}.target_used"].tolist() == ref.target.tolist()
+    # a default is overridden by feeding it: another class, other points
+    fed = s.run(["ig.attribution", "ig.target_used"], {info["input"]: images, "ig.target": np.array([3, 5]),
+                                                       "ig.alphas": np.array([0.5], np.float32),
+                                                       "ig.weights": np.array([1.0], np.float32)})
+    ref = Explainer(mnist, method="ig", steps=1, integration="middle", threads=1).explain(images, target=[3, 5])
+    assert fed[1].tolist() == [3, 5]
+    np.testing.assert_allclose(fed[0], ref.attributions, rtol=1e-5, atol=1e-6 * np.abs(ref.attributions).max())
+    # the network's weights once: each of its tensors is held by one initializer
+    held = digests(model)
+    for weight in digests(onnx.load(mnist)):
+        assert held.count(weight) == 1
+
+
+def parse_pbtxt(text: str):
+    """Protobuf text format -> nested dicts; a field given more than once (or a [list]) is a list."""
+    tokens = re.findall(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s{}\[\]:,"]+', re.sub(r"#[^\n]*", "", text))
+    position = 0
+
+    def value():
+        nonlocal position
+        token = tokens[position]
+        position += 1
+        if token == "{":
+            return message("}")
+        if token == "[":
+            items = []
+            while tokens[position] != "]":
+                items.append(value())
+                if tokens[position] == ",":
+                    position += 1
+            position += 1
+            return items
+        if token.startswith('"'):
+            return token[1:-1]
+        return int(token) if re.fullmatch(r"-?\d+", token) else token
+
+    def message(end):
+        nonlocal position
+        fields = {}
+        while position < len(tokens) and tokens[position] != end:
+            name = tokens[position]
+            position += 1
+            if tokens[position] == ":":
+                position += 1
+            v = value()
+            if name in fields:
+                fields[name] = (fields[name] if isinstance(fields[name], list) else [fields[name]]) + \
+                    (v if isinstance(v, list) else [v])
+            else:
+                fields[name] = v
+            if position < len(tokens) and tokens[position] == ",":
+                position += 1
+        position += 1
+        return fields
+
+    return message(None)
+
+
+def as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+def test_triton_config_agrees_with_the_model(converted, images):
+    folder = converted / "repo" / "mnist_explain"
+    config = parse_pbtxt((folder / "config.pbtxt").read_text())
+    assert config["name"] == "mnist_explain" and config["backend"] == "onnxruntime"
+    assert (folder / "1" / "model.onnx").read_bytes() == (converted / "all.onnx").read_bytes()
+    s = session(folder / "1" / "model.onnx")
+    batch = config["max_batch_size"]
+    assert batch > 0 and "dynamic_batching" in config  # the MNIST export's batch axis is free
+    inputs, outputs = as_list(config["input"]), as_list(config["output"])
+    # the backend requires every input without a default in the config, and nothing else
+    assert [i["name"] for i in inputs] == [i.name for i in s.get_inputs()]
+    assert {o["name"] for o in outputs} == {o.name for o in s.get_outputs()}
+    feed = {}
+    for i, declared in zip(inputs, s.get_inputs()):
+        assert declared.type == {"TYPE_FP32": "tensor(float)"}[i["data_type"]]
+        assert [1] + i["dims"] == [1 if d is None or isinstance(d, str) else d for d in declared.shape]
+        feed[i["name"]] = images
+    results = dict(zip([o.name for o in s.get_outputs()], s.run(None, feed)))
+    for o in outputs:  # a batch of 2 through ONNX Runtime: the shapes Triton will see, batch first
+        got = results[o["name"]]
+        assert got.dtype == NUMPY[o["data_type"]]
+        per_item = o["reshape"]["shape"] if "reshape" in o else o["dims"]
+        assert list(got.shape) == [len(images)] + as_list(per_item), o
+        assert np.prod(o["dims"]) == np.prod(as_list(per_item) or [1])
+
+
+def test_convert_refuses_in_one_line(mnist, tmp_path, capfd):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    cases = [(["convert", mnist, "--methods", "ig"], "say where to write"),
+             (["convert", mnist, "--methods", "ig,smoothgrad", "-o", str(tmp_path / "a.onnx")], "draws new noise"),
+             (["convert", mnist, "--web", str(full), "--preset", "mnist"], "not empty; pass --overwrite"),
+             (["convert", mnist, "--web", str(tmp_path / "w"), "--ort-web", str(tmp_path / "nowhere")],
+              "npm ci --prefix web"),
+             (["convert", mnist, "--triton", str(tmp_path / "r"), "--triton-name", "a/b"], "Triton model name")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+    assert [p.name for p in full.iterdir()] == ["keep.txt"] and not (tmp_path / "w").exists()
