@@ -59,19 +59,27 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     the others (the baseline). LRP methods take alphas [1] and no noise: their scores are at the
     first block of points."""
     spec = get_method(method).wrapped()  # a wrapper that runs its inner method's graph builds that one
+    if spec.forward_only:
+        raise UsageError(f"{method} runs the model on perturbed copies of the image (forward passes only), which "
+                         "no attribution graph holds; run it with explain or the Explainer")
     if layer and not spec.takes_layer:
         cams = ", ".join(name for name, m in METHODS.items() if m.takes_layer)
         raise UsageError(f"--layer (layer=) is for the CAM methods ({cams}), not {method}")
     # a model read here is this call's alone: its output is selected in place (a copy of vgg16: 0.26 s)
     target = get_target(output)  # what is explained: it selects the output, chooses the class, seeds
-    chosen = target.select(prepare(model, input, output_name).for_rows, in_place=not isinstance(model, PreparedModel))
+    chosen = target.select(prepare(model, input, target.output_name or output_name).for_rows,
+                           in_place=not isinstance(model, PreparedModel))
+    if target.reads_image_rows and spec.rescores_classes:
+        raise UsageError(f"{method} scores masked copies of the image by class; with a region target (--target "
+                         f"{target.describe()}) use another CAM, e.g. gradcam")
     if chosen.batch == "fixed":
         raise ModelError(chosen.notes[0])
     if chosen.one_per_run and spec.pairs_rows:  # its image and reference rows must meet in one run
         raise ModelError(f"{method} runs each image beside its baseline in one batch, which this model cannot "
                          "take (its batch is fixed at 1 in its graph); re-export it with a dynamic batch")
     x = chosen.input
-    n_classes = (GraphBuilder(chosen.proto).shape(chosen.output) or [None])[-1]
+    explained_shape = GraphBuilder(chosen.proto).shape(chosen.output)
+    n_classes = target.classes(explained_shape)
     layers, image_axis = spec.layers(chosen.proto, x, chosen.output, layer)
     vjp = build_vjp(chosen.proto, x, chosen.output, rule=spec.rule, gate=gate, layers=[a.name for a in layers],
                     layer_rule="plain", bounds=bounds)  # chosen is selected()'s own copy: built in place
@@ -152,7 +160,9 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     # unscored images (score_rows < N) take their given target
     target.choose(g, "scores", "target", None if direct else n, out="target_used")
     one_hot = target.seed(g, "scores", "target_used")
-    tiled = g.op("Tile", one_hot, g.op("Concat", steps, g.ints([1]), axis=0))
+    ones = g.op("ConstantOfShape", g.op("Sub", g.op("Shape", g.op("Shape", one_hot)), g.ints([1])),
+                value=numpy_helper.from_array(np.ones(1, np.int64)))  # the seed's other dims: [1, ...]
+    tiled = g.op("Tile", one_hot, g.op("Concat", steps, ones, axis=0))
     if direct:
         g.op("Identity", tiled, out=seed)
     else:
@@ -169,21 +179,21 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     g.op("Mul", weighted, factor, out="attribution") if factor else g.op("Identity", weighted, out="attribution")
     graph.output.extend([
         helper.make_value_info("attribution", image_type),
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", None]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N"] + [None] * (len(explained_shape or "NC") - 1)),
         helper.make_tensor_value_info("target_used", TensorProto.INT64, ["N"]),
     ])
-    graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", None])
+    graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"] + [None] * (len(explained_shape or "NC") - 1))
                         for name in spec.extra_outputs)
     del graph.value_info[:]  # shapes of the renamed batch changed; the runtime infers them again
     topological_sort(graph)
     if spec.prunes:
         prune(graph)
     row_bytes = spec.row_bytes(row_bytes, layers)
-    info = {"method": spec.name, "rule": spec.rule, "gate": gate, "output": output, "input": x,
+    info = {"method": spec.name, "rule": spec.rule, "gate": gate, "output": target.describe(), "input": x,
             "layers": [a.name for a in layers],
             "gated": report["gated"], "summary": spec.summary, "bytes_per_row": row_bytes,
             "rules": dict(Counter(r["rule"] for r in report.get("rules", []))),
-            "classes": n_classes if isinstance(n_classes, int) else None,
+            "classes": n_classes, "region": target.reads_image_rows,
             "image_shape": [d.dim_value if d.HasField("dim_value") else None for d in image_type.tensor_type.shape.dim]}
     kept = [p for p in vjp.metadata_props if p.key != "gnl_onnx.vjp"]
     del vjp.metadata_props[:]

@@ -71,7 +71,8 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
             record = result.summary(j)
             record.update(image=names[i], files={k.split(".")[0]: str(v) for k, v in files.items()})
             record["label"] = labels[record["target"]] if labels and record["target"] < len(labels) else None
-            record["probability"] = float(_softmax(result.scores[j])[record["target"]])
+            if result.scores.ndim == 2:  # class scores (a region target's map has no one probability)
+                record["probability"] = float(_softmax(result.scores[j])[record["target"]])
             records.append(record)
         if bar is not None:
             bar.update(len(batch))

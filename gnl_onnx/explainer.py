@@ -23,8 +23,8 @@ from .targets import get_target
 class Explanation:
     attributions: np.ndarray  # shaped like the images
     target: np.ndarray        # int64 [N]: the explained class of each image
-    score: np.ndarray         # [N]: the explained output (logit by default) for that class
-    scores: np.ndarray        # [N, classes]: the explained output for all classes
+    score: np.ndarray         # [N]: the explained output (logit by default) for that class (a region's sum)
+    scores: np.ndarray        # [N, classes]: the explained output for all classes ([N, C, H, W]: a map)
     method: str
     baseline: str
     steps: int
@@ -95,7 +95,8 @@ class Explainer:
         self.outputs = ["attribution", "scores", "target_used", *self.spec.wrapped().extra_outputs]  # deeplift:
         # baseline_scores, F(baseline)
         # a run after the first of an image's path scores nothing again (no extra rows): see chunks()
-        self.scores_once = any(i.name == "score_rows" for i in self.session.get_overridable_initializers())
+        self.scores_once = any(i.name == "score_rows" for i in self.session.get_overridable_initializers()) \
+            and not self.target.reads_image_rows  # a region read at the images needs them in every run
 
     def chunks(self, n_images: int, steps: int | None = None) -> tuple[int, int]:
         """(images, steps) per run, as many rows as the memory budget holds. The first run of a
@@ -141,7 +142,7 @@ class Explainer:
         else:
             attributions, scores, targets, reference, baselines = self._attribute(images, targets)
         score = self.target.score(scores, targets)
-        forward_bad = ~np.isfinite(scores).all(axis=1)
+        forward_bad = ~np.isfinite(scores.reshape(n, -1)).all(axis=1)
         backward_bad = ~np.isfinite(attributions.reshape(n, -1)).all(axis=1) & ~forward_bad
         delta = None
         if self.spec.complete and reference is None:
@@ -151,7 +152,7 @@ class Explainer:
                 part = slice(lo, min(n, lo + per_run))
                 _, base_scores, _ = self._run(baselines[part], baselines[part], targets[part],
                                               np.ones(1, np.float32), np.zeros(1, np.float32), None)
-                reference[part] = base_scores[np.arange(part.stop - part.start), targets[part]]
+                reference[part] = self.target.score(base_scores, targets[part], at=scores[part])
         if self.spec.complete:
             axes = tuple(range(1, images.ndim))
             delta = attributions.sum(axis=axes) - (score - reference)
@@ -197,12 +198,12 @@ class Explainer:
                 attributions[part] += attribution
                 targets[part] = used  # later chunks explain the class the first one chose
                 if scores is None:
-                    scores = np.zeros((n, part_scores.shape[1]), np.float32)
+                    scores = np.zeros((n, *part_scores.shape[1:]), np.float32)
                 if not later:
                     scores[part] = part_scores
                 if at_baseline:
                     reference = np.zeros(n, np.float32) if reference is None else reference
-                    reference[part] = at_baseline[0][np.arange(len(used)), used]
+                    reference[part] = self.target.score(at_baseline[0], used, at=part_scores)
         return attributions, scores, targets, reference, baselines
 
     def _noisy_copies(self, images, targets):
@@ -217,7 +218,7 @@ class Explainer:
             part = slice(lo, min(n, lo + per_run))
             _, part_scores, used, *_ = self._run(images[part], baselines[part], targets[part],
                                                  np.ones(1, np.float32), np.zeros(1, np.float32), None)
-            scores = np.zeros((n, part_scores.shape[1]), np.float32) if scores is None else scores
+            scores = np.zeros((n, *part_scores.shape[1:]), np.float32) if scores is None else scores
             scores[part], targets[part] = part_scores, used
         total = np.zeros(images.shape, np.float64)
         for copy in range(self.spec.copies):

@@ -20,7 +20,7 @@ from .autodiff.gating import GATES
 from .budget import parse_bytes
 from .errors import UsageError
 from .methods import INTEGRATIONS, get_method
-from .targets import OUTPUT_KINDS
+from .targets import OUTPUT_KINDS, Target
 
 MAX_STEPS = 100_000
 
@@ -32,7 +32,8 @@ class Settings:
     baseline: object = "zeros"        # a name (zeros, black, blur, noise) or an array
     integration: str = "gausslegendre"
     gate: str = "paper"
-    output: str = "logit"             # what is explained: logit, prob or logprob of the target class
+    output: object = "logit"          # what is explained: logit, prob or logprob of the target class, or a
+    # Target (gnl_onnx/targets.py: a segment's or a dense map's region, an output slice)
     input: str | None = None          # the image input's name (None: found)
     output_name: str | None = None    # the model output to explain (None: found)
     layer: tuple | None = None        # the CAM methods' target layer(s) (None: found)
@@ -55,7 +56,7 @@ class Settings:
                              "middle or trapezoid")
         if self.gate not in GATES:
             raise UsageError(f"unknown gate '{self.gate}'; choose one of {', '.join(GATES)}")
-        if self.output not in OUTPUT_KINDS:
+        if not isinstance(self.output, Target) and self.output not in OUTPUT_KINDS:
             raise UsageError(f"unknown output '{self.output}'; choose one of {', '.join(OUTPUT_KINDS)}")
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
             raise UsageError(f"the seed must be a non-negative integer (got {self.seed!r})")

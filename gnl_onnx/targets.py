@@ -1,14 +1,22 @@
 """What is explained: a target picks the model's explained output, chooses what each image's score
-is (the class: top-1 or given), builds the seed of the backward pass (the one-hot of that class),
-and reads the score from the outputs. Methods never ask which target they explain: every attribution
-graph takes the seed and scores a target builds (gnl_onnx/attribution.py).
+is (the class: top-1 or given), builds the seed of the backward pass, and reads the score from the
+outputs. Methods never ask which target they explain: every attribution graph takes the seed and
+scores a target builds (gnl_onnx/attribution.py).
 
 ClassScore: a classifier's class logit (the default), probability or log-probability, of the top-1
-class or a given one. select_output / selected: the explained output as [N, classes], the logits in
-front of a final Softmax/LogSoftmax, their softmax or their log-softmax.
+class or a given one; the seed is the one-hot of the class. select_output / selected: the explained
+output as [N, classes], the logits in front of a final Softmax/LogSoftmax, their softmax or their
+log-softmax.
 
-A detector's box or a segmenter's mask is another Target: its own explained output, its own seed
-(the box's score, the mask's pixels) and score; the methods and the runtime stay as they are."""
+MapRegion (SegmentRegion, DenseRegion): the explained output is a map [N, C, H, W] (a segmenter's
+class logits, DBNet's text probability map) and the score is a channel summed over a region (the
+class's predicted mask, the map above a threshold, a given mask or box). The region is read from
+the outputs at the images and seeds the backward pass (the one-hot of the channel times the
+region), so it stays fixed along a path, as pytorch-grad-cam's SemanticSegmentationTarget holds its
+mask. OutputSlice: a named output indexed and summed into one score [N, 1].
+
+output_kinds / outputs_line: what each output of a model looks like and the --target that explains
+it; parse_target reads --target. A detector's box is another Target beside these."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -73,8 +81,15 @@ def selected(prepared: PreparedModel, kind: str = "logit", in_place: bool = Fals
     return replace(prepared, proto=model, output=chosen)
 
 
+class Target:
+    """What every target answers (see the module docstring); ClassScore is the default one."""
+    output_name: str | None = None  # the model output it reads (None: the one the settings name, or the only one)
+    reads_image_rows: bool = False  # its seed reads the images' own outputs (a predicted mask): every run
+    # of a path then scores its images (no score_rows of 0)
+
+
 @dataclass(frozen=True)
-class ClassScore:
+class ClassScore(Target):
     """One class score per image, as `output` says ("logit", "prob" or "logprob"); the class is the
     given target, or the top-1 where the target is negative."""
     output: str = "logit"
@@ -83,9 +98,17 @@ class ClassScore:
         if self.output not in OUTPUT_KINDS:
             raise UsageError(f"unknown output '{self.output}'; choose one of {', '.join(OUTPUT_KINDS)}")
 
+    def describe(self) -> str:
+        return self.output
+
     def select(self, prepared: PreparedModel, in_place: bool = False) -> PreparedModel:
         """The prepared model with its explained output, [N, classes]."""
         return selected(prepared, self.output, in_place=in_place)
+
+    def classes(self, shape) -> int | None:
+        """The number of classes a target may name, from the explained output's shape."""
+        n = (shape or [None])[-1]
+        return n if isinstance(n, int) else None
 
     def choose(self, g: GraphBuilder, scores: str, given: str, n: str | None = None, out: str = "") -> str:
         """In the graph: the class explained per image (`given`, or the top-1 of `scores` where it is
@@ -101,11 +124,591 @@ class ClassScore:
         classes = g.op("Slice", g.op("Shape", scores), g.ints([1]), g.ints([2]))
         return g.op("OneHot", chosen, classes, g.const([0.0, 1.0]), axis=-1)
 
-    def score(self, scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-        """The explained score of each image, from the outputs [N, classes]."""
+    def score(self, scores: np.ndarray, chosen: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
+        """The explained score of each image, from the outputs [N, classes]. at: the outputs at the
+        images when `scores` are another point's (a baseline's); a class score does not need them."""
         return scores[np.arange(len(chosen)), chosen]
 
 
-def get_target(output) -> ClassScore:
+DBNET_THRESHOLD = 0.3  # DBNet's (PaddleOCR's) text-pixel threshold on its probability map
+
+
+@dataclass(frozen=True, eq=False)
+class MapRegion(Target):
+    """The explained output as a map [N, C, H, W] (an output [N, H, W] gets C = 1), and a region of
+    it: score[n, c] = the sum of map[n, c] over the region. The class (channel) is the given target
+    or the one of highest region score. The region is the intersection of what is given:
+    `mask` (an [h, w] array, nonzero inside; resized to the map by nearest pixel), `box`
+    (x0, y0, x1, y1: columns x0..x1-1 and rows y0..y1-1 of the map) and `threshold` (the pixels
+    whose value is above it); with none given, the subclass's default region. The region is read at
+    the image (the images' own outputs) and held fixed along every path, as pytorch-grad-cam's
+    SemanticSegmentationTarget holds its mask."""
+    mask: np.ndarray | None = None
+    box: tuple | None = None
+    threshold: float | None = None
+    output_name: str | None = None
+    reads_image_rows = True
+    kind = "map"
+
+    def __post_init__(self):
+        if self.mask is not None:
+            mask = np.asarray(self.mask)
+            mask = mask[0, 0] if mask.ndim == 4 and mask.shape[:2] == (1, 1) else mask
+            if mask.ndim != 2 or 0 in mask.shape:
+                raise UsageError(f"a region mask is an [H, W] array (nonzero inside), got shape {list(np.shape(self.mask))}")
+            if not np.any(mask):
+                raise UsageError("the region mask is empty (no nonzero pixel): nothing to explain")
+            object.__setattr__(self, "mask", (mask != 0).astype(np.float32))
+        if self.box is not None:
+            box = tuple(int(round(float(v))) for v in self.box)
+            if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
+                raise UsageError(f"a box is x0,y0,x1,y1 with 0 <= x0 < x1 and 0 <= y0 < y1 (map pixels), got {self.box}")
+            object.__setattr__(self, "box", box)
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", float(self.threshold))
+
+    def describe(self) -> str:
+        parts = [f"{self.kind}"]
+        if self.output_name:
+            parts.append(f" of '{self.output_name}'")
+        region = [f"box {list(self.box)}"] if self.box else []
+        region += ["a given mask"] if self.mask is not None else []
+        region += [f"values above {self.threshold:g}"] if self.threshold is not None else []
+        return "".join(parts) + (" over " + " and ".join(region) if region else " over its " + self.default_region)
+
+    default_region = "whole map"
+
+    def select(self, prepared: PreparedModel, in_place: bool = False) -> PreparedModel:
+        """The prepared model with its explained output as a map [N, C, H, W]."""
+        prepared = prepare(prepared, output=self.output_name)
+        model = prepared.proto if in_place else prepared.copy()
+        builder = GraphBuilder(model)
+        y = prepared.output
+        shape = builder.shape(y)
+        if shape is None or len(shape) not in (3, 4):
+            shown = "unknown" if shape is None else _shown(shape)
+            raise UsageError(f"output '{y}' has shape {shown}, not a map [N, C, H, W] or [N, H, W] that --target "
+                             f"{self.kind} reads; the outputs: {outputs_line(model)}")
+        chosen = y if len(shape) == 4 else builder.op("Unsqueeze", y, builder.ints([1]), name="map")
+        shape = list(shape) if len(shape) == 4 else [shape[0], 1, *shape[1:]]
+        declared = next(o for o in model.graph.output if o.name == y).type.tensor_type.elem_type
+        del model.graph.output[:]
+        model.graph.output.append(helper.make_tensor_value_info(chosen, declared, shape))
+        prune(model.graph)
+        return replace(prepared, proto=model, output=chosen)
+
+    def classes(self, shape) -> int | None:
+        n = (shape or [None, None])[1]
+        return n if isinstance(n, int) else None
+
+    # -- the region, in the graph and in numpy (the same pixels) -------------------------------
+    def _default_region(self, g: GraphBuilder, scores: str) -> str | None:
+        return None
+
+    def region(self, g: GraphBuilder, scores: str) -> str:
+        """In the graph: the region as floats 0/1, broadcastable to scores [N, C, H, W]."""
+        parts = []
+        shape = g.op("Shape", scores)
+        height, width = (g.op("Squeeze", g.op("Slice", shape, g.ints([a]), g.ints([a + 1])), g.ints([0]))
+                         for a in (2, 3))
+        if self.mask is not None:
+            h, w = self.mask.shape
+            rows = g.op("Div", g.op("Mul", g.op("Range", g.ints(0), height, g.ints(1)), g.ints(h)), height)
+            cols = g.op("Div", g.op("Mul", g.op("Range", g.ints(0), width, g.ints(1)), g.ints(w)), width)
+            mask = g.const(self.mask[None, None].astype(np.float32))
+            parts.append(g.op("Gather", g.op("Gather", mask, rows, axis=2), cols, axis=3))
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            rows = g.op("Reshape", g.op("Range", g.ints(0), height, g.ints(1)), g.ints([1, 1, -1, 1]))
+            cols = g.op("Reshape", g.op("Range", g.ints(0), width, g.ints(1)), g.ints([1, 1, 1, -1]))
+            inside = g.op("And", g.op("And", g.op("GreaterOrEqual", rows, g.ints(y0)), g.op("Less", rows, g.ints(y1))),
+                          g.op("And", g.op("GreaterOrEqual", cols, g.ints(x0)), g.op("Less", cols, g.ints(x1))))
+            parts.append(g.op("Cast", inside, to=g.float_type))
+        if self.threshold is not None:
+            parts.append(g.op("Cast", g.op("Greater", scores, g.const(np.float32(self.threshold))), to=g.float_type))
+        if not parts:
+            default = self._default_region(g, scores)
+            parts.append(default if default is not None else g.const(np.ones((1, 1, 1, 1), np.float32)))
+        region = parts[0]
+        for part in parts[1:]:
+            region = g.op("Mul", region, part)
+        return region
+
+    def _default_region_np(self, at: np.ndarray) -> np.ndarray:
+        return np.ones((1, 1) + at.shape[2:], np.float32)
+
+    def region_np(self, at: np.ndarray) -> np.ndarray:
+        """The region of `region` in numpy, from the outputs at the images [N, C, H, W]."""
+        height, width = at.shape[2:]
+        parts = []
+        if self.mask is not None:
+            h, w = self.mask.shape
+            rows, cols = np.arange(height) * h // height, np.arange(width) * w // width
+            parts.append(self.mask[rows][:, cols][None, None])
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            inside = np.zeros((1, 1, height, width), np.float32)
+            inside[..., y0:y1, x0:x1] = 1
+            parts.append(inside)
+        if self.threshold is not None:
+            parts.append((at > np.float32(self.threshold)).astype(np.float32))
+        if not parts:
+            parts.append(self._default_region_np(at))
+        region = parts[0]
+        for part in parts[1:]:
+            region = region * part
+        return region
+
+    # -- what the attribution graph asks -------------------------------------------------------
+    def region_scores(self, g: GraphBuilder, scores: str) -> str:
+        """[N, C]: each class's map summed over its region."""
+        return g.op("ReduceSum", g.op("Mul", scores, self.region(g, scores)), g.ints([2, 3]), keepdims=0)
+
+    def choose(self, g: GraphBuilder, scores: str, given: str, n: str | None = None, out: str = "") -> str:
+        """The channel explained per image: `given`, or the one of highest region score."""
+        return ClassScore.choose(self, g, self.region_scores(g, scores), given, n, out)
+
+    def seed(self, g: GraphBuilder, scores: str, chosen: str) -> str:
+        """The one-hot of the channel times the region: d(region score)/d(map)."""
+        one_hot = ClassScore.seed(self, g, scores, chosen)
+        return g.op("Mul", g.op("Unsqueeze", one_hot, g.ints([2, 3])), self.region(g, scores))
+
+    def score(self, scores: np.ndarray, chosen: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
+        """The region score of each image's channel; `at`: the outputs at the images, whose region
+        it is (default: `scores` themselves)."""
+        region = np.broadcast_to(self.region_np(scores if at is None else at), scores.shape)
+        rows = np.arange(len(chosen))
+        return (scores[rows, chosen] * region[rows, chosen]).sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentRegion(MapRegion):
+    """A segmenter's class logits [N, classes, H, W] summed over a region: by default the class's
+    predicted mask (the pixels whose argmax over the class axis is that class), else the mask, box or
+    threshold given. The class is the given target, or the one whose predicted region scores
+    highest (usually the background on a photo: name the class)."""
+    kind = "segment"
+    default_region = "predicted mask (argmax over classes)"
+
+    def _default_region(self, g, scores):
+        top = g.op("ArgMax", scores, axis=1, keepdims=1)  # [N, 1, H, W]
+        classes = g.op("Slice", g.op("Shape", scores), g.ints([1]), g.ints([2]))
+        each = g.op("Reshape", g.op("Range", g.ints(0), g.op("Squeeze", classes, g.ints([0])), g.ints(1)),
+                    g.ints([1, -1, 1, 1]))
+        return g.op("Cast", g.op("Equal", top, each), to=g.float_type)
+
+    def _default_region_np(self, at):
+        top = at.argmax(axis=1)[:, None]
+        return (top == np.arange(at.shape[1])[None, :, None, None]).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class DenseRegion(MapRegion):
+    """A dense probability map (DBNet's text map [N, 1, H, W]) summed over a region: by default its
+    pixels above DBNet's threshold 0.3, else the mask, box or threshold given."""
+    kind = "dense"
+    default_region = f"pixels above {DBNET_THRESHOLD}"
+
+    def _default_region(self, g, scores):
+        return g.op("Cast", g.op("Greater", scores, g.const(np.float32(DBNET_THRESHOLD))), to=g.float_type)
+
+    def _default_region_np(self, at):
+        return (at > np.float32(DBNET_THRESHOLD)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class OutputSlice(ClassScore):
+    """A user's choice: the named output, indexed (the index over its dims after the batch: ints
+    and slices, as numpy's, e.g. (3, slice(10, 20))), summed per image into one score [N, 1]."""
+    output_name: str | None = None
+    index: tuple = ()
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.output_name:
+            raise UsageError("--target output:NAME[...] needs the output's name")
+        index = self.index if isinstance(self.index, tuple) else (self.index,)
+        for i in index:
+            if not isinstance(i, (int, np.integer, slice)) or isinstance(i, bool):
+                raise UsageError(f"an output index holds ints and slices, got {i!r}")
+            if isinstance(i, slice) and i.step is not None and i.step <= 0:
+                raise UsageError(f"slice steps must be positive, got {i.step}")
+        object.__setattr__(self, "index", index)
+
+    def describe(self) -> str:
+        shown = ",".join(str(i) if not isinstance(i, slice) else
+                         ":".join("" if v is None else str(v) for v in (i.start, i.stop)) +
+                         (f":{i.step}" if i.step is not None else "") for i in self.index)
+        return f"output:{self.output_name}[{shown}]" if self.index else f"output:{self.output_name}"
+
+    def select(self, prepared: PreparedModel, in_place: bool = False) -> PreparedModel:
+        """The prepared model with its explained output: the slice summed, [N, 1]."""
+        prepared = prepare(prepared, output=self.output_name)
+        model = prepared.proto if in_place else prepared.copy()
+        builder = GraphBuilder(model)
+        y = prepared.output
+        shape = builder.shape(y)
+        if shape is not None and len(self.index) > len(shape) - 1:
+            raise UsageError(f"{self.describe()}: the index has {len(self.index)} entries, but '{y}' {_shown(shape)} "
+                             f"has {len(shape) - 1} dims after the batch")
+        starts, ends, axes, steps = [], [], [], []
+        for axis, i in enumerate(self.index, start=1):
+            size = shape[axis] if shape is not None and isinstance(shape[axis], int) else None
+            if isinstance(i, slice):
+                start, stop = i.start, i.stop
+            else:
+                if size is not None and not -size <= i < size:
+                    raise UsageError(f"{self.describe()}: index {i} is out of range for dim {axis} of '{y}' "
+                                     f"{_shown(shape)}")
+                start, stop = i, (i + 1 if i != -1 else None)
+            starts.append(0 if start is None else start)
+            ends.append(np.iinfo(np.int64).max if stop is None else stop)
+            axes.append(axis)
+            steps.append(1 if not isinstance(i, slice) or i.step is None else i.step)
+        value = y
+        if axes:
+            value = builder.op("Slice", y, builder.ints(starts), builder.ints(ends), builder.ints(axes),
+                               builder.ints(steps), name="output_slice")
+        summed = builder.op("ReduceSum", builder.op("Flatten", value, axis=1), builder.ints([1]), keepdims=1,
+                            name="slice_sum")
+        declared = next(o for o in model.graph.output if o.name == y).type.tensor_type.elem_type
+        del model.graph.output[:]
+        model.graph.output.append(helper.make_tensor_value_info(summed, declared, [(shape or ["N"])[0], 1]))
+        prune(model.graph)
+        return replace(prepared, proto=model, output=summed)
+
+
+def get_target(output) -> Target:
     """The target explained: a Target is returned as it is, an output kind becomes a ClassScore."""
-    return output if isinstance(output, ClassScore) else ClassScore(output)
+    return output if isinstance(output, Target) else ClassScore(output)
+
+
+# -- what the outputs look like, and the --target that picks each ---------------------------------
+def _shown(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def output_kinds(model) -> list[dict]:
+    """Each output of a model (a ModelProto or a PreparedModel): its name, its shape (from shape
+    inference), what it looks like and the --target that explains it."""
+    proto = model.proto if isinstance(model, PreparedModel) else model
+    builder = GraphBuilder(proto)
+    several = len(proto.graph.output) > 1
+    found = []
+    for o in proto.graph.output:
+        shape = builder.shape(o.name)
+        named = f" --output-name {o.name}" if several else ""
+        rank = None if shape is None else len(shape)
+        if rank == 2 or (rank == 4 and shape[2:] == (1, 1)):
+            kind, target = "class scores [N, classes]", f"--target class{named}"
+        elif rank == 4 and shape[1] == 1 or rank == 3:
+            kind, target = "a dense map [N, 1, H, W]", f"--target dense{named}"
+        elif rank == 4:
+            kind, target = "segmentation logits [N, classes, H, W]", f"--target segment:CLASS{named}"
+        else:
+            kind, target = "values", f"--target output:{o.name}[INDEX]"
+        found.append({"name": o.name, "shape": None if shape is None else list(shape), "kind": kind,
+                      "target": target})
+    return found
+
+
+def outputs_line(model) -> str:
+    """The outputs in one line: name, shape and the --target for each."""
+    return "; ".join(f"{o['name']} {'?' if o['shape'] is None else _shown(o['shape'])} ({o['target']})"
+                     for o in output_kinds(model))
+
+
+# -- --target TEXT ---------------------------------------------------------------------------------
+TARGET_HELP = ("what is explained: CLASS or class[:CLASS] (a class score; default the top-1); segment[:CLASS]"
+               "[@REGION] (a segmenter's class logits summed over the class's predicted mask, or over REGION); "
+               "dense[:CHANNEL][@REGION] (a probability map, e.g. DBNet's text map, summed over its pixels above "
+               f"{DBNET_THRESHOLD}, or over REGION); output:NAME[INDEX] (that output, indexed after the batch "
+               "dim as numpy, e.g. output:out[3,10:20,:], summed). REGION: a mask image or .npy (nonzero inside, "
+               "prepared like the images), a box x0,y0,x1,y1 in the map's pixels, or a threshold T (values above "
+               "it); several @REGION parts intersect")
+
+
+def parse_target(text: str, mask_reader=None) -> tuple[Target | None, int | None]:
+    """--target TEXT -> (the Target, or None for the settings' class score; the class or channel
+    given, or None for the top-1). mask_reader(path) -> an [H, W] array reads a mask file."""
+    text = text.strip()
+    if _is_int(text):
+        return None, int(text)
+    cut = min((i for i in (text.find(":"), text.find("@")) if i >= 0), default=len(text))
+    kind, rest = text[:cut], text[cut + 1:] if text[cut:cut + 1] == ":" else text[cut:]
+    if kind == "class":
+        if rest and not _is_int(rest):
+            raise UsageError(f"--target {text}: the class is an integer (class:3)")
+        return None, int(rest) if rest else None
+    if kind == "output":
+        return _parse_output_slice(text, rest), None
+    if kind not in ("segment", "dense"):
+        raise UsageError(f"--target {text}: unknown target; use CLASS, class[:CLASS], segment[:CLASS][@REGION], "
+                         "dense[:CHANNEL][@REGION] or output:NAME[INDEX]")
+    chosen, *regions = rest.split("@")
+    if chosen and not _is_int(chosen):
+        raise UsageError(f"--target {text}: the class of {kind}:CLASS is an integer")
+    region = {}
+    for part in regions:
+        numbers = part.split(",")
+        if len(numbers) == 4 and all(_is_number(v) for v in numbers):
+            region["box"] = tuple(float(v) for v in numbers)
+        elif _is_number(part):
+            region["threshold"] = float(part)
+        elif part:
+            if mask_reader is None:
+                raise UsageError(f"--target {text}: a mask file needs a way to read it here")
+            region["mask"] = mask_reader(part)
+        else:
+            raise UsageError(f"--target {text}: an empty @REGION; give a mask file, a box x0,y0,x1,y1 or a threshold")
+    cls = SegmentRegion if kind == "segment" else DenseRegion
+    return cls(**region), int(chosen) if chosen else None
+
+
+def _parse_output_slice(text: str, rest: str) -> OutputSlice:
+    name, bracket, index = rest.partition("[")
+    if not name or (bracket and not index.endswith("]")):
+        raise UsageError(f"--target {text}: write output:NAME or output:NAME[INDEX], e.g. output:out[0,5:9]")
+    entries = []
+    for item in index[:-1].split(",") if bracket and index[:-1].strip() else []:
+        item = item.strip()
+        if _is_int(item):
+            entries.append(int(item))
+        elif ":" in item and item.count(":") <= 2 and all(v.strip() == "" or _is_int(v) for v in item.split(":")):
+            entries.append(slice(*(int(v) if v.strip() else None for v in item.split(":"))))
+        else:
+            raise UsageError(f"--target {text}: '{item}' is not an index (an integer or start:stop[:step])")
+    return OutputSlice(output_name=name, index=tuple(entries))
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+
+# -- a detector's box ------------------------------------------------------------------------------
+BOX_LAYOUTS = ("yolov8", "yolov5", "gfl", "boxes")
+BOX_LAYOUT_HELP = ("yolov8: one output [N, 4+C, A] (cx, cy, w, h, then C class scores per anchor); yolov5: one "
+                   "output [N, A, 5+C] (cx, cy, w, h, objectness, C class scores; the score is objectness x class); "
+                   "gfl (PP-PicoDet, GFL): per level L scores [N, A_L, C] then per level box distributions "
+                   "[N, A_L, 4 (reg_max + 1)], strides found from the image size; boxes (SSD, RetinaNet with the "
+                   "boxes decoded in the graph): boxes [N, A, 4] as x0, y0, x1, y1 and scores [N, A, C]")
+
+
+@dataclass(frozen=True)
+class Box:
+    """One kept box of one image: `index` is its column in DetectionBox's explained output
+    (anchor * classes + label), the value its explanation targets."""
+    image: int
+    index: int
+    label: int
+    score: float
+    xyxy: tuple  # x0, y0, x1, y1 in the model input's pixels
+
+
+@dataclass(frozen=True)
+class DetectionBox(ClassScore):
+    """A detector's box, explained by its class score: the explained output is every candidate's
+    class scores, [N, anchors * classes] (anchor-major), read from a raw head (BOX_LAYOUT_HELP);
+    the class index of a box is anchor * classes + label, so every method explains it as a class.
+    Boxes are found outside the graph (find: decode, then class-aware NMS in numpy): the `top` K by
+    score, or all above `threshold` (at most `top` where both are given); neither: the top box.
+    Scores are the head's own values (probabilities for YOLOv8 and PicoDet; logits where the head
+    gives logits)."""
+    layout: str = "auto"
+    top: int | None = None
+    threshold: float | None = None
+    iou: float = 0.5
+    output_name: str | None = None  # any output of the model (the head is read from all of them)
+    reads_image_rows = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.layout not in ("auto", *BOX_LAYOUTS):
+            raise UsageError(f"unknown box layout '{self.layout}'; choose auto or one of {', '.join(BOX_LAYOUTS)}")
+        if self.top is not None and int(self.top) < 1:
+            raise UsageError(f"box:K needs K >= 1, got {self.top}")
+        if not 0 < float(self.iou) <= 1:
+            raise UsageError(f"the NMS IoU threshold is in (0, 1], got {self.iou}")
+
+    def describe(self) -> str:
+        return "box" + (f":{self.top}" if self.top else "") + (f"@{self.threshold:g}" if self.threshold is not None
+                                                                else "")
+
+    def classes(self, shape) -> int | None:
+        n = (shape or [None])[-1]
+        return n if isinstance(n, int) else None
+
+    # -- which outputs hold what ----------------------------------------------------------------
+    def roles(self, names: list[str], shapes: dict) -> tuple[str, dict]:
+        """(layout, {role: output name or names}) from the outputs' shapes (inferred or run-time)."""
+        shapes = {n: (None if shapes.get(n) is None else tuple(shapes[n])) for n in names}
+        ranks3 = [n for n in names if shapes[n] is not None and len(shapes[n]) == 3]
+        layout = self.layout
+        if layout == "auto":
+            if len(names) == 1 and ranks3:
+                d1, d2 = shapes[names[0]][1:]
+                layout = "yolov8" if isinstance(d1, int) and isinstance(d2, int) and d1 < d2 else "yolov5"
+            elif len(names) == 2 and len(ranks3) == 2 and 4 in (shapes[names[0]][2], shapes[names[1]][2]):
+                layout = "boxes"
+            elif len(names) % 2 == 0 and len(ranks3) == len(names):
+                layout = "gfl"
+            else:
+                raise UsageError(self._unreadable(names, shapes))
+        try:
+            if layout in ("yolov8", "yolov5"):
+                (head,) = [n for n in names if n in ranks3][:1] or [None]
+                if head is None:
+                    raise ValueError
+                return layout, {"head": head}
+            if layout == "boxes":
+                boxes = next(n for n in ranks3 if shapes[n][2] == 4)
+                scores = next(n for n in ranks3 if n != boxes)
+                return layout, {"boxes": boxes, "scores": scores}
+            half = len(names) // 2
+            scores, distributions = names[:half], names[half:]
+            if not half or any(n not in ranks3 for n in names) or any(shapes[d][2] % 4 for d in distributions):
+                raise ValueError
+            return layout, {"scores": scores, "distributions": distributions}
+        except (ValueError, StopIteration, TypeError):
+            raise UsageError(self._unreadable(names, shapes, layout)) from None
+
+    @staticmethod
+    def _unreadable(names, shapes, layout="auto") -> str:
+        shown = "; ".join(f"{n} {'?' if shapes[n] is None else _box_shape(shapes[n])}" for n in names)
+        wanted = f"as the {layout} layout" if layout != "auto" else "as boxes (layouts: " + ", ".join(BOX_LAYOUTS) + ")"
+        return (f"the outputs cannot be read {wanted}: {shown}; name the layout (box_layout=, --box-layout) or "
+                "explain one output with --target output:NAME[INDEX]")
+
+    # -- the explained output -------------------------------------------------------------------
+    def select(self, prepared: PreparedModel, in_place: bool = False) -> PreparedModel:
+        """The prepared model with its explained output: every candidate's class scores, flattened
+        to [N, anchors * classes]."""
+        model = prepared.proto if in_place else prepared.copy()
+        builder = GraphBuilder(model)
+        names = [o.name for o in model.graph.output]
+        layout, roles = self.roles(names, {n: builder.shape(n) for n in names})
+        if layout == "yolov8":  # [N, 4+C, A] -> [N, A, C]
+            head = roles["head"]
+            classes = builder.op("Slice", head, builder.ints([4]), builder.ints([2**62]), builder.ints([1]))
+            scores = builder.op("Transpose", classes, perm=[0, 2, 1])
+        elif layout == "yolov5":  # objectness x class score, [N, A, C]
+            head = roles["head"]
+            objectness = builder.op("Slice", head, builder.ints([4]), builder.ints([5]), builder.ints([2]))
+            classes = builder.op("Slice", head, builder.ints([5]), builder.ints([2**62]), builder.ints([2]))
+            scores = builder.op("Mul", objectness, classes)
+        elif layout == "gfl":
+            scores = builder.op("Concat", *roles["scores"], axis=1) if len(roles["scores"]) > 1 else roles["scores"][0]
+        else:
+            scores = roles["scores"]
+        flat = builder.op("Flatten", scores, axis=1, name="box_class_scores")
+        declared = model.graph.output[0].type.tensor_type.elem_type
+        shape = builder.shape(scores)
+        width = int(np.prod(shape[1:])) if shape and all(isinstance(d, int) for d in shape[1:]) else None
+        del model.graph.output[:]
+        model.graph.output.append(helper.make_tensor_value_info(flat, declared, [(shape or ["N"])[0], width]))
+        prune(model.graph)
+        return replace(prepared, proto=model, output=flat)
+
+    # -- the boxes, in numpy ---------------------------------------------------------------------
+    def decode(self, outputs: dict, image_size) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each image's candidates: (boxes [A, 4] x0, y0, x1, y1 in input pixels, scores [A, C]),
+        anchors in the explained output's order. outputs: name -> array (all the model's outputs)."""
+        names = list(outputs)
+        layout, roles = self.roles(names, {n: outputs[n].shape for n in names})
+        found = []
+        if layout in ("yolov8", "yolov5"):
+            head = np.asarray(outputs[roles["head"]], np.float64)
+            for image in head:
+                rows = image.T if layout == "yolov8" else image
+                scores = rows[:, 4:] if layout == "yolov8" else rows[:, 4:5] * rows[:, 5:]
+                cx, cy, w, h = rows[:, :4].T
+                found.append((np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1), scores))
+            return found
+        if layout == "boxes":
+            return [(np.asarray(b, np.float64), np.asarray(s, np.float64))
+                    for b, s in zip(outputs[roles["boxes"]], outputs[roles["scores"]])]
+        height, width = image_size
+        levels = [(outputs[s], outputs[d]) for s, d in zip(roles["scores"], roles["distributions"])]
+        for n in range(len(levels[0][0])):
+            boxes, scores = [], []
+            for level_scores, distribution in levels:
+                count = level_scores.shape[1]
+                stride = next((s for s in (4, 8, 16, 32, 64, 128, 256)
+                               if -(-height // s) * -(-width // s) == count), None)
+                if stride is None:
+                    raise UsageError(f"a GFL level has {count} anchors, which no stride (4 to 256) gives for a "
+                                     f"{height}x{width} image; give boxes decoded in the graph (layout boxes)")
+                rows, cols = np.meshgrid(np.arange(-(-height // stride)), np.arange(-(-width // stride)), indexing="ij")
+                cx, cy = (cols.ravel() + 0.5) * stride, (rows.ravel() + 0.5) * stride
+                bins = distribution.shape[2] // 4
+                logits = np.asarray(distribution[n], np.float64).reshape(-1, 4, bins)
+                weights = np.exp(logits - logits.max(axis=2, keepdims=True))
+                distance = (weights / weights.sum(axis=2, keepdims=True) * np.arange(bins)).sum(axis=2) * stride
+                boxes.append(np.stack([cx - distance[:, 0], cy - distance[:, 1], cx + distance[:, 2],
+                                       cy + distance[:, 3]], axis=1))
+                scores.append(np.asarray(level_scores[n], np.float64))
+            found.append((np.concatenate(boxes), np.concatenate(scores)))
+        return found
+
+    def keep(self, boxes: np.ndarray, scores: np.ndarray, image: int = 0) -> list[Box]:
+        """Class-aware NMS over one image's candidates: the top K, or those above the threshold."""
+        limit = self.top if self.top else (None if self.threshold is not None else 1)
+        flat = scores.ravel()
+        order = np.argsort(-flat, kind="stable")
+        if self.threshold is not None:
+            order = order[flat[order] > self.threshold]
+        order = order[:max(1000, 50 * (limit or 0))]  # as detectors' pre-NMS top-k: bounds the work
+        classes = scores.shape[1]
+        kept: list[Box] = []
+        for index in order:
+            anchor, label = divmod(int(index), classes)
+            box = boxes[anchor]
+            if any(k.label == label and _iou(box, k.xyxy) > self.iou for k in kept):
+                continue
+            kept.append(Box(image, int(index), label, float(flat[index]), tuple(float(v) for v in box)))
+            if limit is not None and len(kept) >= limit:
+                break
+        return kept
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _box_shape(shape) -> str:
+    return "[" + ", ".join("?" if not isinstance(d, int) else str(d) for d in shape) + "]"
+
+
+def parse_box_target(text: str) -> DetectionBox:
+    """--target box, box:K, box@T or box:K@T (the top box, the top K, all above T, at most K)."""
+    if not text.startswith("box"):
+        _bad_box(text)
+    top, at, threshold = text[3:].partition("@")
+    if (top and not top.startswith(":")) or top == ":" or (at and not threshold):
+        _bad_box(text)
+    try:
+        return DetectionBox(top=int(top[1:]) if top else None, threshold=float(threshold) if at else None)
+    except ValueError:
+        _bad_box(text)
+
+
+def _bad_box(text):
+    raise UsageError(f"--target {text}: write box (the top box), box:K (the top K), box@T (all scoring above T) "
+                     "or box:K@T")

@@ -127,16 +127,25 @@ def default_layer(builder: GraphBuilder, candidates: list[Layer]) -> Layer | Non
     return chosen
 
 
-def locate_layers(builder: GraphBuilder, path, active: set[str], x: str, names=None) -> tuple[list[Layer], list[Layer]]:
-    """The layers to use (the default one, or the named ones checked) and all candidates."""
-    candidates = layer_candidates(builder, path, active, x)
+def locate_layers(builder: GraphBuilder, path, active: set[str], x: str, names=None,
+                  y: str | None = None) -> tuple[list[Layer], list[Layer]]:
+    """The layers to use (the default one, or the named ones checked) and all candidates. y: the
+    explained output; a map [N, C, H, W] (a segmenter's) is no layer of its own, and its default
+    layer is the last one before the head, the last candidate of another channel count than C
+    (later ones are the class maps and their upsampling)."""
+    candidates = [c for c in layer_candidates(builder, path, active, x) if c.name != y]
+    out_shape = builder.shape(y) if y else None
+    head_channels = out_shape[1] if out_shape is not None and len(out_shape) == 4 else None
     by_name = {c.name: c for c in candidates}
     shown = candidates[-12:]  # the deepest ones: where class activation maps are usually taken
     listed = "; ".join(c.describe() for c in shown) or "none"
     if len(candidates) > len(shown):
         listed += f" (and {len(candidates) - len(shown)} earlier ones: gnl-onnx inspect lists them all)"
     if not names:
-        chosen = default_layer(builder, candidates)
+        before_head = candidates
+        while head_channels is not None and before_head and before_head[-1].channels == head_channels:
+            before_head = before_head[:-1]
+        chosen = default_layer(builder, before_head)
         if chosen is None:
             raise UsageError("the model has no 4-D activation with a spatial size above 1 between the image and "
                              f"the output, so there is no layer for a class activation map (candidates: {listed})")
@@ -167,7 +176,7 @@ def locate(proto: onnx.ModelProto, x: str, y: str, names=None) -> tuple[list[Lay
 
     builder = GraphBuilder(proto)
     path, active = differentiable_path(builder, x, y)
-    layers, _ = locate_layers(builder, path, active, x, names)
+    layers, _ = locate_layers(builder, path, active, x, names, y)
     axis = image_channel_axis(builder, list(builder.graph.node), x)
     if builder.rank(x) != 4 or axis not in (1, 3):
         raise UsageError("class activation maps need a 4-D image input (NCHW or NHWC)")

@@ -45,6 +45,7 @@ class Method:
     prunes: ClassVar[bool] = False            # its graph drops what does not reach the outputs
     follows_steps: ClassVar[bool] = False     # its number of points is the step count asked
     forward_only: ClassVar[bool] = False      # forward passes of perturbed copies, no backward (perturbation.py)
+    rescores_classes: ClassVar[bool] = False  # its graph scores copies of the image by class (Score-CAM)
 
     def steps_run(self, steps: int) -> int:
         """How many points it really runs for a step count (what results and reports show)."""

@@ -21,6 +21,10 @@ class Cam(Method):
     takes_layer: ClassVar[bool] = True
     prunes: ClassVar[bool] = True  # map-only graphs need no input gradient
 
+    @property
+    def rescores_classes(self) -> bool:
+        return self.kind == "scorecam"
+
     def layers(self, proto, x, y, names):
         return locate(proto, x, y, names)
 
