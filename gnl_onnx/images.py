@@ -8,6 +8,7 @@ METHOD.md warns is (0 - mean) / std, not 0).
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,11 +237,31 @@ def _to_mode(im, mode: str):
     return im
 
 
+def regular_file(path: str | os.PathLike) -> str:
+    """The path, if it names a regular file: a folder, a pipe, a device or a socket is refused in
+    one line before anything opens it (reading a FIFO would wait for a writer forever)."""
+    name = os.fspath(path)
+    try:
+        mode = os.stat(name).st_mode  # stat does not open: a FIFO does not block it
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{name}: permission denied") from None
+    except OSError as e:
+        raise InputError(f"{name}: cannot read it ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else
+                "not a regular file")
+        raise InputError(f"{name}: is {kind}, not an image file; name an image file")
+    return name
+
+
 def open_image(path: str | os.PathLike, mode: str = "RGB"):
     """Read an image file upright (EXIF orientation applied) as a Pillow image in `mode`
     ("RGB" or "L"). Every failure is an InputError naming the file."""
     Image, ImageOps = _pil()
-    name = os.fspath(path)
+    name = regular_file(path)
     try:
         with warnings.catch_warnings():
             # EXIF/ICC quirks in real photos are not the user's problem. Pillow only warns between
@@ -279,7 +300,7 @@ def is_array_file(path: str | os.PathLike) -> bool:
 def load_array(path: str | os.PathLike, rank: int = 4) -> np.ndarray:
     """An .npy file already in the model's input space and layout: one image (rank - 1 dims) or a
     batch (rank dims) -> float32 [k, ...]. Every failure is an InputError naming the file."""
-    name = os.fspath(path)
+    name = regular_file(path)
     try:
         a = np.load(name, allow_pickle=False)  # never unpickle a user's file
     except FileNotFoundError:
