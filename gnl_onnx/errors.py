@@ -15,10 +15,15 @@ class UnsupportedModelError(ModelError):
 
     def __init__(self, unsupported: dict[str, list[str]], hint: str = ""):
         self.unsupported = {op: list(nodes) for op, nodes in sorted(unsupported.items())}
+        self.hint = hint
         parts = [f"{op} (e.g. node '{nodes[0]}'" + (f", {len(nodes)} nodes)" if len(nodes) > 1 else ")")
                  for op, nodes in self.unsupported.items()]
         message = "cannot differentiate this model: no gradient rule for " + "; ".join(parts)
         super().__init__(message + (f". {hint}" if hint else ""))
+
+    def with_note(self, note: str) -> "UnsupportedModelError":
+        """The same error with one more sentence (what does run on the model)."""
+        return UnsupportedModelError(self.unsupported, ". ".join(filter(None, (self.hint.rstrip("."), note))))
 
 
 class UsageError(GnlOnnxError):

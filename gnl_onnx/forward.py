@@ -76,7 +76,7 @@ class ForwardRunner:
         rows = self.rows_per_run()
         images = max(1, min(n_images, rows))
         copies = max(1, min(passes or rows, rows // images))
-        return {"images_per_run": images, "copies_per_run": copies, "forward_passes_per_image": passes,
+        return {"images_per_run": images, "steps_per_run": copies, "forward_passes_per_image": passes,
                 "memory_per_run": human_size(images * copies * self.row_bytes), "memory_budget": self.budget_note}
 
     def _run(self, session, outputs, feed):

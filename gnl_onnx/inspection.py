@@ -1,5 +1,6 @@
 """What a model is and what the engine will do with it: inputs, outputs, op histogram, the units
-that guided gating will gate, and the ops it cannot differentiate."""
+that guided gating will gate, the ops it cannot differentiate, and the methods that run without a
+backward (forward passes only)."""
 from __future__ import annotations
 
 import collections
@@ -13,6 +14,7 @@ from .errors import UnsupportedModelError
 from .graph import GraphBuilder
 from .intake import read_model
 from .loading import choose_input, choose_output, graph_inputs
+from .methods import FORWARD_METHODS
 from .normalize import default_opset, normalize
 
 
@@ -46,6 +48,7 @@ def inspect_model(model, input: str | None = None, output: str | None = None) ->
         report["unsupported"] = {}
     except UnsupportedModelError as e:
         report["unsupported"] = e.unsupported
+    report["forward_methods"] = list(FORWARD_METHODS)  # they need no backward: they run on any model
 
     candidates = layer_candidates(builder, path, _active, x)
     default = default_layer(builder, candidates)

@@ -42,6 +42,9 @@ PRESETS: dict[str, Preset] = {
     # mean/std, NCHW RGB.
     "orientation": Preset(Preprocessing(size=(320, 320), fit="letterbox", pad=255,
                                         mean=IMAGENET_MEAN, std=IMAGENET_STD), "orientation"),
+    # rapidocr_onnxruntime/ch_ppocr_det/utils.py (DetPreProcess): the photo's own size (or --size) rounded to
+    # multiples of 32, /255, mean 0.5, std 0.5, BGR (cv2), NCHW; its output is the text probability map
+    "ocr-det": Preset(Preprocessing(size=0, fit="own", multiple=32, mean=(0.5,), std=(0.5,), channels="BGR"), None),
     # digit_recognizer/recognizer.py: Resize((28, 28)), ToTensor, Normalize((0.1307,), (0.3081,))
     # on a grayscale image with white strokes on black (MNIST's own polarity).
     "mnist": Preset(Preprocessing(size=(28, 28), fit="exact", mean=(0.1307,), std=(0.3081,),

@@ -10,9 +10,10 @@ from onnx import helper, numpy_helper
 
 from .autodiff import backpropagate_to, check_differentiable, check_supported, differentiable_path
 from .autodiff.rulesets import get_rule_set
-from .errors import ModelError, UsageError
+from .errors import ModelError, UnsupportedModelError, UsageError
 from .graph import GraphBuilder, prune, skeleton
 from .intake import prepare
+from .methods import FORWARD_METHODS
 from .normalize import fold_constants, has_unknown_dims, probe_shapes
 
 METADATA_KEY = "gnl_onnx.vjp"
@@ -39,7 +40,21 @@ def vjp_model(model, rule: str = "plain", gate: str = "paper",
 def build_vjp(proto: onnx.ModelProto, x: str, y: str, rule: str = "plain", gate: str = "paper", layers=(),
               layer_rule: str | None = None, bounds=None) -> onnx.ModelProto:
     """vjp_model on a prepared model's proto that the caller hands over: it is extended in place
-    (attribution_model builds on its own copy; a second copy of vgg16 cost 0.26 s)."""
+    (attribution_model builds on its own copy; a second copy of vgg16 cost 0.26 s). A model whose
+    backward cannot be built is refused naming every op in the way and the methods that still run
+    on it (forward passes only); nothing switches to them unasked."""
+    try:
+        return _backward(proto, x, y, rule, gate, layers, layer_rule, bounds)
+    except UnsupportedModelError as e:
+        raise e.with_note(forward_methods_note()) from None
+
+
+def forward_methods_note() -> str:
+    return (f"Methods that need no backward run on it (forward passes only): {', '.join(FORWARD_METHODS)} "
+            f"(--method {FORWARD_METHODS[0]})")
+
+
+def _backward(proto, x, y, rule, gate, layers, layer_rule, bounds) -> onnx.ModelProto:
     policy = get_rule_set(rule, gate, bounds)
     layers = list(dict.fromkeys(layers))
     layer_policy = get_rule_set(layer_rule or rule, gate, bounds)

@@ -47,6 +47,11 @@ MODELS: dict[str, ModelSpec] = {
         name="orientation", preset="orientation", packages="occular-deskew",
         description="occular-deskew OriNet document orientation 0/90/180/270 (VGG-like, MaxPool)",
         bundled=("occular_deskew", "weights/orientation_orinet_fp32.onnx")),
+    "ocr-det": ModelSpec(
+        name="ocr-det", preset="ocr-det", packages="rapidocr-onnxruntime==1.4.4",
+        description="RapidOCR's PP-OCRv4 DBNet text detector: a text probability map [N, 1, H, W] at the image's "
+                    "size (multiples of 32); explain it with --target dense",
+        bundled=("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx")),
     "mnist": ModelSpec(
         name="mnist", preset="mnist", packages="digit-recognizer-py torch",
         description="digit-recognizer-py MNIST CNN (Conv, Relu, MaxPool, Gemm), MIT",

@@ -170,3 +170,18 @@ def test_convert_refuses_in_one_line(mnist, tmp_path, capfd):
         err = capfd.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (argv, err)
     assert [p.name for p in full.iterdir()] == ["keep.txt"] and not (tmp_path / "w").exists()
+
+
+def test_compact_computes_the_transposed_kernels_instead_of_storing_them(mnist, converted, images, tmp_path):
+    assert main(["convert", mnist, "--methods", ",".join(METHODS), "--steps", str(STEPS), "--compact",
+                 "-o", str(tmp_path / "compact.onnx")]) == 0
+    full, compact = onnx.load(str(converted / "all.onnx")), onnx.load(str(tmp_path / "compact.onnx"))
+    stored = {t.name for t in full.graph.initializer if t.name.endswith("_transposed")}
+    assert stored and not {t.name for t in compact.graph.initializer} & stored
+    saved = sum(numpy_helper.to_array(t).nbytes for t in full.graph.initializer if t.name in stored)
+    ops = 4096 * len(stored)  # each kernel's few ops and their int64 constants, well under 4 KB
+    assert (tmp_path / "compact.onnx").stat().st_size < (converted / "all.onnx").stat().st_size - saved + ops
+    name = combined_info(full)["input"]
+    for a, b in zip(session(converted / "all.onnx").run(None, {name: images}),
+                    session(tmp_path / "compact.onnx").run(None, {name: images})):
+        np.testing.assert_array_equal(a, b)

@@ -14,6 +14,7 @@ import gnl_onnx.errors as errors
 from ..attribution import attribution_info, attribution_model
 from ..budget import planned_run_bytes
 from ..errors import GnlOnnxError, UsageError
+from ..methods import get_method
 from ..evaluation import (
     RANDOM,
 )
@@ -77,8 +78,9 @@ def _worker_count(ray, workers, gpus_per_worker, cpus_per_worker) -> int:
 
 
 def row_bytes(model, settings) -> int | None:
-    """Memory of one image at one step in an attribution run (None when only random is asked)."""
-    method = next((m for m in settings["methods"] if m != RANDOM), None)
+    """Memory of one image at one step in an attribution run (None when only random or forward-only
+    methods are asked: those split their own runs)."""
+    method = next((m for m in settings["methods"] if m != RANDOM and not get_method(m).forward_only), None)
     if method is None:
         return None
     return attribution_info(attribution_model(model, method=method, gate=settings["gate"], output=settings["output"],

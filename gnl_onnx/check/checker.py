@@ -157,7 +157,8 @@ class ModelChecker:
         measure = Measure("ops without a gradient rule", float(len(report["unsupported"])), "<=", 0)
         if report["unsupported"]:
             ops = "; ".join(f"{op} (e.g. node '{nodes[0]}')" for op, nodes in report["unsupported"].items())
-            return _judged("supported", [measure], f"no gradient rule for {ops}", details)
+            return _judged("supported", [measure], f"no gradient rule for {ops}; without a backward these methods "
+                           f"still run (forward passes only): {', '.join(report['forward_methods'])}", details)
         return _judged("supported", [measure], f"gated (gate=paper): {gated}", details)
 
     def check_gradient(self) -> CheckResult:

@@ -47,8 +47,10 @@ def parse_method_list(text: str) -> list[str]:
 
 def combined_model(model, methods: list[str], steps: int = 32, integration: str = "gausslegendre",
                    gate: str = "paper", output: str = "logit", input: str | None = None,
-                   output_name: str | None = None, layer=None) -> onnx.ModelProto:
-    """One model computing every method in `methods` (see the module docstring)."""
+                   output_name: str | None = None, layer=None, compact: bool = False) -> onnx.ModelProto:
+    """One model computing every method in `methods` (see the module docstring). compact: the
+    backward's transposed convolution kernels are computed from the network's own (a few ops,
+    folded by ONNX Runtime when it loads the model) instead of stored beside them."""
     prepared = prepare(model, input, output_name)  # read and checked once for all methods
     merged = None
     image = None
@@ -64,6 +66,8 @@ def combined_model(model, methods: list[str], steps: int = 32, integration: str 
         rank = len(info["image_shape"])
         defaults = {"baseline": np.zeros((1,) * rank, np.float32), "target": np.full(1, -1, np.int64),
                     "alphas": alphas, "weights": weights, "noise": np.zeros((1,) * (rank + 1), np.float32)}
+        if compact:
+            derive_transposed_kernels(part.graph)
         declared = {i.name: i for i in part.graph.input}
         for name, value in defaults.items():
             if name in declared:
@@ -158,3 +162,49 @@ def _share_initializers(graph: onnx.GraphProto, seen: dict[tuple, str]) -> None:
                 node.input[i] = renamed.get(name, name)
         del graph.initializer[:]
         graph.initializer.extend(unique)
+
+
+TRANSPOSED = "_transposed"  # the suffix gnl_onnx.autodiff.rules.conv.transposed_kernel names its kernels with
+
+
+def derive_transposed_kernels(graph: onnx.GraphProto) -> int:
+    """Replace each stored transposed kernel ([Cout, Cin/g, *k] -> [Cin, Cout/g, *k], each group's
+    channels swapped, the kernel flipped) that equals the transform of an initializer of the graph
+    by the ops that compute it. Returns the bytes no longer stored."""
+    stored = {t.name: t for t in graph.initializer}
+    nodes, dropped, saved = [], set(), 0
+    for name, tensor in stored.items():
+        source = stored.get(name[:-len(TRANSPOSED)]) if name.endswith(TRANSPOSED) else None
+        if source is None or len(source.dims) < 3 or len(tensor.dims) != len(source.dims):
+            continue
+        w = numpy_helper.to_array(source)
+        cout, cin_g, kernel = w.shape[0], w.shape[1], list(w.shape[2:])
+        group = tensor.dims[0] // cin_g if cin_g and tensor.dims[0] % cin_g == 0 else 0
+        if not group or cout % group:
+            continue
+        flip = (slice(None), slice(None)) + (slice(None, None, -1),) * len(kernel)
+        expected = w.reshape(group, cout // group, cin_g, *kernel).swapaxes(1, 2).reshape(
+            group * cin_g, cout // group, *kernel)[flip]
+        if expected.shape != tuple(tensor.dims) or not np.array_equal(expected, numpy_helper.to_array(tensor)):
+            continue
+        axes = list(range(2, 2 + len(kernel)))
+        consts = {"a": [group, cout // group, cin_g, *kernel], "b": [group * cin_g, cout // group, *kernel],
+                  "starts": [-1] * len(axes), "ends": [-(2 ** 62)] * len(axes), "axes": axes, "steps": [-1] * len(axes)}
+        for key, value in consts.items():
+            graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), f"{name}.{key}"))
+        nodes += [onnx.helper.make_node("Reshape", [source.name, f"{name}.a"], [f"{name}.grouped"]),
+                  onnx.helper.make_node("Transpose", [f"{name}.grouped"], [f"{name}.swapped"],
+                                        perm=[0, 2, 1, *range(3, 3 + len(kernel))]),
+                  onnx.helper.make_node("Reshape", [f"{name}.swapped", f"{name}.b"], [f"{name}.unflipped"]),
+                  onnx.helper.make_node("Slice", [f"{name}.unflipped", f"{name}.starts", f"{name}.ends",
+                                                  f"{name}.axes", f"{name}.steps"], [name])]
+        dropped.add(name)
+        saved += expected.nbytes
+    if dropped:
+        kept = [t for t in graph.initializer if t.name not in dropped]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        existing = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes + existing)  # before every reader: the graph stays topologically sorted
+    return saved

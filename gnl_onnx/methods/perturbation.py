@@ -15,7 +15,8 @@ few runs as the memory budget holds; the method says which copies and how their 
     kernelshap    Captum's KernelShap: coalitions of features (a grid of cells, or a given feature
                   mask): all, none, then samples - 2 drawn with size k ~ (M - 1) / (k (M - k)); the
                   attribution of a feature is its coefficient in the least-squares fit (with
-                  intercept) of F(coalition) on the coalition's 0/1 vector. Passes: samples.
+                  intercept; all and none weigh 1e6, the others 1) of F(coalition) on the
+                  coalition's 0/1 vector. Passes: samples.
     ablation_cam  pytorch-grad-cam's AblationCAM: w_k = (F - F with channel k of the layer ablated)
                   / F, map = relu(sum_k w_k A_k) upsampled bilinearly (cv2's INTER_LINEAR). Passes:
                   the layer's channels, through the part of the model after the layer.
@@ -211,24 +212,42 @@ def linear_resize_matrix(source: int, size: int) -> np.ndarray:
     return matrix
 
 
+MASK_BLOCK = 256  # RISE masks drawn per seeded stream
+
+
 class RiseMasks(MaskedImages):
     def __init__(self, method: Rise, height, width, channel_axis, seed):
         super().__init__(method.masks, channel_axis)
         self.method, self.seed, self.shape = method, seed, (height, width)
         self.cell = [math.ceil(side / method.cells) for side in (height, width)]
         self.up = [linear_resize_matrix(method.cells, (method.cells + 1) * c) for c in self.cell]
-        self.saliency = None
+        self.saliency, self._block = None, (None, None)
 
     def keep(self, lo, hi):
+        blocks = range(lo // MASK_BLOCK, (hi - 1) // MASK_BLOCK + 1)
+        masks = np.concatenate([self.cached_block(b) for b in blocks])
+        start = blocks[0] * MASK_BLOCK
+        return masks[lo - start:hi - start]
+
+    def cached_block(self, index: int) -> np.ndarray:
+        if self._block[0] != index:  # runs smaller than a block read it several times
+            self._block = (index, self.block(index))
+        return self._block[1]
+
+    def block(self, index: int) -> np.ndarray:
+        """Masks index * MASK_BLOCK ... (the last block cut at N), drawn from their own seeded stream
+        (so any chunking of the runs gives the same masks), as Petsiuk et al.: a binary grid, bilinear
+        upsampling to (cells + 1) x the cell size, a crop at a random shift within one cell."""
         n, (height, width) = self.method.cells, self.shape
-        out = np.empty((hi - lo, height, width), np.float32)
-        for k, index in enumerate(range(lo, hi)):
-            rng = np.random.default_rng([self.seed, index])  # each mask its own stream: chunking changes nothing
-            grid = (rng.random((n, n)) < self.method.p).astype(np.float64)
-            dy, dx = (int(rng.integers(0, c)) for c in self.cell)
-            up = self.up[0] @ grid @ self.up[1].T
-            out[k] = up[dy:dy + height, dx:dx + width]
-        return out
+        count = min(MASK_BLOCK, self.method.masks - index * MASK_BLOCK)
+        rng = np.random.default_rng([self.seed, index])
+        grids = (rng.random((count, n, n)) < self.method.p).astype(np.float32)
+        dy, dx = (rng.integers(0, c, count) for c in self.cell)
+        up = np.einsum("yi,kij,xj->kyx", self.up[0].astype(np.float32), grids, self.up[1].astype(np.float32),
+                       optimize=True)
+        rows = (dy[:, None] + np.arange(height))[:, :, None]
+        cols = (dx[:, None] + np.arange(width))[:, None, :]
+        return up[np.arange(count)[:, None, None], rows, cols]
 
     def add(self, lo, hi, scores):
         part = np.tensordot(np.asarray(scores, np.float64), self.masks(lo, hi), axes=(1, 0))
@@ -302,12 +321,17 @@ class Coalitions(MaskedImages):
         self.scores[:, lo:hi] = scores
 
     def result(self, clean):
-        """Ordinary least squares with an intercept (Captum's default interpretable model, a
-        scikit-learn LinearRegression, equally weighted: the kernel is in how sizes are drawn);
+        """Weighted least squares with an intercept, as Captum fits its interpretable model (a
+        scikit-learn LinearRegression): the kernel is in how sizes are drawn, so every coalition
+        weighs 1 except all and none, which weigh 1e6 (they pin the fit to F(x) and F(baseline));
         the minimum-norm solution where the samples do not fix every coefficient."""
-        z = self.drawn - self.drawn.mean(axis=0)
-        y = self.scores - self.scores.mean(axis=1, keepdims=True)
-        coefficients = np.linalg.lstsq(z, y.T, rcond=None)[0]  # [features, N]
+        size = self.drawn.sum(axis=1)
+        weight = np.where((size == 0) | (size == self.drawn.shape[1]), 1e6, 1.0)
+        mean = lambda a: (weight @ a) / weight.sum()  # noqa: E731
+        root = np.sqrt(weight)[:, None]
+        z = (self.drawn - mean(self.drawn)) * root
+        y = (self.scores.T - mean(self.scores.T)) * root
+        coefficients = np.linalg.lstsq(z, y, rcond=None)[0]  # [features, N]
         return coefficients.T[:, self.labels].astype(np.float32)
 
 
