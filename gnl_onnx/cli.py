@@ -22,7 +22,7 @@ from .deploy.web import check_folder
 from .evaluate import evaluate_files
 from .evaluation import ALL_METHODS as EVALUATED, FILES, parse_methods, parse_metrics
 from .explain import explain_files
-from .images import Preprocessing, find_images, from_model_shape, is_array_file
+from .images import Preprocessing, find_images, from_model_shape, is_array_file, read_mask
 from .inspection import inspect_model
 from .methods import METHODS, get_method
 from .intake import IntakeNote, prepare
@@ -31,6 +31,7 @@ from .planning import plan_cost
 from .presets import PRESETS, class_names, get_preset
 from .report import image_png
 from .settings import Settings
+from .targets import TARGET_HELP, class_only, parse_target
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -139,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     method_args(p)
     p.add_argument("-o", "--out", help="where to write the attribution model")
+    p.add_argument("--target", default=None, metavar="TARGET", help=TARGET_HELP + " (the class is fed at run time: "
+                   "the input 'target'; a mask file is read at its own size and fitted to the map)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file, or write into a non-empty folder")
     p.add_argument("--methods", metavar="LIST",
                    help="several methods in one model, the weights stored once (e.g. gnl_ig,ig,gradcam): inputs and "
@@ -319,7 +322,7 @@ def explain_args(p):
                         "is pixel value 0 after preprocessing)")
     p.add_argument("--integration", default="gausslegendre",
                    choices=["gausslegendre", "left", "right", "middle", "trapezoid"])
-    p.add_argument("--target", type=int, default=None, help="class to explain (default: top-1)")
+    p.add_argument("--target", default=None, metavar="TARGET", help=TARGET_HELP)
     p.add_argument("--memory-budget", default="auto",
                    help="memory for one run: auto (default: about 1 GB, at most a quarter of what is available; "
                         "the choice is in the summary) or a size, e.g. 2GB")
@@ -342,6 +345,8 @@ def run_inspect(args) -> int:
         print(f"opset {report['opset']}")
         print("inputs:  " + "; ".join(report["inputs"]))
         print("outputs: " + "; ".join(report["outputs"]))
+        for o in report.get("output_kinds", []):
+            print(f"  {o['name']}: {o['kind']} -> {o['target']}")
         print("ops:     " + ", ".join(f"{op} {n}" for op, n in report["ops"].items()))
         print(f"explains {report['output']} with respect to {report['input']}")
         gated = ", ".join(f"{op} {n}" for op, n in report["gated_paper"].items()) or "none"
@@ -369,7 +374,8 @@ def run_convert(args) -> int:
     if out is not None and out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
     if not (args.methods or args.web or args.triton):  # one method, one file: its inputs as in FEEDING
-        model = attribution_model(args.model, method=args.method, gate=args.gate, output=args.output,
+        target = parse_target(args.target, read_mask)[0] if args.target else None
+        model = attribution_model(args.model, method=args.method, gate=args.gate, output=target or args.output,
                                   input=args.input, output_name=args.output_name, layer=args.layer)
         if args.compact:
             derive_transposed_kernels(model.graph)
@@ -473,7 +479,10 @@ def run_settings(args, prep=None) -> Settings:
 def run_explain(args) -> int:
     model = prepare(args.model, args.input, args.output_name)
     prep, preset = preprocessing_from(args, model, args.images)
-    return explain_files(model, args.images, Path(args.out), prep, preset, run_settings(args, prep), target=args.target,
+    target, chosen = parse_target(args.target, lambda path: read_mask(path, prep)) if args.target else (None, None)
+    settings = run_settings(args, prep)
+    return explain_files(model, args.images, Path(args.out), prep, preset,
+                         settings.replace(output=target) if target else settings, target=chosen,
                          overwrite=args.overwrite)
 
 
@@ -490,7 +499,7 @@ def run_evaluate(args) -> int:
     images = find_images(named, args.image_dir)
     return evaluate_files(model, images, Path(args.out), prep, methods, overwrite=args.overwrite,
                           settings=run_settings(args, prep), curve_steps=args.curve_steps, reduce=args.reduce,
-                          target=args.target, deletion_substrate=args.deletion_substrate,
+                          target=class_only(args.target), deletion_substrate=args.deletion_substrate,
                           insertion_substrate=args.insertion_substrate, batch_size=args.batch_size, metrics=metrics,
                           road_fractions=args.road_fractions, road_noise=args.road_noise)
 
@@ -520,7 +529,7 @@ def run_check(args) -> int:
     prep = preprocessing_from(args, model, args.images)[0] if args.images else None
     return check_files(model, args.images, prep, checks, reference=args.reference,
                        save_reference=args.save_reference, junit=args.junit, json_path=args.json,
-                       overwrite=args.overwrite, thresholds=thresholds, config=config, target=args.target,
+                       overwrite=args.overwrite, thresholds=thresholds, config=config, target=class_only(args.target),
                        settings=run_settings(args, prep))
 
 
@@ -532,7 +541,7 @@ def run_audit(args) -> int:
                        address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                        labels=args.labels, overwrite=args.overwrite, images_per_batch=args.images_per_batch,
                        settings=run_settings(args, prep), curve_steps=args.curve_steps, reduce=args.reduce,
-                       target=args.target, deletion_substrate=args.deletion_substrate,
+                       target=class_only(args.target), deletion_substrate=args.deletion_substrate,
                        insertion_substrate=args.insertion_substrate, batch_size=args.batch_size,
                        metrics=args.metrics, road_fractions=args.road_fractions, road_noise=args.road_noise)
 

@@ -16,6 +16,7 @@ from .intake import read_model
 from .loading import choose_input, choose_output, graph_inputs
 from .methods import FORWARD_METHODS
 from .normalize import default_opset, normalize
+from .targets import output_kinds
 
 
 def _describe(value) -> str:
@@ -37,6 +38,7 @@ def inspect_model(model, input: str | None = None, output: str | None = None) ->
     x = choose_input(proto.graph, input)
     y = choose_output(proto.graph, output)
     normalized = normalize(proto)
+    report["output_kinds"] = output_kinds(normalized)  # what each output looks like, the --target that explains it
     builder = GraphBuilder(normalized)
     path, _active = differentiable_path(builder, x, y)
     on_path = collections.Counter(n.op_type for n in path)

@@ -201,19 +201,53 @@ def export(arch: str, cache_dir: str | os.PathLike | None = None, seed: int = SE
     return save_whole(proto.SerializeToString(), path)
 
 
+# Exports started by start_export_all and not yet joined: {(cache folder, seed): (child, its log)}.
+_BACKGROUND: dict[tuple[str, int], tuple] = {}
+
+
+def _export_command(archs, folder: pathlib.Path, seed: int) -> list[str]:
+    import sys
+
+    return [sys.executable, str(pathlib.Path(__file__).resolve()), str(folder), str(seed), *archs]
+
+
+def start_export_all(archs, cache_dir: str | os.PathLike | None = None, seed: int = SEED) -> bool:
+    """Start the child of export_all for the missing archs and return at once (True if one
+    started). The test session calls it at collection: tf2onnx converts on one core for about six
+    minutes, which then overlaps the other tests on a 2-core machine; export_all joins the child."""
+    import atexit
+    import subprocess as sp
+    import tempfile
+
+    paths = {arch: export_path(arch, cache_dir, seed) for arch in archs}
+    missing = [arch for arch, path in paths.items() if not path.is_file()]
+    key = (str(cache_root(cache_dir)), seed)
+    if not missing or key in _BACKGROUND:
+        return False
+    log = tempfile.TemporaryFile()
+    child = sp.Popen(_export_command(missing, cache_root(cache_dir), seed), stdout=log, stderr=sp.STDOUT)
+    _BACKGROUND[key] = (child, log)
+    atexit.register(child.kill)  # a session that ends early leaves no exporter behind (no-op once done)
+    return True
+
+
 def export_all(archs, cache_dir: str | os.PathLike | None = None, seed: int = SEED) -> dict[str, pathlib.Path]:
     """{arch: export path}, the missing exports written by one child Python (this file run as a
     script) that builds each model there: tf2onnx's conversion peaks at several GB, which the
     child hands back to the system when it exits, and TensorFlow is imported once for all of them
-    instead of once per model."""
+    instead of once per model. A child started by start_export_all is waited for first; what it
+    did not write (it failed, or was asked for other archs) is exported here, failing loudly."""
+    import subprocess as sp
+
     paths = {arch: export_path(arch, cache_dir, seed) for arch in archs}
+    started = _BACKGROUND.pop((str(cache_root(cache_dir)), seed), None)
+    if started is not None:
+        child, log = started
+        child.wait()
+        log.close()
     missing = [arch for arch, path in paths.items() if not path.is_file()]
     if missing:
-        import subprocess as sp
-        import sys
-
-        sp.run([sys.executable, str(pathlib.Path(__file__).resolve()), str(paths[missing[0]].parent), str(seed),
-                *missing], check=True)
+        sp.run(_export_command(missing, paths[missing[0]].parent, seed), check=True)
         absent = [str(paths[a]) for a in missing if not paths[a].is_file()]
         if absent:
             raise RuntimeError(f"the export subprocess wrote no {', '.join(absent)}")
@@ -452,6 +486,6 @@ if __name__ == "__main__":  # export_all: CACHE_DIR SEED ARCH [ARCH ...], in thi
         gc.collect()
 
 
-__all__ = ["ARCHS", "NOT_EXPORTABLE", "SEED", "SIZES", "build", "cache_root", "default_size", "export", "export_all", "export_path",
+__all__ = ["ARCHS", "NOT_EXPORTABLE", "SEED", "SIZES", "build", "cache_root", "default_size", "export", "export_all", "export_path", "start_export_all",
            "input_gradient", "gate_inputs", "GateMismatch", "gradient_function", "line_up", "logits", "opset",
            "sample_input"]

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import pathlib
 import sys
@@ -36,3 +37,15 @@ def pytest_collection_modifyitems(config, items):
             continue
         if item.nodeid in QUICK_ANYWAY or not item.nodeid.startswith(NOT_QUICK):
             item.add_marker(pytest.mark.quick)
+
+
+def pytest_collection_finish(session):
+    """Start the Keras exports (one child for all models, about six minutes of tf2onnx on one core)
+    as soon as the selected tests are known, so they overlap the tests that run before
+    tests/test_keras_exports.py; its `exports` fixture joins the child (keras_zoo.export_all)."""
+    archs = [item.callspec.params["arch"] for item in session.items
+             if getattr(item, "originalname", "") == "test_vjp_matches_tensorflow"]
+    if archs and all(importlib.util.find_spec(m) for m in ("tensorflow", "tf2onnx")):
+        from models import keras_zoo
+
+        keras_zoo.start_export_all([a for a in archs if a in keras_zoo.ARCHS])

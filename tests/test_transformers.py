@@ -1,10 +1,13 @@
 """Vision transformers: gnl_onnx.vjp_model on torchvision vit_b_16 and swin_t against torch.
 
 Each model (random seeded weights, 64 px, batch 2; models/torchvision_zoo.py) is exported by the
-legacy exporter at opset 17 and 20 and by the dynamo exporter at opset 18. Opset 20 is the first
-with a Gelu op: below it both exporters write GELU as Erf arithmetic (x * 0.5 * (1 + erf(x/sqrt 2))),
+legacy exporter at opset 20 and by the dynamo exporter at opset 18. Opset 20 is the first with a
+Gelu op: below it both exporters write GELU as Erf arithmetic (x * 0.5 * (1 + erf(x/sqrt 2))),
 which is not a unit, so gate="all" gates nothing there; at opset 20 the legacy exporter writes one
-Gelu node per MLP block and gate="all" gates those. Neither model has a unit gate="paper" gates
+Gelu node per MLP block and gate="all" gates those. The legacy exporter at its default opset 17 is
+not a case of its own: it writes the graph of opset 20 with GELU as the Erf arithmetic that the
+dynamo export at 18 already covers (the sweep ran it until 2026-12-04: the same errors as dynamo
+18's to two digits, 9.8e-7 on swin_t and 1.4e-6 on vit_b_16, docs/models.md, for 70 s of CI). Neither model has a unit gate="paper" gates
 (no Relu, Clip or MaxPool: attention Softmax and LayerNorm are never gated), so guided "paper" is
 the plain gradient, and the test says so by comparing it with a guided reference that gated nothing.
 
@@ -38,8 +41,8 @@ from models import torchvision_zoo as zoo
 
 BATCH = 2
 REL_TOL = 1e-4
-# (exporter, opset): each exporter's default, plus legacy at opset 20 (Gelu as one op)
-EXPORTS = [("legacy", 17), ("legacy", 20), ("dynamo", 18)]
+# (exporter, opset): legacy at opset 20 (Gelu as one op), dynamo at its default 18 (GELU as Erf arithmetic)
+EXPORTS = [("legacy", 20), ("dynamo", 18)]
 CASES = [(a, e, o) for a in zoo.TRANSFORMER_ARCHS for e, o in EXPORTS]
 VARIANTS = [("plain", "paper"), ("guided", "paper"), ("guided", "all")]
 
