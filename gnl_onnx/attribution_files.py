@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import InputError, NonFiniteError, UsageError
 from .explainer import Explainer
+from .intake import at_image_size, prepare
 from .images import load_all
 from .output import atomic_write, prepare_folder, progress, unique_stems
 from .presets import class_names
@@ -44,12 +45,25 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
         existing.append(out / summary_name)
     if existing and not overwrite:
         raise UsageError(f"{existing[0]} exists (and {len(existing) - 1} more); pass --overwrite to replace")
-    explainer = Explainer(model, settings=settings)
+    model = prepare(model, settings.input, settings.output_name)
+    free_size = any(d is None for d in model.image_shape[1:])  # DBNet: runs at each image's own size
+    explainers = {}
+
+    def explainer_for(shape):
+        key = tuple(shape[1:]) if free_size else None
+        if key not in explainers:
+            explainers[key] = Explainer(at_image_size(model, shape) if free_size else model, settings=settings)
+        return explainers[key]
+
+    by_shape = {}  # images of one shape go through one run (and, for a free-size model, one graph)
+    for i, a in enumerate(arrays):
+        by_shape.setdefault(a.shape, []).append(i)
+    batches = [group[lo:lo + BATCH] for group in by_shape.values() for lo in range(0, len(group), BATCH)]
     labels = class_names(preset) if preset else None
     records, failed_names = [], []
     bar = progress(len(arrays), method)
-    for lo in range(0, len(arrays), BATCH):
-        batch = list(range(lo, min(lo + BATCH, len(arrays))))
+    for batch in batches:
+        explainer = explainer_for(arrays[batch[0]].shape)
         failed = set()
         try:
             result = explainer.explain(np.concatenate([arrays[i] for i in batch]), target)
@@ -69,7 +83,8 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
             heatmap_png(per_pixel, files["heatmap.png"])
             overlay_png(prep.to_pixels(arrays[i]), per_pixel, files["overlay.png"])
             record = result.summary(j)
-            record.update(image=names[i], files={k.split(".")[0]: str(v) for k, v in files.items()})
+            record.update(image=names[i], files={k.split(".")[0]: str(v) for k, v in files.items()},
+                          input_shape=list(arrays[i].shape), explained=explainer.target.describe())
             record["label"] = labels[record["target"]] if labels and record["target"] < len(labels) else None
             if result.scores.ndim == 2:  # class scores (a region target's map has no one probability)
                 record["probability"] = float(_softmax(result.scores[j])[record["target"]])

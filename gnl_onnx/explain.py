@@ -20,7 +20,9 @@ def explain_files(model, images: list[str], out: Path, prep, preset, settings: S
                                      settings=settings)
     for r in records:
         label = f" ({r['label']})" if r.get("label") else ""
-        print(f"{r['image']}: class {r['target']}{label}, {r['method']} -> {r['files']['overlay']}")
+        size = "x".join(str(d) for d in r["input_shape"][1:])  # what the model ran at (DBNet: the image's own size)
+        print(f"{r['image']}: class {r['target']}{label}, {r['explained']}, input {size}, {r['method']} -> "
+              f"{r['files']['overlay']}")
     for b in bad:
         print(f"skipped {b['image']}: {b['error']}")
     if records and records[0].get("runs"):

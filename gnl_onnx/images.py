@@ -20,7 +20,7 @@ from .errors import InputError, UsageError
 
 _LAYOUTS = ("NCHW", "NHWC")
 _CHANNELS = ("RGB", "BGR", "L")
-_FITS = ("shorter", "exact", "letterbox")
+_FITS = ("shorter", "exact", "letterbox", "own")
 _RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos")
 
 
@@ -46,7 +46,8 @@ class Preprocessing:
 
     size: int -> the shorter side is resized to it (fit="shorter", torchvision's Resize(int));
         (h, w) -> resized to exactly that (fit="exact") or fitted inside it keeping the aspect
-        ratio and padded with `pad` (fit="letterbox").
+        ratio and padded with `pad` (fit="letterbox"). fit="own": the photo's own size (size unused).
+    multiple: each side is then resized to the nearest multiple of it (DBNet takes multiples of 32).
     crop: (h, w) centre crop after the resize, or None.
     mean, std: per channel, in the model's channel order, in the value range given by
         `value_range` (value_range=1.0: pixel 255 -> 1.0, e.g. ImageNet's 0.485; 255.0: caffe-style
@@ -64,6 +65,7 @@ class Preprocessing:
     fit: str = "shorter"
     resample: str = "bilinear"
     pad: int = 255  # letterbox fill (grey level, all channels): white as document scanners pad
+    multiple: int = 1
 
     def __post_init__(self):
         if self.layout not in _LAYOUTS:
@@ -76,6 +78,8 @@ class Preprocessing:
             raise UsageError(f"resample must be one of {_RESAMPLE}, got {self.resample!r}")
         if self.value_range not in (1.0, 255.0):
             raise UsageError(f"value_range must be 1.0 or 255.0, got {self.value_range!r}")
+        if not isinstance(self.multiple, (int, np.integer)) or self.multiple < 1:
+            raise UsageError(f"multiple must be a positive integer, got {self.multiple!r}")
         if self.fit == "shorter" and not isinstance(self.size, (int, np.integer)):
             raise UsageError("fit='shorter' needs an int size (the shorter side)")
         n = self.num_channels
@@ -101,14 +105,27 @@ class Preprocessing:
         if self.crop is not None:
             return _pair(self.crop)
         if self.fit in ("exact", "letterbox"):
-            return _pair(self.size)
+            h, w = _pair(self.size)
+            return (max(1, round(h / self.multiple)) * self.multiple, max(1, round(w / self.multiple)) * self.multiple)
         return None
 
     # -- forward -----------------------------------------------------------------------------
     def _resized(self, im):
+        im = self._fitted(im)
+        w, h = im.size
+        m = self.multiple
+        rounded = (max(1, round(w / m)) * m, max(1, round(h / m)) * m)  # round() as PaddleOCR/RapidOCR do
+        if rounded != (w, h):
+            Image, _ = _pil()
+            im = im.resize(rounded, getattr(Image.Resampling, self.resample.upper()))
+        return im
+
+    def _fitted(self, im):
         Image, _ = _pil()
         resample = getattr(Image.Resampling, self.resample.upper())
         w, h = im.size
+        if self.fit == "own":
+            return im
         if self.fit == "shorter":
             # torchvision's Resize(int) rule: shorter side -> size, longer side truncated.
             s = int(self.size)
@@ -354,6 +371,24 @@ def load_image(path: str | os.PathLike, prep: Preprocessing) -> np.ndarray:
             raise InputError(f"{os.fspath(path)}: holds a batch of {len(array)}; one image per file here")
         return array
     return prep.to_input(open_image(path, "L" if prep.channels == "L" else "RGB"))
+
+
+def read_mask(path: str | os.PathLike, prep: Preprocessing | None = None) -> np.ndarray:
+    """A region mask [H, W] of booleans from a file: an .npy array (nonzero inside) as it is, or an
+    image (grey above 127 inside), resized and cropped as `prep` prepares the images, so that it
+    lies on the model input's pixels (without `prep`: at its own size)."""
+    if is_array_file(path):
+        a = np.load(regular_file(path), allow_pickle=False)
+        a = a.reshape(a.shape[-2:]) if a.ndim > 2 and int(np.prod(a.shape[:-2])) == 1 else a
+        if a.ndim != 2:
+            raise InputError(f"{os.fspath(path)}: a mask is an [H, W] array, got shape {list(a.shape)}")
+        return a != 0
+    grey = open_image(path, "L")
+    if prep is None:
+        return np.asarray(grey) > 127
+    as_grey = Preprocessing(size=prep.size, crop=prep.crop, fit=prep.fit, resample="nearest", pad=0, channels="L",
+                            mean=(0.0,), std=(1.0,), layout="NCHW", multiple=prep.multiple)
+    return as_grey.to_input(grey)[0, 0] > 0.5
 
 
 def from_model_shape(shape, given: dict) -> Preprocessing | None:

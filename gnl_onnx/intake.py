@@ -88,6 +88,23 @@ def prepare(model, input: str | None = None, output: str | None = None) -> Prepa
     return PreparedModel(normalize(proto, in_place=True), x, y, path)  # load_model's proto is ours
 
 
+def at_image_size(model, image_shape) -> PreparedModel:
+    """The prepared model with its image input's free non-batch dims fixed to those of image_shape
+    (an image batch's shape): a model whose spatial size is free (DBNet's) then has the static shapes
+    that some rules need (ConvTranspose, Resize to computed sizes). As it is when they are fixed."""
+    prepared = prepare(model)
+    if all(d is not None for d in prepared.image_shape[1:]):
+        return prepared
+    proto = prepared.copy()
+    value = next(i for i in proto.graph.input if i.name == prepared.input)
+    for dim, size in zip(list(value.type.tensor_type.shape.dim)[1:], list(image_shape)[1:]):
+        if not dim.HasField("dim_value"):
+            dim.Clear()
+            dim.dim_value = int(size)
+    del proto.graph.value_info[:]  # inferred for the free size: inferred again
+    return replace(prepared, proto=proto)
+
+
 def read_model(model) -> onnx.ModelProto:
     """A ModelProto the caller may change: a PreparedModel's copy, or a path or ModelProto read and
     checked (not normalized) by load_model."""

@@ -712,3 +712,15 @@ def parse_box_target(text: str) -> DetectionBox:
 def _bad_box(text):
     raise UsageError(f"--target {text}: write box (the top box), box:K (the top K), box@T (all scoring above T) "
                      "or box:K@T")
+
+
+def class_only(text: str | None) -> int | None:
+    """--target for the commands that explain class scores only (evaluate, check, audit): the class,
+    or None for the top-1; another kind of target is refused in one line."""
+    if text is None:
+        return None
+    target, chosen = parse_target(text)
+    if target is not None:
+        raise UsageError(f"--target {text}: this command explains class scores; region and output targets work "
+                         "with explain and convert")
+    return chosen
