@@ -268,6 +268,16 @@ def method_name(text: str) -> str:
     return text
 
 
+def steps_value(text: str):
+    """--steps: a whole number, or auto."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+
+
 def seed_number(text: str) -> int:
     """--seed: numpy's seed sequences take non-negative integers only."""
     try:
@@ -316,7 +326,12 @@ def preprocessing_args(p):
 
 
 def explain_args(p):
-    p.add_argument("--steps", type=int, default=32, help="integration steps (default 32)")
+    p.add_argument("--steps", type=steps_value, default=32,
+                   help="integration steps (default 32), or auto: per image, as many as --tolerance needs, "
+                        "placed where the score changes (ig, gnl_ig)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="with --steps auto: ig's completeness gap |sum(attribution) - (F(image) - F(baseline))| / "
+                        "|F(image) - F(baseline)|, gnl_ig's relative change of the map when refined (default 0.01)")
     p.add_argument("--baseline", default="zeros", choices=["zeros", "black", "blur", "noise"],
                    help="what the path starts from (default zeros in the model's input space; black "
                         "is pixel value 0 after preprocessing)")
@@ -470,7 +485,7 @@ def run_settings(args, prep=None) -> Settings:
     layout and input bounds."""
     given = {name: getattr(args, name) for name in ("method", "steps", "baseline", "integration", "gate", "output",
                                                     "input", "output_name", "layer", "seed", "threads",
-                                                    "memory_budget") if getattr(args, name, None) is not None}
+                                                    "memory_budget", "tolerance") if getattr(args, name, None) is not None}
     if prep is not None:
         given.update(black=prep.black(), layout=prep.layout, bounds=prep.bounds())
     return Settings(**given)

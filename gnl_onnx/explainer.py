@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .adaptive import FIXED_STEPS, AdaptiveSteps, adapts
 from .attribution import attribution_info, attribution_model
 from .baselines import make_baseline
 from .budget import Budget, human_size
@@ -34,6 +35,12 @@ class Explanation:
     delta: np.ndarray | None = None  # ig, deeplift (complete methods): sum(attribution) - (F(image) - F(baseline))
     gated: list = field(default_factory=list)
     runs: dict = field(default_factory=dict)  # how the work was split: images and steps per run, and why
+    # steps="auto" (gnl_onnx/adaptive.py): gradient points per image, the tolerance asked, the measure
+    # reached per image (ig: a bound on the completeness gap; gnl_ig: the map's change), each image's points
+    points: np.ndarray | None = None
+    tolerance: float | None = None
+    reached: np.ndarray | None = None
+    quadrature: list | None = field(default=None, repr=False)
 
     def summary(self, i: int = 0) -> dict:
         row = {"method": self.method, "baseline": self.baseline, "steps": self.steps,
@@ -44,6 +51,9 @@ class Explanation:
             row["runs"] = self.runs
         if self.delta is not None:
             row["convergence_delta"] = float(self.delta[i])
+        if self.points is not None:
+            row.update(steps="auto", points=int(self.points[i]), tolerance=self.tolerance,
+                       tolerance_reached=float(self.reached[i]))
         return row
 
 
@@ -67,7 +77,10 @@ class Explainer:
         self.spec = get_method(s.method)
         self.target = get_target(s.output)  # what is explained (the graph's seed and score come from it)
         self.method, self.integration = s.method, s.integration
-        self.steps = self.spec.steps_run(int(s.steps))  # what it really runs (deeplift: 2, one-point methods: 1)
+        # steps="auto": what a method that cannot adapt runs, and the panels' nodes of one that can
+        self.adaptive = AdaptiveSteps(model, s, self.spec) if adapts(self.spec, s) else None
+        self.steps = self.spec.steps_run(FIXED_STEPS if s.steps == "auto" else int(s.steps))  # what it really
+        # runs (deeplift: 2, one-point methods: 1)
         self.alphas, self.weights = self.spec.points(self.steps, s.integration)
         self.baseline, self.black, self.layout = s.baseline, s.black, s.layout
         self.noise_level, self.seed = s.noise_level, s.seed
@@ -134,6 +147,8 @@ class Explainer:
         if classes and np.any(targets >= classes):
             raise UsageError(f"target {int(targets.max())} is out of range: the model has {classes} classes "
                              f"(0 to {classes - 1}); a negative target means the top-1 class")
+        if self.adaptive is not None:
+            return self._adaptive(images, targets, start)
         if self.spec.forward_only:
             attributions, scores, targets, reference, baselines = self.forward.attribute(
                 images, targets, self._baselines(images), self.layout)
@@ -165,6 +180,33 @@ class Explainer:
         if bad.size:  # never hand out NaN maps as if they meant something
             raise NonFiniteError(bad, ["forward" if forward_bad[i] else "backward" for i in bad], partial=result)
         return result
+
+    def _adaptive(self, images, targets, start) -> Explanation:
+        attributions, scores, targets, reference, points, reached, quadrature = self.adaptive.explain(
+            self, images, targets, self._baselines(images))
+        score = self.target.score(scores, targets)
+        delta = attributions.sum(axis=tuple(range(1, images.ndim))) - (score - reference) if self.spec.complete else None
+        baseline_name = self.baseline if isinstance(self.baseline, str) else "array"
+        result = Explanation(attributions, targets, score, scores, self.method, baseline_name, int(points.max()),
+                             "adaptive", self.provider, time.perf_counter() - start, delta, self.info["gated"],
+                             {}, points, self.adaptive.tolerance, reached, quadrature)
+        bad = np.flatnonzero(~np.isfinite(attributions.reshape(len(images), -1)).all(axis=1))
+        if bad.size:
+            raise NonFiniteError(bad, ["backward"] * bad.size, partial=result)
+        return result
+
+    def path_integral(self, images, baselines, targets, alphas, weights) -> np.ndarray:
+        """The method's attribution of each image from its own baseline at these points and
+        weights, for given classes (>= 0), in runs that fit the memory budget, with no score rows
+        (gnl_onnx/adaptive.py integrates a path panel by panel with it)."""
+        per_run, steps_per_run = self.chunks(len(images), len(alphas))
+        total = np.zeros_like(images)
+        for lo in range(0, len(images), per_run):
+            part = slice(lo, lo + per_run)
+            for s in range(0, len(alphas), steps_per_run):
+                total[part] += self._run(images[part], baselines[part], targets[part], alphas[s:s + steps_per_run],
+                                         weights[s:s + steps_per_run], None, score_rows=0)[0]
+        return total
 
     def _baselines(self, images):
         baselines = make_baseline(self.baseline if self.spec.uses_baseline else "zeros", images,

