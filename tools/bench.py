@@ -24,6 +24,17 @@ ResNets, and leaves mobilenet_v2's ReLU6 unhooked, so there it is not DeepLIFT),
 and mobilenet_v2 by default. Each pair is built once, warmed, then timed alternately (the order
 flips every round), so a loaded machine slows both alike; the ratio is the median of the per-round
 ratios peer / gnl-onnx (above 1: gnl-onnx faster).
+
+    python tools/bench.py --perturbation --threads 2 --repeat 1 --json out/bench_perturbation.json
+
+--perturbation times the forward-only methods the same way (interleaved, median of per-round
+ratios): occlusion beside Captum's Occlusion (window 56, stride 28 at 224 px: 49 positions),
+kernelshap beside Captum's KernelShap (200 samples on an 8 x 8 grid, one image per call as Captum
+takes them), both peers batching --peer-batch perturbations per forward pass; and rise (4000 masks,
+7 x 7 cells) beside the same masks run through the torch module in batches of --peer-batch, as
+Petsiuk et al.'s code does. Each is also put against its floor: its number of forward passes run
+by ONNX Runtime at the batch of the floor (--forward-rows), on resnet50 and mobilenet_v2 by default.
+No warm-up round here: a run is hundreds of passes, the set-up of the first is noise.
 """
 from __future__ import annotations
 
@@ -252,9 +263,11 @@ def zennit_canonizers(name: str):
     return [SequentialMergeBatchNorm()]
 
 
-def interleaved(ours, peer, repeat: int) -> tuple[list[float], list[float]]:
-    """Times of ours and peer, alternating (ours first in even rounds), after one warm-up each."""
-    ours(), peer()
+def interleaved(ours, peer, repeat: int, warm: bool = True) -> tuple[list[float], list[float]]:
+    """Times of ours and peer, alternating (ours first in even rounds), after one warm-up each
+    (warm=False: none, for runs of hundreds of passes where the first pass's set-up is noise)."""
+    if warm:
+        ours(), peer()
     times = ([], [])
     for r in range(repeat):
         for k in ((0, 1) if r % 2 == 0 else (1, 0)):
@@ -339,6 +352,115 @@ def relevance_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PERTURBATION_MODELS = ("resnet50", "mobilenet_v2")
+
+
+def torch_rise(module, inputs, targets, masks, batch: int):
+    """RISE in torch as Petsiuk et al.'s code runs it: the masked images in batches through the
+    module, the saliency summed as score x mask (masks from gnl-onnx's generator: the same ones)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for image, target in zip(inputs, targets):
+            saliency = torch.zeros(image.shape[1:])
+            for lo in range(0, masks.count, batch):
+                m = torch.from_numpy(masks.keep(lo, min(masks.count, lo + batch)))
+                scores = module(image[None] * m[:, None])[:, int(target)]
+                saliency += torch.einsum("k,khw->hw", scores, m)
+            out.append(saliency / masks.count)
+    return out
+
+
+def bench_perturbation(name, path, module, images, args, providers) -> dict:
+    import torch
+    from captum.attr import KernelShap, Occlusion
+
+    from gnl_onnx import Explainer
+    from gnl_onnx.methods import get_method
+
+    n, size = len(images), images.shape[-1]
+    inputs = torch.from_numpy(images)
+    with torch.no_grad():
+        targets = module(inputs).argmax(1)
+    window, stride, samples, grid, masks = args.occlusion_window, args.occlusion_stride, args.kernelshap_samples, 8, \
+        args.rise_masks
+    occlusion, kernelshap = Occlusion(module), KernelShap(module)
+    features = torch.from_numpy(get_method(f"kernelshap:grid={grid}").features(size, size)[None, None])
+    rise = get_method(f"rise:masks={masks},cells=7")
+
+    def occlusion_peer():
+        with torch.no_grad():
+            occlusion.attribute(inputs, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
+                                baselines=0.0, target=targets, perturbations_per_eval=args.peer_batch)
+
+    def kernelshap_peer():
+        with torch.no_grad():
+            for i in range(n):
+                kernelshap.attribute(inputs[i:i + 1], target=int(targets[i]), n_samples=samples,
+                                     feature_mask=features, baselines=0.0, perturbations_per_eval=args.peer_batch)
+
+    def rise_peer():
+        torch_rise(module, inputs, targets, rise.perturbations(size, size, 1, 0), args.peer_batch)
+
+    pairs = [(f"occlusion:window={window},stride={stride}", "captum Occlusion", occlusion_peer),
+             (f"kernelshap:samples={samples},grid={grid}", "captum KernelShap", kernelshap_peer),
+             (rise.name, "torch RISE (Petsiuk's loop)", rise_peer)]
+    floor_session = make_floor_session(path, args.threads, providers)
+    rows = {}
+    print(f"  {name}: {n} image(s), {args.threads} thread(s), {args.repeat} interleaved round(s)", flush=True)
+    for method, peer_name, peer in pairs:
+        explainer = Explainer(path, method=method, memory_budget=args.memory_budget, threads=args.threads,
+                              providers=providers)
+
+        def ours(e=explainer):
+            e.explain(images)
+
+        ours_t, peer_t = interleaved(ours, peer, args.repeat, warm=False)
+        passes = explainer.plan(n)["forward_passes_per_image"]
+        floor = forward_seconds(floor_session, images[:1], args.forward_rows) * passes  # per image
+        ratios = [p / o for o, p in zip(ours_t, peer_t)]
+        rows[method] = {"peer": peer_name, "passes_per_image": passes,
+                        "ours_s_per_image": statistics.median(ours_t) / n, "peer_s_per_image": statistics.median(peer_t) / n, "ours_times": ours_t, "peer_times": peer_t,
+                        "speedup": statistics.median(ratios), "speedup_range": [min(ratios), max(ratios)],
+                        "floor_s_per_image": floor, "x_floor": statistics.median(ours_t) / n / floor,
+                        "runs": explainer.plan(n)}
+        r = rows[method]
+        print(f"    {method:<34} {r['ours_s_per_image']:7.2f} s/image ({r['x_floor']:.2f}x floor)   {peer_name:<28} "
+              f"{r['peer_s_per_image']:7.2f} s/image   x{r['speedup']:.2f} ({r['speedup_range'][0]:.2f}-"
+              f"{r['speedup_range'][1]:.2f})", flush=True)
+        del explainer
+        gc.collect()
+    return {"model": name, "images": n, "threads": args.threads, "methods": rows}
+
+
+def make_floor_session(path, threads, providers):
+    from gnl_onnx.runtime import make_session
+
+    import onnx
+
+    return make_session(onnx.load(str(path)), providers, threads)[0]
+
+
+def forward_seconds(session, image, rows: int) -> float:
+    """Seconds of one forward pass of one image, run `rows` at a time by ONNX Runtime (median of 3)."""
+    name = session.get_inputs()[0].name
+    batch = np.repeat(image, rows, axis=0)
+    session.run(None, {name: batch})
+    return statistics.median(timed(lambda: session.run(None, {name: batch}), 3, lambda: None)) / rows
+
+
+def perturbation_table(results: list[dict]) -> str:
+    lines = ["| model | method | passes/image | gnl-onnx s/image | x floor | peer | peer s/image | "
+             "peer / gnl-onnx (median, range) |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for method, m in r["methods"].items():
+            lines.append(f"| {r['model']} | {method} | {m['passes_per_image']} | {m['ours_s_per_image']:.2f} | "
+                         f"{m['x_floor']:.2f} | {m['peer']} | {m['peer_s_per_image']:.2f} | {m['speedup']:.2f}x "
+                         f"({m['speedup_range'][0]:.2f}-{m['speedup_range'][1]:.2f}) |")
+    return "\n".join(lines)
+
+
 # -- report ----------------------------------------------------------------------------------------
 def table(results: list[dict]) -> str:
     lines = ["| model | images | steps | method | s/image | images/s | x floor | vs best Captum | vs Zennit "
@@ -404,6 +526,14 @@ def main(argv=None) -> int:
     p.add_argument("--relevance", action="store_true",
                    help="time the LRP composites and deeplift beside Zennit and Captum instead (see above)")
     p.add_argument("--relevance-batch", type=int, default=2, help="images per call with --relevance")
+    p.add_argument("--perturbation", action="store_true",
+                   help="time occlusion, kernelshap and rise beside Captum and a torch RISE instead (see above)")
+    p.add_argument("--perturbation-batch", type=int, default=2, help="images per call with --perturbation")
+    p.add_argument("--peer-batch", type=int, default=32, help="--perturbation: the peers' perturbations per pass")
+    p.add_argument("--occlusion-window", type=int, default=56)
+    p.add_argument("--occlusion-stride", type=int, default=28)
+    p.add_argument("--kernelshap-samples", type=int, default=200)
+    p.add_argument("--rise-masks", type=int, default=4000)
     args = p.parse_args(argv)
     args.captum_batches = [int(b) for b in args.captum_batches.split(",")]
 
@@ -414,15 +544,18 @@ def main(argv=None) -> int:
     skip = {tuple(s.split(":")) for s in args.skip.split(",") if s}
     started = time.perf_counter()
     results = []
-    if args.relevance:
-        models = args.models if args.models != ",".join(MODELS) else ",".join(RELEVANCE_MODELS)
+    if args.relevance or args.perturbation:
+        defaults = RELEVANCE_MODELS if args.relevance else PERTURBATION_MODELS
+        models = args.models if args.models != ",".join(MODELS) else ",".join(defaults)
         for name in [m.strip() for m in models.split(",") if m.strip()]:
             path, module = networks(name)
-            images = np.random.default_rng(0).standard_normal((args.relevance_batch, 3, 224, 224)).astype(np.float32)
-            results.append(bench_relevance(name, path, module, images, args, providers))
+            batch = args.relevance_batch if args.relevance else args.perturbation_batch
+            images = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+            run = bench_relevance if args.relevance else bench_perturbation
+            results.append(run(name, path, module, images, args, providers))
             del module
             gc.collect()
-        print(relevance_table(results))
+        print(relevance_table(results) if args.relevance else perturbation_table(results))
         if args.json:
             from gnl_onnx.report import atomic_write
 
