@@ -63,7 +63,9 @@ def page_config(model: onnx.ModelProto, prep: Preprocessing, classes: list[str] 
     info = combined_info(model)
     fields = asdict(prep)
     size = fields["size"]
-    fields["size"] = [int(size)] if isinstance(size, (int,)) or not hasattr(size, "__len__") else [int(s) for s in size]
+    if not hasattr(size, "__len__"):  # one number: the shorter side, or both sides of an exact/letterbox fit
+        size = [size] if prep.fit == "shorter" else [size, size]
+    fields["size"] = [int(s) for s in size]
     fields["crop"] = [int(c) for c in fields["crop"]] if fields["crop"] else None
     methods = [{"name": name, "summary": m["summary"], "steps": m["steps"], "outputs": m["outputs"]}
                for name, m in info["methods"].items()]

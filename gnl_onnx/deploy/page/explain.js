@@ -109,7 +109,7 @@ function roundHalfEven(v) {
 // ---------------------------------------------------------------- the image -> the model's input
 async function decode(file) {
   const bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none",
-                                                 imageOrientation: "none" });
+                                                 imageOrientation: "from-image" }); // EXIF rotation, as Pillow's exif_transpose
   const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
   const ctx = canvas.getContext("2d");
   ctx.drawImage(bitmap, 0, 0);
