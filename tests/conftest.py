@@ -32,6 +32,10 @@ QUICK_ANYWAY = ("tests/test_cam.py::test_cams_match_anchor[resnet18-legacy]",)
 
 
 def pytest_collection_modifyitems(config, items):
+    # The slow sweeps last (a stable sort: the order stays otherwise): contributors see the fast
+    # tests' failures first, and the exports the sweeps need are written in the background meanwhile
+    # (pytest_collection_finish).
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
     for item in items:
         if item.get_closest_marker("slow"):
             continue
@@ -39,10 +43,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.quick)
 
 
+# The tests whose `arch` (and `exporter`, `opset`) parameters name a torchvision export they load.
+_TORCHVISION_EXPORTS = {"test_vjp_matches_torch", "test_transformer_vjp_matches_torch", "test_cams_match_anchor",
+                        "test_lrp_matches_zennit", "test_deeplift_sums_to_the_gap"}
+
+
 def pytest_collection_finish(session):
-    """Start the Keras exports (one child for all models, about six minutes of tf2onnx on one core)
-    as soon as the selected tests are known, so they overlap the tests that run before
-    tests/test_keras_exports.py; its `exports` fixture joins the child (keras_zoo.export_all)."""
+    """Start the exports the selected tests will load, in background children, as soon as the
+    tests are known, so that exporting (mostly one core of Python) overlaps the tests on a 2-core
+    machine: the torchvision exports in the order the tests need them (models.torchvision_zoo.
+    start_exports; a test that gets there first exports its model itself), and the Keras exports
+    (one child for all models, about six minutes of tf2onnx), which tests/test_keras_exports.py's
+    `exports` fixture joins (keras_zoo.export_all)."""
+    if importlib.util.find_spec("torchvision"):
+        from models import torchvision_zoo
+
+        cases = []
+        for item in session.items:
+            params = getattr(item, "callspec", None) and item.callspec.params
+            if getattr(item, "originalname", "") in _TORCHVISION_EXPORTS and params.get("arch") in torchvision_zoo.SIZES:
+                case = (params["arch"], params.get("exporter", "legacy"), params.get("opset"))
+                if case not in cases:
+                    cases.append(case)
+        torchvision_zoo.start_exports(cases)
     archs = [item.callspec.params["arch"] for item in session.items
              if getattr(item, "originalname", "") == "test_vjp_matches_tensorflow"]
     if archs and all(importlib.util.find_spec(m) for m in ("tensorflow", "tf2onnx")):
