@@ -1,6 +1,7 @@
 """Bring any exported CNN into one canonical form before differentiation: a modern opset, named
 nodes, constants folded (shape arithmetic included where shapes are static), BatchNormalization
-folded into its Conv or written as Mul + Add, and Identity/Dropout removed."""
+folded into its Conv or written as Mul + Add, Identity/Dropout removed, and quantized operators
+written as their dequantized equivalents (dequantize.py)."""
 from __future__ import annotations
 
 import warnings
@@ -9,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .dequantize import dequantize_operators, recover_rectifiers
 from .errors import ModelError, UnsupportedModelError
 from .graph import HALF_TYPES, SKELETON_KEEPS, GraphBuilder, all_nodes, drop_unused_initializers, prune, skeleton
 from .runtime import onnxruntime
@@ -17,9 +19,6 @@ TARGET_OPSET = 18
 MAX_FOLDED_BYTES = 64 << 20  # larger computed constants stay computed at run time
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                     "Multinomial", "Bernoulli"}
-# Ops that compute on integer codes: rounding is flat, so there is no gradient to take.
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
-                 "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"}
 
 
 class PrecisionNote(UserWarning):
@@ -44,7 +43,9 @@ def normalize(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto
         folded = fold_constants(model)
         if not (inline_constant_ifs(model) or folded):
             break
-    _refuse_quantized(model.graph)
+    if dequantize_operators(model):  # QLinearConv & co. -> DequantizeLinear, float op, QuantizeLinear
+        fold_constants(model)
+    recover_rectifiers(model)  # the Relus the quantizer fused into quantization ranges
     _match_clip_bound_types(model)
     fold_batchnorm(model)
     prune(model.graph)
@@ -124,19 +125,6 @@ def half_to_float(model: onnx.ModelProto) -> bool:
             value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
             changed = True
     return changed
-
-
-def _refuse_quantized(graph: onnx.GraphProto) -> None:
-    """Weight-only quantization folds away (DequantizeLinear of constants); what remains computes
-    on integer codes."""
-    quantized: dict[str, list[str]] = {}
-    for node in graph.node:
-        if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"):
-            quantized.setdefault(node.op_type, []).append(node.name)
-    if quantized:
-        raise UnsupportedModelError(quantized, hint="quantized (int8/uint8) graphs have no gradient, since "
-                                    "rounding to integer codes is flat; explain the float model this one was "
-                                    "quantized from")
 
 
 def _match_clip_bound_types(model: onnx.ModelProto) -> None:
@@ -342,9 +330,9 @@ def _dequantize(node, known) -> dict | None:
         return None
     x, scale = known[node.input[0]], known[node.input[1]]
     zero = known[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros((), np.int64)
-    if scale.ndim == 1 and x.ndim > 0:
+    if scale.ndim == 1 and scale.size > 1 and x.ndim > 0:  # a 1-element scale is per tensor
         per_axis = [1] * x.ndim
-        per_axis[attrs.get("axis", 1)] = -1
+        per_axis[attrs.get("axis", 1) % x.ndim] = -1
         scale, zero = scale.reshape(per_axis), zero.reshape(per_axis)
     value = (x.astype(np.float64) - zero.astype(np.float64)) * scale.astype(np.float64)
     return {node.output[0]: value.astype(scale.dtype)}

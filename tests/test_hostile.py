@@ -27,7 +27,7 @@ from PIL import Image
 
 import gnl_onnx
 from gnl_onnx import Explainer
-from gnl_onnx.errors import InputError, UnsupportedModelError, UsageError
+from gnl_onnx.errors import InputError, UsageError
 from gnl_onnx.images import Preprocessing, open_image
 from gnl_onnx.normalize import PrecisionNote
 
@@ -201,14 +201,32 @@ def quantized_cnn(qlinear: bool):
 
 
 @pytest.mark.parametrize("qlinear", [False, True], ids=["qdq", "qlinearconv"])
-def test_quantized_graphs_are_refused_by_name(tmp_path, capfd, no_runtime, qlinear):
-    onnx.save(quantized_cnn(qlinear), tmp_path / "q.onnx")
-    with pytest.raises(UnsupportedModelError, match="quantized.*float model") as info:
-        gnl_onnx.attribution_model(tmp_path / "q.onnx")
-    assert "QuantizeLinear" in info.value.unsupported
-    assert ("QLinearConv" in info.value.unsupported) == qlinear
-    code, _, err = cli(capfd, "inspect", tmp_path / "q.onnx")
-    assert code == 1 and "quantized" in one_error_line(err)
+def test_small_quantized_graphs_take_the_straight_through_gradient(qlinear):
+    """Once refused, now explained (tests/test_quantized.py has the real networks): the gradient
+    is the straight-through estimator's, written out here in numpy. QLinearConv's uint8 weights
+    with zero point 128 and its output's own clipping (codes 0..255 around 128) included."""
+    x = np.random.default_rng(1).normal(0, 4, (1, 3, HW, HW)).astype(F32)  # some codes saturate
+    explanation = Explainer(quantized_cnn(qlinear), method="gradient").explain(x, target=np.array([1]))
+    codes = np.round(x / F32(0.05)) + 128
+    inside = ((codes >= 0) & (codes <= 255)).astype(np.float64)
+    x_f = (np.clip(codes, 0, 255) - 128) * 0.05
+    if not qlinear:  # Y = mean(relu(dequantized x)) per channel: class 1 is channel 1
+        want = np.zeros(x.shape)
+        want[0, 1] = inside[0, 1] * (x_f[0, 1] > 0) / HW ** 2
+    else:  # Y = mean(dequantized QLinearConv codes) per output channel
+        rng = np.random.default_rng(0)
+        w = (rng.integers(0, 255, (4, 3, 3, 3)).astype(np.float64) - 128) * 0.01
+        out = HW - 2
+        v = np.array([[np.sum(x_f[0, :, i:i + 3, j:j + 3] * w[1]) for j in range(out)] for i in range(out)])
+        v_codes = np.round(v / 0.05) + 128
+        g = ((v_codes >= 0) & (v_codes <= 255)) / out ** 2
+        want = np.zeros(x.shape)
+        for i in range(out):
+            for j in range(out):
+                want[0, :, i:i + 3, j:j + 3] += g[i, j] * w[1]
+        want *= inside
+    assert np.abs(want).max() > 0 and inside.min() == 0  # the clip range matters here
+    np.testing.assert_allclose(explanation.attributions, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 def test_weight_only_quantization_is_the_float_model():

@@ -22,7 +22,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = [
     ("foundation", ["gnl_onnx.errors", "gnl_onnx.graph", "gnl_onnx.output", "gnl_onnx.runtime",
                     "gnl_onnx.budget"]),
-    ("intake", ["gnl_onnx.loading", "gnl_onnx.normalize", "gnl_onnx.batch", "gnl_onnx.intake"]),
+    ("intake", ["gnl_onnx.loading", "gnl_onnx.dequantize", "gnl_onnx.normalize", "gnl_onnx.batch",
+                "gnl_onnx.intake"]),
     ("autodiff", ["gnl_onnx.autodiff"]),
     ("graphs", ["gnl_onnx.vjp", "gnl_onnx.targets", "gnl_onnx.cam", "gnl_onnx.methods", "gnl_onnx.attribution",
                 "gnl_onnx.inspection"]),

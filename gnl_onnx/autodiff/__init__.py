@@ -9,10 +9,12 @@ import onnx
 from ..errors import ModelError, UnsupportedModelError
 from ..graph import FLOAT_TYPES, GraphBuilder, Node
 from . import gating, relevance  # noqa: F401 - the built-in rule sets register themselves
-from .rules import ALL_OUTPUTS, RULES
+from .rules import ALL_OUTPUTS, CODE_OUTPUTS, RULES
+from .rules.quantized import CODE_RANGES
 from .rulesets import RuleSet
 
 CONTROL_FLOW = {"If", "Loop", "Scan"}
+CODE_TYPES = frozenset(CODE_RANGES)  # the integer types of quantized codes
 
 
 def differentiable_path(builder: GraphBuilder, x: str, y: str) -> tuple[list[onnx.NodeProto], set[str]]:
@@ -21,9 +23,15 @@ def differentiable_path(builder: GraphBuilder, x: str, y: str) -> tuple[list[onn
     nodes = list(builder.graph.node)
     depends_on_x = {x}
     for node in nodes:
-        if any(i in depends_on_x for i in node.input):
+        carried = [i for i in node.input if i in depends_on_x]
+        if carried:
+            # integer codes carry gradient out of a quantizing op, and on through ops that pass
+            # codes of the same type along (MaxPool, Reshape...); other integers (shapes,
+            # indices, a Cast to uint8) do not
+            code_types = CODE_TYPES if node.op_type in CODE_OUTPUTS else \
+                {builder.elem_type(i) for i in carried} & CODE_TYPES
             depends_on_x.update(o for o in node.output
-                                if o and builder.elem_type(o) in FLOAT_TYPES | {None})
+                                if o and builder.elem_type(o) in FLOAT_TYPES | code_types | {None})
     y_needs = {y}
     for node in reversed(nodes):
         if any(o in y_needs for o in node.output):
@@ -57,7 +65,7 @@ def check_supported(builder: GraphBuilder, path: list[onnx.NodeProto], y: str) -
 def check_differentiable(builder: GraphBuilder, x: str, y: str, active: set[str]) -> None:
     """The output must reach the input through float values of the input's own precision."""
     if y in active:
-        mixed = sorted(v for v in active if builder.elem_type(v) not in (None, builder.elem_type(x)))
+        mixed = sorted(v for v in active if builder.elem_type(v) in FLOAT_TYPES - {builder.elem_type(x)})
         if mixed:
             raise ModelError(f"the path from '{x}' to '{y}' mixes float precisions (e.g. '{mixed[0]}' is "
                              f"{onnx.TensorProto.DataType.Name(builder.elem_type(mixed[0]))}); "

@@ -8,7 +8,8 @@ on that path, so a rule may return None for weights, shapes and other constants.
 from __future__ import annotations
 
 # the family modules register their rules on import
-from . import activation, conv, elementwise, linear, norm, pool, reduce, resize, roi, select, shape  # noqa: F401
-from .registry import ALL_OUTPUTS, RULES, rule
+from . import (activation, conv, elementwise, linear, norm, pool, quantized, reduce, resize, roi,  # noqa: F401
+               select, shape)
+from .registry import ALL_OUTPUTS, CODE_OUTPUTS, RULES, rule
 
-__all__ = ["RULES", "ALL_OUTPUTS", "rule"]
+__all__ = ["RULES", "ALL_OUTPUTS", "CODE_OUTPUTS", "rule"]

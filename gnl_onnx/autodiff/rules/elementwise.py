@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ...graph import FLOAT_TYPES
 from .registry import rule
 
 
@@ -88,9 +89,15 @@ def erf(g, node, dy):
     return [g.op("Mul", dy, g.op("Mul", density, g.const(2 / math.sqrt(math.pi))))]
 
 
+def _gradient_type(g, value):
+    """A gradient has its value's float type; that of integer codes (quantized.py) is the model's."""
+    elem = g.elem_type(value)
+    return elem if elem in FLOAT_TYPES else g.float_type
+
+
 @rule("Cast")
 def cast(g, node, dy):
-    return [g.op("Cast", dy, to=g.elem_type(node.inputs[0]) or g.float_type)]
+    return [g.op("Cast", dy, to=_gradient_type(g, node.inputs[0]))]
 
 
 @rule("Max", "Min")
@@ -113,4 +120,4 @@ def where(g, node, dy):
 @rule("CastLike")
 def cast_like(g, node, dy):
     # the second input only lends its type
-    return [g.op("Cast", dy, to=g.elem_type(node.inputs[0]) or g.float_type), None]
+    return [g.op("Cast", dy, to=_gradient_type(g, node.inputs[0])), None]
