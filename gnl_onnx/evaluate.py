@@ -15,8 +15,9 @@ import gnl_onnx.road as road
 
 from .errors import InputError, NonFiniteError, UsageError
 from .evaluation import (ALL_METHODS, DEFAULT_METRICS, FILES, METRICS, RANDOM, Evaluation,  # noqa: F401 - also
-                         MethodSummary, attribute, image_record, parse_methods, parse_metrics, plot_curves,  # imported
-                         road_record, score_curves, scoring, summarize, write_csv)  # from here
+                         MethodSummary, attribute, explain_function, image_record, parse_methods,  # imported
+                         parse_metrics, plot_curves, road_record, score_curves, scoring, summarize,  # from
+                         write_csv)  # here
 from .explainer import Explainer
 from .images import find_images, load_all  # noqa: F401 - find_images: imported from here by callers
 from .intake import prepare
@@ -101,7 +102,7 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
                 keep(method, range(part.start, part.stop), attributions)
             for i, row in zip(range(part.start, part.stop),
                               score_curves(scorer, images[part], attributions, targets[part], scored,
-                                           range(part.start, part.stop))):
+                                           range(part.start, part.stop), explain_function(explainer, run.seed))):
                 for mode in per:
                     per[mode].append(row[mode])
                 evaluation.records.append({
@@ -168,6 +169,8 @@ def evaluate_files(model, images, out: Path, prep, methods, overwrite=False, **o
     print(evaluation.table())
     for b in bad:
         print(f"skipped {b['image']}: {b['error']}")
+    for line in evaluation.agreement_lines():
+        print(line)
     print(f"wrote {', '.join(str(p) for p in files.values())}")
     print(evaluation.recommendation())
     return 1 if bad else 0

@@ -16,7 +16,8 @@ import gnl_onnx.road as road
 
 from .methods import METHODS, get_method
 from .errors import UsageError
-from .measures import MEASURES
+from .measures import MEASURES, Perturbation
+from .scores import spearman
 from .output import atomic_write
 from .road import FRACTIONS as ROAD_FRACTIONS
 from .road import NOISE as ROAD_NOISE
@@ -28,13 +29,14 @@ ALL_METHODS = ("gradient", "input_x_gradient", "ig", "guided_backprop", "smoothg
 SUBSTRATE_NAMES = ("zeros", "black", "mean", "blur")
 FILES = {"csv": "evaluation.csv", "json": "evaluation.json", "table": "evaluation.txt",
          "curves": "evaluation_curves.png", "report": "report.html"}
-METRICS = ("deletion", "insertion", "road")
-DEFAULT_METRICS = ("deletion", "insertion")  # ROAD costs a sparse solve per point: asked for
+METRICS = tuple(MEASURES)  # deletion, insertion, road, then the Quantus measures (gnl_onnx/measures.py)
+DEFAULT_METRICS = ("deletion", "insertion")  # the rest cost more forward passes (or a sparse solve): asked for
 
 
 def parse_metrics(text) -> tuple[str, ...]:
-    """'deletion,insertion,road' (or a list) -> the metrics, checked. Deletion and insertion are
-    always measured (the table and the recommendation rest on deletion); "road" adds ROAD."""
+    """'deletion,insertion,road,...' (or a list) -> the metrics, checked. Deletion and insertion are
+    always measured (the table and the recommendation rest on deletion); "road" adds ROAD, and any
+    other name of MEASURES its measure."""
     names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text)]
     names = [m for m in dict.fromkeys(names) if m]
     unknown = [m for m in names if m not in METRICS]
@@ -42,7 +44,7 @@ def parse_metrics(text) -> tuple[str, ...]:
         raise UsageError(f"unknown metric {', '.join(map(repr, unknown))}; choose from {', '.join(METRICS)}")
     if not set(DEFAULT_METRICS) <= set(names):
         raise UsageError("deletion and insertion are always measured; give --metrics deletion,insertion or "
-                         "deletion,insertion,road")
+                         "deletion,insertion,road (or more measures: " + ", ".join(METRICS[3:]) + ")")
     return tuple(m for m in METRICS if m in names)
 
 
@@ -88,6 +90,8 @@ class MethodSummary:
     road_difference_se: float = math.nan
     road_morf_curve: np.ndarray | None = None  # one point per ROAD fraction
     road_lerf_curve: np.ndarray | None = None
+    # the one-number measures (measures.Score): name -> (mean, standard error), in measure order
+    scores: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         d = {"method": self.method, "images": self.images, "steps": self.steps,
@@ -102,6 +106,8 @@ class MethodSummary:
                       "road_difference_se": _finite(self.road_difference_se),
                       "road_morf_curve_mean": self.road_morf_curve.tolist(),
                       "road_lerf_curve_mean": self.road_lerf_curve.tolist()})
+        for name, (mean, se) in self.scores.items():
+            d.update({f"{name}_mean": _finite(mean), f"{name}_se": _finite(se)})
         return d
 
 
@@ -111,25 +117,73 @@ class Evaluation:
     records: list[dict] = field(default_factory=list)  # one per (image, method)
     summaries: dict[str, MethodSummary] = field(default_factory=dict)
 
+    def measures(self) -> tuple:
+        """The measures these summaries hold, in MEASURES order."""
+        return tuple(m for m in MEASURES.values() if any(m.cells(s) for s in self.summaries.values()))
+
     def table(self) -> str:
-        c = self.config
-        lines = [(f"deletion: substrate {c['deletion_substrate']} (lower is better); insertion: substrate "
-                  f"{c['insertion_substrate']} (higher is better); {c['curve_steps']} curve steps; per-pixel "
-                  f"{c['reduce']}; baseline {c['baseline']}"),
-                 f"{'method':<18}{'deletion AUC':>20}{'insertion AUC':>20}{'images':>8}{'steps':>7}"]
-        with_road = any(s.road_morf is not None for s in self.summaries.values())
-        if with_road:
-            lines[0] += (f"; ROAD: noisy linear imputation, noise {c['road_noise']} of the pixel range, "
-                         f"fractions {', '.join(f'{f:g}' for f in c['road_fractions'])}, MoRF lower, LeRF and "
-                         "LeRF - MoRF higher are better")
-            lines[1] += f"{'ROAD MoRF AUC':>20}{'ROAD LeRF AUC':>20}{'LeRF - MoRF':>20}"
+        """The legend line, then one row per method (sorted by deletion) with every measure's
+        columns: mean +- standard error."""
+        c, measures = self.config, self.measures()
+        legends = [m.legend(c) for m in measures]
+        curves = max((k for k, m in enumerate(measures) if isinstance(m, Perturbation)), default=-1)
+        legends.insert(curves + 1, f"{c['curve_steps']} curve steps; per-pixel {c['reduce']}; baseline {c['baseline']}")
+        headers = [h for m in measures for h in m.headers()]
+        widths = [max(20, len(h) + 2) for h in headers]
+
+        def row(first, values, images, steps):
+            return (f"{first:<18}" + "".join(f"{v:>{w}}" for v, w in zip(values[:2], widths[:2]))
+                    + f"{images:>8}{steps:>7}" + "".join(f"{v:>{w}}" for v, w in zip(values[2:], widths[2:])))
+        lines = ["; ".join(legends), row("method", headers, "images", "steps")]
         for s in sorted(self.summaries.values(), key=lambda s: s.deletion):
-            lines.append(f"{s.method:<18}{_pm(s.deletion, s.deletion_se):>20}{_pm(s.insertion, s.insertion_se):>20}"
-                         f"{s.images:>8}{'-' if s.steps is None else s.steps:>7}")
-            if with_road and s.road_morf is not None:
-                lines[-1] += (f"{_pm(s.road_morf, s.road_morf_se):>20}{_pm(s.road_lerf, s.road_lerf_se):>20}"
-                              f"{_pm(s.road_difference, s.road_difference_se):>20}")
+            cells = [_pm(mean, se) for m in measures for mean, se in m.cells(s)]
+            lines.append(row(s.method, cells, s.images, "-" if s.steps is None else s.steps))
         return "\n".join(lines)
+
+    def agreement(self) -> dict:
+        """How the measures rank the methods: per measure (its ranking number, see rank_key) each
+        method's rank (1 best), the Spearman correlation of every two measures' ranks over the
+        methods (three methods at least), and the pairs that disagree (correlation below 0)."""
+        keys = {}
+        for m in self.measures():
+            values = {s.method: m.rank_key(s) for s in self.summaries.values()}
+            values = {k: v for k, v in values.items() if v[0] is not None and math.isfinite(v[0])}
+            if values:
+                keys[m.name] = values
+        ranks = {}
+        for name, values in keys.items():
+            ordered = sorted(values, key=lambda k: -values[k][0] if values[k][1] else values[k][0])
+            ranks[name] = {method: position + 1 for position, method in enumerate(ordered)}
+        names, correlations, disagree = list(ranks), {}, []
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                shared = [k for k in ranks[a] if k in ranks[b]]
+                if len(shared) < 3:
+                    continue
+                rho = spearman([ranks[a][k] for k in shared], [ranks[b][k] for k in shared])
+                correlations[f"{a} ~ {b}"] = None if not math.isfinite(rho) else round(rho, 4)
+                if math.isfinite(rho) and rho < 0:
+                    disagree.append([a, b])
+        return {"ranks": ranks, "correlations": correlations, "disagree": disagree}
+
+    def agreement_lines(self) -> list[str]:
+        """The agreement as text: each measure's ranking, then the measures that disagree."""
+        if {m.name for m in self.measures()} <= set(DEFAULT_METRICS):
+            return []  # deletion and insertion alone: the output stays as it always was
+        found = self.agreement()
+        if len(found["ranks"]) < 2:
+            return []
+        lines = ["ranks by measure (1 best): " + "; ".join(
+            f"{name}: " + " > ".join(sorted(r, key=r.get)) for name, r in found["ranks"].items())]
+        if not found["correlations"]:
+            return lines + ["rank correlation between measures: needs three methods or more"]
+        if found["disagree"]:
+            lines.append("measures that disagree (rank correlation < 0 over the methods): " + ", ".join(
+                f"{a} vs {b} ({found['correlations'][f'{a} ~ {b}']:+.2f})" for a, b in found["disagree"]))
+        else:
+            lines.append("the measures agree: no two rank the methods in opposite directions (every rank "
+                         "correlation >= 0)")
+        return lines
 
     def recommendation(self) -> str:
         """One line: the method with the lowest mean deletion AUC, its margin over the next one
@@ -181,8 +235,9 @@ class Evaluation:
         return text
 
     def as_dict(self) -> dict:
+        extra = {"agreement": self.agreement()} if self.agreement_lines() else {}
         return {"config": self.config, "summary": [s.as_dict() for s in self.summaries.values()],
-                "recommendation": self.recommendation(), "images": self.records}
+                "recommendation": self.recommendation(), **extra, "images": self.records}
 
 
 def _finite(v):
@@ -221,11 +276,18 @@ class Scoring:
     road_noise: float = ROAD_NOISE
     road_span: object = 1.0
     seed: int = 0
+    others: tuple = ()  # the measures asked for besides deletion, insertion and ROAD, by name
 
     @property
     def measures(self) -> tuple:
         """The measures every attribution is scored by (gnl_onnx/measures.py), in METRICS order."""
-        return tuple(MEASURES[name] for name in METRICS if name in DEFAULT_METRICS or (name == "road" and self.road))
+        return tuple(MEASURES[name] for name in METRICS if name in DEFAULT_METRICS or (name == "road" and self.road)
+                     or name in self.others)
+
+    @property
+    def explains_again(self) -> bool:
+        """Whether a measure explains perturbed copies of the image (the sensitivities)."""
+        return any(getattr(m, "needs_explain", False) for m in self.measures)
 
     def config(self) -> dict:
         """The settings as evaluation.config states them (substrate arrays come from "black").
@@ -234,7 +296,10 @@ class Scoring:
              "deletion_substrate": _substrate_name(self.deletion_substrate),
              "insertion_substrate": _substrate_name(self.insertion_substrate)}
         if self.road:
-            c.update(metrics=list(METRICS), road_fractions=list(self.road_fractions), road_noise=self.road_noise)
+            c.update(metrics=[m.name for m in self.measures], road_fractions=list(self.road_fractions),
+                     road_noise=self.road_noise)
+        elif self.others:
+            c.update(metrics=[m.name for m in self.measures])
         return c
 
 
@@ -256,10 +321,12 @@ def scoring(curve_steps: int = CURVE_STEPS, reduce: str = "sum", layout: str | N
         raise UsageError(f"batch size must be a positive integer (got {batch_size!r})")
     if not (isinstance(road_noise, (int, float, np.floating)) and math.isfinite(road_noise) and road_noise >= 0):
         raise UsageError(f"ROAD noise must be a non-negative number (got {road_noise!r})")
+    chosen = parse_metrics(metrics)
     return Scoring(int(curve_steps), reduce, layout, int(batch_size), _substrate(deletion_substrate, black),
-                   _substrate(insertion_substrate, black), "road" in parse_metrics(metrics),
+                   _substrate(insertion_substrate, black), "road" in chosen,
                    road.check_fractions(road_fractions), float(road_noise),
-                   1.0 if road_span is None else np.asarray(road_span, np.float32), int(seed))
+                   1.0 if road_span is None else np.asarray(road_span, np.float32), int(seed),
+                   tuple(m for m in chosen if m not in (*DEFAULT_METRICS, "road")))
 
 
 def attribute(explainer, images, targets, random_keys, seed: int = 0) -> np.ndarray:
@@ -270,17 +337,32 @@ def attribute(explainer, images, targets, random_keys, seed: int = 0) -> np.ndar
     return explainer.explain(images, targets).attributions
 
 
-def score_curves(scorer, images, attributions, targets, scoring: Scoring, keys=None) -> list[dict[str, np.ndarray]]:
+def explain_function(explainer, seed: int = 0):
+    """explain(images, targets) -> attributions of one method, for the measures that explain
+    perturbed copies; the random floor draws fresh standard normal maps (seeded by `seed` and a
+    running count), as a random explanation would."""
+    if explainer is not None:
+        return lambda images, targets: explainer.explain(images, targets).attributions
+    calls = iter(range(2 ** 62))
+    return lambda images, targets: np.stack([random_attribution(images.shape[1:], (seed, 2 ** 40 + next(calls)))
+                                             for _ in range(len(images))])
+
+
+def score_curves(scorer, images, attributions, targets, scoring: Scoring, keys=None,
+                 explain=None) -> list[dict[str, np.ndarray]]:
     """The curves of each image's attribution by every measure of `scoring` (deletion and insertion;
     with scoring.road the ROAD curves "road_morf" and "road_lerf", their noise seeded by
-    (scoring.seed, the image's key): keys[i] (default: i)), tracking its target's probability."""
+    (scoring.seed, the image's key): keys[i] (default: i)), tracking its target's probability; a
+    one-number measure's curve is its number. explain(images, targets) -> attributions: the
+    method, for the measures that explain perturbed copies (the sensitivities)."""
     curves = []
     for i in range(len(images)):
         order = ranking(reduce_to_pixels(attributions[i:i + 1], scoring.layout, scoring.reduce))
         key = i if keys is None else keys[i]
         row = {}
         for measure in scoring.measures:
-            row.update(measure.curves(scorer, images[i:i + 1], order, int(targets[i]), key, scoring))
+            row.update(measure.curves(scorer, images[i:i + 1], order, int(targets[i]), key, scoring,
+                                      attribution=attributions[i:i + 1], explain=explain))
         curves.append(row)
     return curves
 
@@ -313,9 +395,11 @@ def summarize(method: str, per: dict, steps, road_fractions=road.FRACTIONS) -> M
     """Mean AUCs with standard errors and mean curves of one method, from every measure whose
     curves `per` holds ({"deletion": [curves], "insertion": [curves]} and, with ROAD, "road_morf"
     and "road_lerf" [curves] over road_fractions)."""
-    fields = {}
+    fields = {"scores": {}}
     for measure in measured(per):
-        fields.update(measure.summary(per, road_fractions) if measure.name == "road" else measure.summary(per))
+        found = measure.summary(per, road_fractions)
+        fields["scores"].update(found.pop("scores", {}))
+        fields.update(found)
     return MethodSummary(method=method, images=len(per["deletion"]), steps=steps, **fields)
 
 

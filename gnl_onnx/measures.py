@@ -8,6 +8,15 @@ the evaluate command iterate over the chosen measures and name none.
     insertion  RISE insertion: the image's pixels put into a substrate
     road       ROAD (gnl_onnx/road.py): noisy linear imputation, most- and least-relevant-first
 
+and, opt-in by name, the measures Quantus 0.6.0 defines (gnl_onnx/scores.py), one number per image:
+faithfulness_correlation, pixel_flipping, region_perturbation, monotonicity_correlation,
+max_sensitivity, avg_sensitivity, sparseness, complexity.
+
+Every measure answers: `curves` (one image's curves; a one-number measure gives a curve of one
+point), `numbers` (the image's record columns), `curve_fields`, `summary` (MethodSummary fields),
+`legend`, `headers` and `cells` (the text table), `rank_key` (the number that ranks methods, and
+whether higher is better) and `forward_passes` (per image, for `inspect --cost`).
+
 To add a measure: a class here with the same answers, and one line in MEASURES."""
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ import math
 import numpy as np
 
 import gnl_onnx.road as road
+import gnl_onnx.scores as scores
 
 from .metrics import auc, perturbation_curve
 
@@ -33,7 +43,7 @@ class Perturbation:
         self.curve_names = (name,)
         self.columns = (f"{name}_auc",)
 
-    def curves(self, scorer, image, order, target: int, key, scoring) -> dict[str, np.ndarray]:
+    def curves(self, scorer, image, order, target: int, key, scoring, **context) -> dict[str, np.ndarray]:
         substrate = getattr(scoring, f"{self.name}_substrate")
         return {self.name: perturbation_curve(scorer, image, order, substrate, scoring.curve_steps, self.name,
                                               scoring.batch_size, target, scoring.layout)}
@@ -50,6 +60,24 @@ class Perturbation:
         return {self.name: float(values.mean()), f"{self.name}_se": standard_error(values),
                 f"{self.name}_curve": np.mean(per[self.name], axis=0)}
 
+    def curve_length(self, scoring) -> int:
+        return scoring.curve_steps + 1
+
+    def legend(self, config) -> str:
+        return f"{self.name}: substrate {config[self.name + '_substrate']} ({self.better} is better)"
+
+    def headers(self) -> list[str]:
+        return [f"{self.name} AUC"]
+
+    def cells(self, summary) -> list[tuple[float, float]]:
+        return [(getattr(summary, self.name), getattr(summary, f"{self.name}_se"))]
+
+    def rank_key(self, summary):
+        return getattr(summary, self.name), self.better == "higher"
+
+    def forward_passes(self, scoring, steps_run: int = 1) -> int:
+        return scoring.curve_steps + 1
+
 
 class Road:
     """ROAD's most- and least-relevant-first curves over the fractions, their AUCs and the
@@ -58,7 +86,7 @@ class Road:
     curve_names = ("road_morf", "road_lerf")
     columns = ("road_morf_auc", "road_lerf_auc", "road_difference")
 
-    def curves(self, scorer, image, order, target: int, key, scoring) -> dict[str, np.ndarray]:
+    def curves(self, scorer, image, order, target: int, key, scoring, **context) -> dict[str, np.ndarray]:
         return {f"road_{which}": road.road_curve(scorer, image, order, scoring.road_fractions, which,
                                                  scoring.road_noise, scoring.road_span, scoring.seed, key, target,
                                                  scoring.batch_size, scoring.layout)
@@ -81,8 +109,142 @@ class Road:
                 "road_morf_curve": np.mean(per["road_morf"], axis=0),
                 "road_lerf_curve": np.mean(per["road_lerf"], axis=0)}
 
+    def curve_length(self, scoring) -> int:
+        return len(scoring.road_fractions)
+
+    def legend(self, config) -> str:
+        return (f"ROAD: noisy linear imputation, noise {config['road_noise']} of the pixel range, fractions "
+                f"{', '.join(f'{f:g}' for f in config['road_fractions'])}, MoRF lower, LeRF and LeRF - MoRF higher "
+                "are better")
+
+    def headers(self) -> list[str]:
+        return ["ROAD MoRF AUC", "ROAD LeRF AUC", "LeRF - MoRF"]
+
+    def cells(self, summary) -> list[tuple[float, float]]:
+        if summary.road_morf is None:
+            return []
+        return [(summary.road_morf, summary.road_morf_se), (summary.road_lerf, summary.road_lerf_se),
+                (summary.road_difference, summary.road_difference_se)]
+
+    def rank_key(self, summary):
+        return summary.road_difference, True
+
+    def forward_passes(self, scoring, steps_run: int = 1) -> int:
+        return 2 * len(scoring.road_fractions)
+
+
+def _generator(seed: int, key) -> np.random.RandomState:
+    """The random draws of one image: seeded by (the run's seed, the image's key), so an image's
+    number does not depend on the batch it is in."""
+    return np.random.RandomState(np.random.SeedSequence((int(seed), int(key))).generate_state(4))
+
+
+class Score:
+    """A measure with one number per image, computed by `compute(context)` (gnl_onnx/scores.py);
+    its curve is that one number. Summarized as mean +- standard error, in MethodSummary.scores."""
+    curve_names: tuple
+    columns: tuple
+
+    def __init__(self, name: str, better: str, compute, passes, legend: str, needs_explain: bool = False):
+        self.name, self.better, self.compute, self.passes, self.text = name, better, compute, passes, legend
+        self.needs_explain = needs_explain
+        self.curve_names = self.columns = (name,)
+
+    def curves(self, scorer, image, order, target: int, key, scoring, attribution=None, explain=None) -> dict:
+        context = {"scorer": scorer, "image": image, "attribution": attribution, "target": int(target),
+                   "rng": _generator(scoring.seed, key), "explain": explain, "batch_size": scoring.batch_size}
+        return {self.name: np.array([float(self.compute(context))])}
+
+    def numbers(self, curves, scoring) -> dict:
+        return {self.name: float(np.asarray(curves[self.name]).reshape(-1)[0])}
+
+    def curve_fields(self, curves, scoring) -> dict:
+        return {}
+
+    def summary(self, per: dict, scoring_fractions=None) -> dict:
+        values = np.array([float(np.asarray(c).reshape(-1)[0]) for c in per[self.name]])
+        finite = values[np.isfinite(values)]  # NaN: undefined for that image (a constant map)
+        mean = float(finite.mean()) if len(finite) else math.nan
+        return {"scores": {self.name: (mean, standard_error(finite))}}
+
+    def curve_length(self, scoring) -> int:
+        return 1
+
+    def legend(self, config) -> str:
+        return f"{self.name}: {self.text} ({self.better} is better)"
+
+    def headers(self) -> list[str]:
+        return [self.name.replace("_", " ")]
+
+    def cells(self, summary) -> list[tuple[float, float]]:
+        return [summary.scores[self.name]] if self.name in summary.scores else []
+
+    def rank_key(self, summary):
+        return summary.scores.get(self.name, (None,))[0], self.better == "higher"
+
+    def forward_passes(self, scoring, steps_run: int = 1) -> int:
+        return int(self.passes(scoring, steps_run))
+
+
+def _outputs(context, softmax: bool):
+    return lambda images: context["scorer"].outputs(images, softmax, context["batch_size"])
+
+
+def _explain(context):
+    if context["explain"] is None:
+        raise ValueError("this measure explains perturbed copies of the image and needs the method (explain)")
+    return context["explain"]
+
+
+# The Quantus measures with Quantus's defaults, except where an image of 224 x 224 x 3 makes them
+# impractical: pixel flipping and monotonicity correlation step through the features in 64 groups
+# (Quantus: one feature a step), monotonicity correlation draws 10 fillings per group (Quantus
+# 100), the sensitivities 10 noisy copies (Quantus 200). The functions in scores.py take every
+# setting; these instances are what `--metrics` names.
+PIXEL_GROUPS, FILLINGS, NOISY_COPIES = 64, 10, 10
+
+
+def _group(context) -> int:
+    return max(1, math.ceil(np.asarray(context["image"]).size / PIXEL_GROUPS))
+
+
+QUANTUS = [
+    Score("faithfulness_correlation", "higher", lambda c: scores.faithfulness_correlation(
+        _outputs(c, False), c["image"], c["attribution"], [c["target"]], rng=c["rng"],
+        subset_size=min(224, np.asarray(c["image"]).size - 1), batch_size=c["batch_size"])[0],
+        lambda s, k: 101, "Quantus FaithfulnessCorrelation: Pearson r of subset sums and logit drops, 100 "
+        "subsets of 224 features set to the image's minimum"),
+    Score("pixel_flipping", "lower", lambda c: scores.pixel_flipping(
+        _outputs(c, True), c["image"], c["attribution"], [c["target"]], features_in_step=_group(c),
+        batch_size=c["batch_size"])[0],
+        lambda s, k: PIXEL_GROUPS, f"Quantus PixelFlipping: area (dx = 1) of the probability curve as "
+        f"{PIXEL_GROUPS} groups of features are set to the minimum, most relevant first"),
+    Score("region_perturbation", "higher", lambda c: scores.region_perturbation(
+        _outputs(c, True), c["image"], c["attribution"], [c["target"]], batch_size=c["batch_size"])[0],
+        lambda s, k: 101, "Quantus RegionPerturbation: AOPC, 100 squares of 8 x 8 set to the minimum, most "
+        "relevant first"),
+    Score("monotonicity_correlation", "higher", lambda c: scores.monotonicity_correlation(
+        _outputs(c, True), c["image"], c["attribution"], [c["target"]], nr_samples=FILLINGS,
+        features_in_step=_group(c), rng=c["rng"], batch_size=c["batch_size"])[0],
+        lambda s, k: PIXEL_GROUPS * FILLINGS + 1, "Quantus MonotonicityCorrelation: Spearman rho of group "
+        f"relevance and output variance, {PIXEL_GROUPS} groups, {FILLINGS} uniform fillings each"),
+    Score("max_sensitivity", "lower", lambda c: scores.sensitivity(
+        _explain(c), c["image"], c["attribution"], [c["target"]], nr_samples=NOISY_COPIES, rng=c["rng"])[0],
+        lambda s, k: NOISY_COPIES * k, f"Quantus MaxSensitivity: largest relative change of the map over "
+        f"{NOISY_COPIES} copies with uniform noise in [-0.2, 0.2]; it does not flag random maps", True),
+    Score("avg_sensitivity", "lower", lambda c: scores.sensitivity(
+        _explain(c), c["image"], c["attribution"], [c["target"]], nr_samples=NOISY_COPIES, rng=c["rng"],
+        reduce="mean")[0],
+        lambda s, k: NOISY_COPIES * k, f"Quantus AvgSensitivity: mean relative change of the map over "
+        f"{NOISY_COPIES} noisy copies; it does not flag random maps", True),
+    Score("sparseness", "higher", lambda c: scores.sparseness(c["attribution"])[0], lambda s, k: 0,
+          "Quantus Sparseness: Gini index of |map|"),
+    Score("complexity", "lower", lambda c: scores.complexity(c["attribution"])[0], lambda s, k: 0,
+          "Quantus Complexity: entropy of |map|'s shares"),
+]
+
 
 MEASURES = {"deletion": Perturbation("deletion", "lower"), "insertion": Perturbation("insertion", "higher"),
-            "road": Road()}
+            "road": Road(), **{m.name: m for m in QUANTUS}}
 
-__all__ = ["MEASURES", "Perturbation", "Road", "standard_error"]
+__all__ = ["MEASURES", "QUANTUS", "Perturbation", "Road", "Score", "standard_error"]

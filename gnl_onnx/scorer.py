@@ -55,6 +55,17 @@ class Scorer:
             parts.append(out)
         return np.concatenate(parts)
 
+    def outputs(self, images, softmax: bool, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """[N, classes] float64: probabilities (softmax), or the model's own output as a Quantus
+        measure with softmax=False reads it (logits; probabilities when the graph ends in Softmax)."""
+        if softmax or not self.softmax_here:
+            return self.probabilities(images, batch_size)
+        images = np.asarray(images)
+        step = max(1, int(batch_size) if self.max_batch is None else self.max_batch)
+        return np.concatenate([np.asarray(self.session.run(None, {self.input_name: images[lo:lo + step].astype(
+            self.dtype, copy=False)})[0], np.float64).reshape(len(images[lo:lo + step]), -1)
+            for lo in range(0, len(images), step)])
+
     def __call__(self, images, target, batch_size: int = BATCH_SIZE) -> np.ndarray:
         """[N] probability of class `target` for each image."""
         p = self.probabilities(images, batch_size)

@@ -153,6 +153,8 @@ def audit_files(model, images, out, prep, methods, **options) -> int:
     print(f"wrote {result.out / RESULTS}, {result.out / SUMMARY}, {result.out / FILES['table']}, "
           f"{result.out / FILES['curves']}, {result.out / FILES['report']}")
     if result.evaluation is not None:
+        for line in result.evaluation.agreement_lines():
+            print(line)
         print(result.evaluation.recommendation())
     return 1 if result.failed else 0
 

@@ -13,14 +13,13 @@ from ..errors import UsageError
 from ..evaluation import (
     FILES,
     Evaluation,
+    Scoring,
     plot_curves,
     summarize,
 )
 from ..measures import MEASURES
-from ..metrics import auc
 from ..report import OVERLAYS
 from ..road import FRACTIONS as ROAD_FRACTIONS
-from ..road import auc as road_auc
 from .layout import ATTRIBUTIONS, IDENTITY, PARTS, RESULTS, SETTINGS, SUMMARY
 import gnl_onnx.audit.sources as sources
 from .sources import _label, _load_local, need_pyarrow
@@ -75,29 +74,27 @@ class _Store:
             atomic_write(self.out / relative, bytes(batch["npy"][i]))
             paths.append(relative)
         steps = [int(s) for s in batch["steps"][keep]]
+        # every measure whose curves the batch holds: its numbers after the score, its curves last
+        measures = [m for m in MEASURES.values() if all(f"{c}_curve" in batch for c in m.curve_names)]
+        settings = Scoring(road_fractions=tuple(self.road_fractions or ROAD_FRACTIONS))
+        numbers: dict[str, list] = {}
+        for i in keep:
+            for m in measures:
+                curves = {c: np.asarray(batch[f"{c}_curve"][i]) for c in m.curve_names}
+                for k, v in m.numbers(curves, settings).items():
+                    numbers.setdefault(k, []).append(v)
         table = pa.table({
             "image": pa.array([str(batch["image"][i]) for i in keep], pa.string()),
             "method": pa.array([str(batch["method"][i]) for i in keep], pa.string()),
             "target": pa.array(batch["target"][keep], pa.int64()),
             "score": pa.array(batch["score"][keep], pa.float64()),
-            "deletion_auc": pa.array([auc(c) for c in batch["deletion_curve"][keep]], pa.float64()),
-            "insertion_auc": pa.array([auc(c) for c in batch["insertion_curve"][keep]], pa.float64()),
+            **{k: pa.array(v, pa.float64()) for k, v in numbers.items()},
             "steps": pa.array([None if s < 0 else s for s in steps], pa.int64()),
             "attribution_seconds": pa.array(batch["attribution_seconds"][keep], pa.float64()),
             "provider": pa.array([str(batch["provider"][i]) for i in keep], pa.string()),
             "attribution": pa.array(paths, pa.string()),
-            "deletion_curve": pa.array([c.tolist() for c in batch["deletion_curve"][keep]], pa.list_(pa.float64())),
-            "insertion_curve": pa.array([c.tolist() for c in batch["insertion_curve"][keep]],
-                                        pa.list_(pa.float64()))})
-        if "road_morf_curve" in batch:  # ROAD: its AUCs beside deletion's, its curves at the end
-            morf = [road_auc(c, self.road_fractions) for c in batch["road_morf_curve"][keep]]
-            lerf = [road_auc(c, self.road_fractions) for c in batch["road_lerf_curve"][keep]]
-            at = table.schema.get_field_index("steps")
-            for name, values in (("road_difference", np.subtract(lerf, morf)), ("road_lerf_auc", lerf),
-                                 ("road_morf_auc", morf)):
-                table = table.add_column(at, name, pa.array(values, pa.float64()))
-            for k in ("road_morf_curve", "road_lerf_curve"):
-                table = table.append_column(k, pa.array([c.tolist() for c in batch[k][keep]], pa.list_(pa.float64())))
+            **{f"{c}_curve": pa.array([batch[f"{c}_curve"][i].tolist() for i in keep], pa.list_(pa.float64()))
+               for m in measures for c in m.curve_names}})
         atomic_write(self.parts / f"part-{uuid.uuid4().hex}.parquet", lambda tmp: pa.parquet.write_table(table, tmp))
         self.written += len(keep)
         return len(keep)
@@ -174,9 +171,11 @@ def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _St
     summary = {"config": config, "summary": [s.as_dict() for s in evaluation.summaries.values()],
                "recommendation": evaluation.recommendation(), "images": len(ids), "results": len(table),
                "complete": len(table) == len(wanted), "labelled": len(labelled), "accuracy": accuracy,
-               "failed": [{"image": i, "method": m, "error": e} for (i, m), e in sorted(store.errors.items())]}
+               "failed": [{"image": i, "method": m, "error": e} for (i, m), e in sorted(store.errors.items())],
+               **({"agreement": evaluation.agreement()} if evaluation.agreement_lines() else {})}
     atomic_write(out / SUMMARY, json.dumps(summary, indent=2))
-    atomic_write(out / FILES["table"], evaluation.table() + "\n" + evaluation.recommendation() + "\n")
+    atomic_write(out / FILES["table"], "\n".join([evaluation.table(), *evaluation.agreement_lines(),
+                                                  evaluation.recommendation()]) + "\n")
     plot_curves(evaluation, out / FILES["curves"])
     if prep is not None:
         write_report(out, evaluation, table, found, prep, source)

@@ -17,6 +17,7 @@ from ..evaluation import (
     DEFAULT_METRICS,
     RANDOM,
     attribute,
+    explain_function,
     score_curves,
     scoring,
 )
@@ -83,7 +84,7 @@ class AuditWorker:
 
     def __call__(self, batch: dict) -> dict:
         s = self.settings
-        rows = _Rows(s["curve_steps"], len(self.scoring.road_fractions) if self.scoring.road else 0)
+        rows = _Rows({name: m.curve_length(self.scoring) for m in self.scoring.measures for name in m.curve_names})
         ids, loaded, todo = [], [], []
         for image_id, path, methods in zip(batch["image"], batch["path"], batch["methods"]):
             image_id, methods = str(image_id), str(methods).split(",")
@@ -114,9 +115,10 @@ class AuditWorker:
                 start = time.perf_counter()
                 attributions = self._attributions(method, images[which], targets[which], [ids[k] for k in which])
                 seconds = (time.perf_counter() - start) / len(which)
-                curves = score_curves(self.scorer, images[which], attributions, targets[which], self.scoring,
-                                      [image_key(ids[k]) for k in which])  # ROAD's noise: seeded by the id
                 explainer = self.explainers[method]
+                curves = score_curves(self.scorer, images[which], attributions, targets[which], self.scoring,
+                                      [image_key(ids[k]) for k in which],  # ROAD's noise: seeded by the id
+                                      explain_function(explainer, s["seed"]))
                 for k, attribution, curve in zip(which, attributions, curves):
                     rows.add(ids[k], method, int(targets[k]), float(probabilities[k, targets[k]]), curve,
                              None if explainer is None else explainer.steps, seconds, self.scorer.provider,
@@ -140,31 +142,24 @@ class AuditWorker:
 
 class _Rows:
     """Columns of a worker's output: one row per (image, method), a failed image with its error
-    and no numbers."""
+    and no numbers; one "<curve>_curve" column per curve of the measures taken."""
 
-    def __init__(self, curve_steps: int, road_points: int = 0):
-        self.n = curve_steps + 1
-        self.road_points = road_points  # ROAD fractions; 0: ROAD not measured, no road columns
+    def __init__(self, lengths: dict[str, int]):
+        self.lengths = lengths  # curve name -> points per curve (a one-number measure: 1)
         self.data = {k: [] for k in ("image", "method", "target", "score", "steps", "attribution_seconds",
-                                     "provider", "deletion_curve", "insertion_curve", "npy", "error")}
-        if road_points:
-            self.data.update(road_morf_curve=[], road_lerf_curve=[])
+                                     "provider", *(f"{c}_curve" for c in lengths), "npy", "error")}
 
     def add(self, image, method, target, score, curves, steps, seconds, provider, attribution):
         buffer = BytesIO()
         np.save(buffer, attribution[None])  # [1, ...]: the model's input layout, as `explain` saves it
         for k, v in (("image", image), ("method", method), ("target", target), ("score", score),
                      ("steps", -1 if steps is None else steps), ("attribution_seconds", seconds),
-                     ("provider", provider), ("deletion_curve", curves["deletion"]),
-                     ("insertion_curve", curves["insertion"]), ("npy", buffer.getvalue()), ("error", "")):
+                     ("provider", provider), *((f"{c}_curve", curves[c]) for c in self.lengths),
+                     ("npy", buffer.getvalue()), ("error", "")):
             self.data[k].append(v)
-        if self.road_points:
-            self.data["road_morf_curve"].append(curves["road_morf"])
-            self.data["road_lerf_curve"].append(curves["road_lerf"])
 
     def failed(self, image, method, error):
-        nan = {"deletion": np.full(self.n, np.nan), "insertion": np.full(self.n, np.nan),
-               "road_morf": np.full(self.road_points, np.nan), "road_lerf": np.full(self.road_points, np.nan)}
+        nan = {c: np.full(n, np.nan) for c, n in self.lengths.items()}
         self.add(image, method, -1, math.nan, nan, None, 0.0, "", np.zeros(0))
         self.data["npy"][-1], self.data["error"][-1] = b"", error
 
@@ -174,9 +169,6 @@ class _Rows:
         out.update(target=np.array(d["target"], np.int64), score=np.array(d["score"], np.float64),
                    steps=np.array(d["steps"], np.int64),
                    attribution_seconds=np.array(d["attribution_seconds"], np.float64))
-        for k in ("deletion_curve", "insertion_curve"):
-            out[k] = np.array(d[k], np.float64).reshape(len(d[k]), self.n)
-        if self.road_points:
-            for k in ("road_morf_curve", "road_lerf_curve"):
-                out[k] = np.array(d[k], np.float64).reshape(len(d[k]), self.road_points)
+        for c, n in self.lengths.items():
+            out[f"{c}_curve"] = np.array(d[f"{c}_curve"], np.float64).reshape(len(d[f"{c}_curve"]), n)
         return out

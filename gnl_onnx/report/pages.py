@@ -260,6 +260,21 @@ def evaluation_page(evaluation, path: PathLike, images: Sequence[ImageResult] = 
         rows.append(f'<tr data-method="{esc(method, quote=True)}">{"".join(cells)}</tr>')
     parts.append(f'<h2>Methods</h2><table id="summary"><thead><tr>{"".join(head)}</tr></thead>'
                  f'<tbody>{"".join(rows)}</tbody></table>')
+    agreement = evaluation.agreement_lines() if hasattr(evaluation, "agreement_lines") else []
+    if agreement:  # measures beyond deletion and insertion: how each ranks the methods, and where they disagree
+        found = evaluation.agreement()
+        names = list(found["ranks"])
+        head = "<th>method</th>" + "".join(f"<th>{esc(n)}</th>" for n in names)
+        body = "".join(f'<tr><td>{esc(m)}</td>' + "".join(f'<td>{found["ranks"][n].get(m, "-")}</td>' for n in names)
+                       + "</tr>" for m in methods)
+        pairs = "".join(f"<tr><td>{esc(k)}</td><td>{_fmt(v, 2)}</td></tr>" for k, v in found["correlations"].items())
+        parts.append(f'<h2>Agreement of the measures</h2><p id="agreement">{esc(agreement[-1])}</p>'
+                     f'<p>Rank of each method under each measure (1 best):</p><table id="ranks"><thead><tr>{head}'
+                     f'</tr></thead><tbody>{body}</tbody></table><p>Rank correlation (Spearman) between measures, '
+                     f'over the methods:</p><table id="rank-correlations"><tbody>{pairs}</tbody></table>'
+                     "<p>Max- and average sensitivity do not flag random explanations: a random map changes a lot "
+                     "under noise, but so may a good method's on a model with sharp gradients, and a constant map "
+                     "scores a perfect 0 (Hedstrom et al. 2023, Quantus).</p>")
     if curves is not None:
         parts.append(f'<h2>Mean curves</h2><img id="curves" src="{_source(curves, base, False)}" '
                      f'alt="mean curves per method" style="max-width:100%">')

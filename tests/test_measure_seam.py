@@ -1,0 +1,128 @@
+"""The measure seam: a measure named in --metrics reaches the records, the CSV, the summaries, the
+text table, the audit's Parquet rows and summary, and the report without any of them naming it;
+the agreement of the measures (each method's rank under each, their rank correlations, the pairs
+that disagree). The numbers themselves are held equal to Quantus in tests/test_quantus_measures.py."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from onnx_builders import relu_cnn
+from onnx_builders import run_cli as cli
+from PIL import Image
+
+from gnl_onnx import scores
+from gnl_onnx.errors import UsageError
+from gnl_onnx.evaluation import Evaluation, MethodSummary, parse_metrics
+from gnl_onnx.measures import MEASURES
+
+EXTRA = "deletion,insertion,faithfulness_correlation,max_sensitivity,sparseness"
+ARGS = ["--metrics", EXTRA, "--curve-steps", "4", "--steps", "2", "--threads", "1", "--mean", "0.5", "0.4", "0.3",
+        "--std", "0.2", "0.25", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    import onnx
+
+    d = tmp_path_factory.mktemp("seam-inputs")
+    onnx.save(relu_cnn(seed=3, hw=12, classes=4), d / "cnn.onnx")
+    rng = np.random.default_rng(5)
+    (d / "photos").mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(d / "photos" / f"{name}.png")
+    return d
+
+
+def test_evaluate_and_audit_carry_a_named_measure_everywhere(photos, tmp_path, capfd):
+    out = tmp_path / "eval"
+    code, stdout, err = cli(capfd, "evaluate", photos / "cnn.onnx", "--images", photos / "photos", "--out", out,
+                            "--methods", "gradient,input_x_gradient,random", *ARGS)
+    assert code == 0, err
+    rows = list(csv.DictReader((out / "evaluation.csv").open()))
+    assert len(rows) == 9
+    report = json.loads((out / "evaluation.json").read_text())
+    for s in report["summary"]:  # the summary is the mean of the per-image numbers
+        mine = [float(r["sparseness"]) for r in rows if r["method"] == s["method"]]
+        assert s["sparseness_mean"] == pytest.approx(np.mean(mine))
+        assert s["sparseness_se"] == pytest.approx(np.std(mine, ddof=1) / np.sqrt(3))
+        assert np.isfinite(s["faithfulness_correlation_mean"]) and s["max_sensitivity_mean"] > 0
+    header = stdout.splitlines()[1]
+    assert "faithfulness correlation" in header and "max sensitivity" in header and "sparseness" in header
+    ranks = report["agreement"]["ranks"]
+    assert set(ranks) == {"deletion", "insertion", "faithfulness_correlation", "max_sensitivity", "sparseness"}
+    assert all(sorted(r.values()) == [1, 2, 3] for r in ranks.values())
+    assert "ranks by measure" in stdout
+    page = (out / "report.html").read_text()
+    assert 'id="ranks"' in page and "faithfulness_correlation" in page and "do not flag random" in page
+
+    # the audit: the same measure as a Parquet column and in its summary, no code naming it
+    pq = pytest.importorskip("pyarrow.parquet")
+    audited = tmp_path / "audit"
+    code, stdout, err = cli(capfd, "audit", photos / "cnn.onnx", "--images", photos / "photos", "--out", audited,
+                            "--methods", "gradient,input_x_gradient,random", *ARGS)
+    assert code == 0, err
+    table = pq.read_table(audited / "results.parquet").to_pylist()
+    by_key = {(r["method"], r["image"].split("/")[-1].split(".")[0]): r for r in table}
+    for r in rows:  # same images: the audit's deterministic numbers are evaluate's (the random draws are
+        # seeded by the image's position in evaluate and by its id in an audit, as ROAD's noise)
+        a = by_key[(r["method"], r["image"].split("/")[-1].split(".")[0])]
+        for k in ("sparseness", "deletion_auc") if r["method"] != "random" else ():  # random maps: seeded alike
+            assert a[k] == pytest.approx(float(r[k]), rel=1e-6, abs=1e-9), k
+        assert np.isfinite(a["faithfulness_correlation"]) and a["max_sensitivity"] > 0
+    summary = json.loads((audited / "summary.json").read_text())
+    assert summary["agreement"]["ranks"]["sparseness"] == ranks["sparseness"]  # deterministic for the methods
+    assert set(summary["agreement"]["ranks"]) == set(ranks)
+    assert "ranks by measure" in (audited / "evaluation.txt").read_text()
+
+
+def test_default_measures_keep_their_output(photos, tmp_path, capfd):
+    out = tmp_path / "eval"
+    code, stdout, err = cli(capfd, "evaluate", photos / "cnn.onnx", "--images", photos / "photos", "--out", out,
+                            "--methods", "gradient,random", *ARGS[2:])
+    assert code == 0, err
+    report = json.loads((out / "evaluation.json").read_text())
+    assert "agreement" not in report and "ranks by measure" not in stdout
+    assert list(csv.DictReader((out / "evaluation.csv").open()))[0].keys() >= {"deletion_auc", "insertion_auc"}
+    assert "sparseness" not in (out / "evaluation.csv").read_text()
+
+
+def test_agreement_names_the_measures_that_disagree():
+    def summary(method, deletion, sparse, faithful):
+        return MethodSummary(method, 4, 1, deletion, 0.01, 0.5, 0.01, np.zeros(3), np.zeros(3),
+                             scores={"sparseness": (sparse, 0.0), "faithfulness_correlation": (faithful, 0.0)})
+    ev = Evaluation({"curve_steps": 2, "reduce": "sum", "baseline": "zeros", "deletion_substrate": "zeros",
+                     "insertion_substrate": "blur"})
+    # deletion (lower better): a > b > c; sparseness (higher better): c > b > a; faithfulness: a > b > c
+    for s in (summary("a", 0.1, 0.2, 0.9), summary("b", 0.2, 0.5, 0.5), summary("c", 0.3, 0.8, 0.1)):
+        ev.summaries[s.method] = s
+    found = ev.agreement()
+    assert found["ranks"]["deletion"] == {"a": 1, "b": 2, "c": 3}
+    assert found["ranks"]["sparseness"] == {"c": 1, "b": 2, "a": 3}
+    assert found["correlations"]["deletion ~ sparseness"] == pytest.approx(-1.0)
+    assert found["correlations"]["deletion ~ faithfulness_correlation"] == pytest.approx(1.0)
+    assert ["deletion", "sparseness"] in found["disagree"]
+    assert ["deletion", "faithfulness_correlation"] not in found["disagree"]
+    assert "deletion vs sparseness (-1.00)" in ev.agreement_lines()[-1]
+
+
+def test_measures_are_opt_in_by_name_and_checked():
+    assert parse_metrics("deletion,insertion,sparseness,complexity") == ("deletion", "insertion", "sparseness",
+                                                                          "complexity")
+    with pytest.raises(UsageError, match="unknown metric 'gini'"):
+        parse_metrics("deletion,insertion,gini")
+    # every registered measure answers the seam's questions
+    for m in MEASURES.values():
+        assert m.curve_names and m.columns and callable(m.legend) and callable(m.rank_key)
+
+
+def test_spearman_and_pearson_match_their_definitions():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=20), rng.normal(size=20)
+    b[:5] = b[5]  # ties: average ranks
+    assert scores.pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1])
+    ranks = lambda v: np.array([np.mean(np.flatnonzero(np.sort(v) == x)) + 1 for x in v])  # noqa: E731
+    assert scores.spearman(a, b) == pytest.approx(np.corrcoef(ranks(a), ranks(b))[0, 1])
+    assert np.isnan(scores.pearson(a, np.ones(20)))
