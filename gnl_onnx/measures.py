@@ -21,13 +21,14 @@ To add a measure: a class here with the same answers, and one line in MEASURES."
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 
 import gnl_onnx.road as road
 import gnl_onnx.scores as scores
 
-from .metrics import auc, perturbation_curve
+from .metrics import CURVE_STEPS, auc, perturbation_curve
 
 
 def standard_error(values: np.ndarray) -> float:
@@ -75,7 +76,7 @@ class Perturbation:
     def rank_key(self, summary):
         return getattr(summary, self.name), self.better == "higher"
 
-    def forward_passes(self, scoring, steps_run: int = 1) -> int:
+    def forward_passes(self, scoring, steps_run: int = 1, features: int = 0) -> int:
         return scoring.curve_steps + 1
 
 
@@ -129,7 +130,7 @@ class Road:
     def rank_key(self, summary):
         return summary.road_difference, True
 
-    def forward_passes(self, scoring, steps_run: int = 1) -> int:
+    def forward_passes(self, scoring, steps_run: int = 1, features: int = 0) -> int:
         return 2 * len(scoring.road_fractions)
 
 
@@ -182,8 +183,8 @@ class Score:
     def rank_key(self, summary):
         return summary.scores.get(self.name, (None,))[0], self.better == "higher"
 
-    def forward_passes(self, scoring, steps_run: int = 1) -> int:
-        return int(self.passes(scoring, steps_run))
+    def forward_passes(self, scoring, steps_run: int = 1, features: int = 3 * 224 * 224) -> int:
+        return int(self.passes(scoring, steps_run, features))
 
 
 def _outputs(context, softmax: bool):
@@ -204,42 +205,47 @@ def _explain(context):
 PIXEL_GROUPS, FILLINGS, NOISY_COPIES = 64, 10, 10
 
 
+def _group_size(features: int) -> int:
+    """Features per group: ceil(features / PIXEL_GROUPS), so there are at most PIXEL_GROUPS groups."""
+    return max(1, math.ceil(features / PIXEL_GROUPS))
+
+
 def _group(context) -> int:
-    return max(1, math.ceil(np.asarray(context["image"]).size / PIXEL_GROUPS))
+    return _group_size(np.asarray(context["image"]).size)
 
 
 QUANTUS = [
     Score("faithfulness_correlation", "higher", lambda c: scores.faithfulness_correlation(
         _outputs(c, False), c["image"], c["attribution"], [c["target"]], rng=c["rng"],
         subset_size=min(224, np.asarray(c["image"]).size - 1), batch_size=c["batch_size"])[0],
-        lambda s, k: 101, "Quantus FaithfulnessCorrelation: Pearson r of subset sums and logit drops, 100 "
+        lambda s, k, f: 101, "Quantus FaithfulnessCorrelation: Pearson r of subset sums and logit drops, 100 "
         "subsets of 224 features set to the image's minimum"),
     Score("pixel_flipping", "lower", lambda c: scores.pixel_flipping(
         _outputs(c, True), c["image"], c["attribution"], [c["target"]], features_in_step=_group(c),
         batch_size=c["batch_size"])[0],
-        lambda s, k: PIXEL_GROUPS, f"Quantus PixelFlipping: area (dx = 1) of the probability curve as "
+        lambda s, k, f: math.ceil(f / _group_size(f)), f"Quantus PixelFlipping: area (dx = 1) of the probability curve as "
         f"{PIXEL_GROUPS} groups of features are set to the minimum, most relevant first"),
     Score("region_perturbation", "higher", lambda c: scores.region_perturbation(
         _outputs(c, True), c["image"], c["attribution"], [c["target"]], batch_size=c["batch_size"])[0],
-        lambda s, k: 101, "Quantus RegionPerturbation: AOPC, 100 squares of 8 x 8 set to the minimum, most "
+        lambda s, k, f: 100 + 1, "Quantus RegionPerturbation: AOPC, 100 squares of 8 x 8 set to the minimum, most "
         "relevant first"),
     Score("monotonicity_correlation", "higher", lambda c: scores.monotonicity_correlation(
         _outputs(c, True), c["image"], c["attribution"], [c["target"]], nr_samples=FILLINGS,
         features_in_step=_group(c), rng=c["rng"], batch_size=c["batch_size"])[0],
-        lambda s, k: PIXEL_GROUPS * FILLINGS + 1, "Quantus MonotonicityCorrelation: Spearman rho of group "
+        lambda s, k, f: math.ceil(f / _group_size(f)) * FILLINGS + 1, "Quantus MonotonicityCorrelation: Spearman rho of group "
         f"relevance and output variance, {PIXEL_GROUPS} groups, {FILLINGS} uniform fillings each"),
     Score("max_sensitivity", "lower", lambda c: scores.sensitivity(
         _explain(c), c["image"], c["attribution"], [c["target"]], nr_samples=NOISY_COPIES, rng=c["rng"])[0],
-        lambda s, k: NOISY_COPIES * k, f"Quantus MaxSensitivity: largest relative change of the map over "
+        lambda s, k, f: NOISY_COPIES * 2 * k, f"Quantus MaxSensitivity: largest relative change of the map over "
         f"{NOISY_COPIES} copies with uniform noise in [-0.2, 0.2]; it does not flag random maps", True),
     Score("avg_sensitivity", "lower", lambda c: scores.sensitivity(
         _explain(c), c["image"], c["attribution"], [c["target"]], nr_samples=NOISY_COPIES, rng=c["rng"],
         reduce="mean")[0],
-        lambda s, k: NOISY_COPIES * k, f"Quantus AvgSensitivity: mean relative change of the map over "
+        lambda s, k, f: NOISY_COPIES * 2 * k, f"Quantus AvgSensitivity: mean relative change of the map over "
         f"{NOISY_COPIES} noisy copies; it does not flag random maps", True),
-    Score("sparseness", "higher", lambda c: scores.sparseness(c["attribution"])[0], lambda s, k: 0,
+    Score("sparseness", "higher", lambda c: scores.sparseness(c["attribution"])[0], lambda s, k, f: 0,
           "Quantus Sparseness: Gini index of |map|"),
-    Score("complexity", "lower", lambda c: scores.complexity(c["attribution"])[0], lambda s, k: 0,
+    Score("complexity", "lower", lambda c: scores.complexity(c["attribution"])[0], lambda s, k, f: 0,
           "Quantus Complexity: entropy of |map|'s shares"),
 ]
 
@@ -247,4 +253,14 @@ QUANTUS = [
 MEASURES = {"deletion": Perturbation("deletion", "lower"), "insertion": Perturbation("insertion", "higher"),
             "road": Road(), **{m.name: m for m in QUANTUS}}
 
-__all__ = ["MEASURES", "QUANTUS", "Perturbation", "Road", "Score", "standard_error"]
+def forward_passes(steps: int = 32, scoring=None, features: int = 3 * 224 * 224) -> dict[str, int]:
+    """Each measure's forward passes per image of `features` values (a backward pass counted as one
+    forward, as planning.py does): the sensitivities explain every noisy copy again, 2 x steps passes
+    each for a method of `steps` points. scoring: the curve steps and ROAD fractions (default: the
+    defaults)."""
+    if scoring is None:
+        scoring = SimpleNamespace(curve_steps=CURVE_STEPS, road_fractions=road.FRACTIONS)
+    return {name: m.forward_passes(scoring, steps, features) for name, m in MEASURES.items()}
+
+
+__all__ = ["MEASURES", "forward_passes", "QUANTUS", "Perturbation", "Road", "Score", "standard_error"]

@@ -139,18 +139,21 @@ def region_perturbation_curves(forward, images, attributions, targets, patch_siz
     squares (all channels), the squares set to the baseline one after another, cumulatively, in
     the order of their summed attribution (order "morf": largest first; "lerf": smallest first),
     and the curve of the drop of the target's output (probabilities) y(x) - y(x'), one point per
-    square up to regions_evaluation. AOPC is the curve's mean. Higher (morf) is better. Images
-    whose height and width are not multiples of patch_size are refused (Quantus pads them)."""
+    square up to regions_evaluation. AOPC is the curve's mean. Higher (morf) is better. As Quantus,
+    an image whose sides are not multiples of patch_size is padded around (its edge values; the
+    attributions with zeros) to whole squares, and cropped back for the model."""
     images = np.asarray(images)
     n, channels, height, width = images.shape
-    if height % patch_size or width % patch_size:
-        raise ValueError(f"the image ({height} x {width}) is not a whole number of {patch_size}-pixel patches")
-    a = prepare(attributions, images.shape, abs_, normalise).reshape(images.shape)
-    flat = images.reshape(n, -1).astype(np.float64)
+    pad_h, pad_w = _padding(height, patch_size), _padding(width, patch_size)
+    padding = ((0, 0), (0, 0), pad_h, pad_w)
+    a = np.pad(prepare(attributions, images.shape, abs_, normalise).reshape(images.shape), padding)
+    x = np.pad(images.astype(np.float64), padding, mode="edge")
+    tall, wide = x.shape[2:]
+    flat = x.reshape(n, -1)
     fill = _baseline(flat, baseline)
-    grid = np.arange(channels * height * width).reshape(channels, height // patch_size, patch_size,
-                                                         width // patch_size, patch_size)
-    blocks = grid.transpose(1, 3, 0, 2, 4).reshape((height // patch_size) * (width // patch_size), -1)
+    grid = np.arange(channels * tall * wide).reshape(channels, tall // patch_size, patch_size,
+                                                     wide // patch_size, patch_size)
+    blocks = grid.transpose(1, 3, 0, 2, 4).reshape((tall // patch_size) * (wide // patch_size), -1)
     curves = []
     for i in range(n):
         sums = a[i].reshape(-1)[blocks].sum(axis=1)
@@ -159,10 +162,18 @@ def region_perturbation_curves(forward, images, attributions, targets, patch_siz
         copies = np.repeat(flat[i:i + 1], len(chosen), axis=0)
         for k in range(len(chosen)):  # copy k has the first k + 1 squares set to the baseline
             copies[k, blocks[chosen[:k + 1]].reshape(-1)] = fill[i]
-        clean = _rows(forward, flat[i:i + 1].astype(images.dtype), images.shape[1:], int(targets[i]), 1)[0]
-        curves.append(clean - _rows(forward, copies.astype(images.dtype), images.shape[1:], int(targets[i]),
-                                    batch_size))
+        cropped = copies.reshape(len(chosen), channels, tall, wide)[:, :, pad_h[0]:pad_h[0] + height,
+                                                                    pad_w[0]:pad_w[0] + width]
+        clean = _rows(forward, images[i:i + 1].reshape(1, -1), images.shape[1:], int(targets[i]), 1)[0]
+        curves.append(clean - _rows(forward, cropped.reshape(len(chosen), -1).astype(images.dtype), images.shape[1:],
+                                    int(targets[i]), batch_size))
     return curves
+
+
+def _padding(size: int, patch: int) -> tuple[int, int]:
+    """Quantus's get_padding_size: what makes `size` a multiple of `patch`, split floor/ceil."""
+    total = (patch - size % patch) % patch
+    return total // 2, total - total // 2
 
 
 def region_perturbation(forward, images, attributions, targets, **settings) -> np.ndarray:

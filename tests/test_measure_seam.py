@@ -126,3 +126,45 @@ def test_spearman_and_pearson_match_their_definitions():
     ranks = lambda v: np.array([np.mean(np.flatnonzero(np.sort(v) == x)) + 1 for x in v])  # noqa: E731
     assert scores.spearman(a, b) == pytest.approx(np.corrcoef(ranks(a), ranks(b))[0, 1])
     assert np.isnan(scores.pearson(a, np.ones(20)))
+
+
+class CountingScorer:
+    """A Scorer that counts the images it runs (each one forward pass)."""
+
+    def __init__(self, scorer):
+        self.scorer, self.images = scorer, 0
+
+    def outputs(self, images, softmax, batch_size=16):
+        self.images += len(images)
+        return self.scorer.outputs(images, softmax, batch_size)
+
+
+def test_forward_passes_per_image_are_what_the_measures_run(photos):
+    from gnl_onnx.measures import forward_passes
+    from gnl_onnx.scorer import Scorer
+
+    images = np.random.default_rng(0).uniform(size=(1, 3, 12, 12)).astype(np.float32)
+    counting = CountingScorer(Scorer(str(photos / "cnn.onnx"), threads=1))
+    explained = []
+
+    def explain(x, targets):  # a one-step method: each noisy copy costs one forward and one backward
+        explained.append(len(x))
+        return np.ones_like(x)
+    cost = forward_passes(steps=1, features=images.size)
+    for name in ("faithfulness_correlation", "pixel_flipping", "monotonicity_correlation", "max_sensitivity"):
+        counting.images, explained[:] = 0, []
+        context = {"scorer": counting, "image": images, "attribution": images, "target": 0,
+                   "rng": np.random.RandomState(0), "explain": explain, "batch_size": 16}
+        MEASURES[name].compute(context)
+        assert counting.images + 2 * sum(explained) == cost[name], name
+
+
+def test_inspect_cost_lists_the_measures(photos, capfd):
+    code, out, err = cli(capfd, "inspect", photos / "cnn.onnx", "--cost", "--methods", "gradient", "--steps", "4",
+                         "--threads", "1")
+    assert code == 0, err
+    assert "forward passes per image" in out and "faithfulness_correlation" in out
+    code, out, err = cli(capfd, "inspect", photos / "cnn.onnx", "--cost", "--methods", "gradient", "--steps", "4",
+                         "--threads", "1", "--json")
+    cost = json.loads(out)["measure_cost"]
+    assert cost["max_sensitivity"] == 10 * 2 * 4 and cost["pixel_flipping"] == 62  # 432 features, 7 a group

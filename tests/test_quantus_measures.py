@@ -126,6 +126,13 @@ def test_region_perturbation_equals_quantus(setup):
     aopc = scores.region_perturbation(forward(setup, True), setup["x"], setup["a"], setup["y"], patch_size=4,
                                       regions_evaluation=10)
     np.testing.assert_allclose(aopc, theirs.mean(axis=1), rtol=1e-5, atol=1e-6)
+    # 16 is not a multiple of 5: both pad the image (edges) and the attributions (zeros) to 20 x 20
+    metric = quantus.RegionPerturbation(patch_size=5, regions_evaluation=6, order="lerf",
+                                        normalise_func_kwargs=PER_SAMPLE, disable_warnings=True)
+    theirs = run_quantus(metric, setup)
+    ours = scores.region_perturbation_curves(forward(setup, True), setup["x"], setup["a"], setup["y"], patch_size=5,
+                                             regions_evaluation=6, order="lerf")
+    np.testing.assert_allclose(np.stack(ours), theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_monotonicity_correlation_equals_quantus(setup):
