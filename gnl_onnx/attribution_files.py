@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, NonFiniteError, UsageError
+from .detection import explain_boxes, prepare_detector
 from .explainer import Explainer
 from .intake import at_image_size, prepare
 from .images import load_all
 from .output import atomic_write, prepare_folder, progress, unique_stems
 from .presets import class_names
 from .report import heatmap_png, overlay_png, reduce_channels
+from .report.pictures import box_overlay_png
 from .settings import Settings
 
 BATCH = 8  # images per Explainer call: the Explainer still splits steps to the memory budget
@@ -99,6 +101,52 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
     summary = {"model": str(model), "method": method, "explained": records, "skipped": bad}
     atomic_write(out / summary_name, json.dumps(summary, indent=2))
     return records, bad
+
+
+def explain_boxes_to_folder(model, images, out: Path, prep, preset, settings: Settings, target,
+                            overwrite=False, summary_name="summary.json"):
+    """A detector's kept boxes (target: a DetectionBox) explained, one map per box: per box an .npy,
+    a heatmap and an overlay with the box, its label and score drawn, and in summary.json the box,
+    its relevance mass (the share of the positive attribution inside it) and whether the map's
+    maximum falls inside it (pointing game). Returns (records, skipped images, the note: why no box)."""
+    settings = settings.replace(black=prep.black(), layout=prep.layout, bounds=prep.bounds())
+    prepare_folder(out)
+    arrays, names, bad = load_all(images, prep)
+    if not arrays:
+        raise InputError(bad[0]["error"] if len(bad) == 1 else f"none of the {len(bad)} images could be read "
+                         f"(first: {bad[0]['error']})")
+    if (out / summary_name).exists() and not overwrite:
+        raise UsageError(f"{out / summary_name} exists; pass --overwrite to replace")
+    prepared, target = prepare_detector(model, target, settings.input)
+    result = explain_boxes(prepared, np.concatenate(arrays), target, settings=settings)
+    labels = class_names(preset) if preset else None
+    stems = unique_stems(names)
+    records = []
+    for k, (box, attribution, score) in enumerate(zip(result.boxes, result.attributions, result.scores)):
+        per_pixel = reduce_channels(attribution[None], prep.layout, "sum")
+        label = labels[box.label] if labels and box.label < len(labels) else str(box.label)
+        stem = f"{stems[box.image]}.box{k}.{settings.method}"
+        files = {"npy": out / f"{stem}.npy", "heatmap": out / f"{stem}.heatmap.png", "overlay": out / f"{stem}.overlay.png"}
+        if not overwrite and any(p.exists() for p in files.values()):
+            raise UsageError(f"{next(p for p in files.values() if p.exists())} exists; pass --overwrite to replace")
+        atomic_write(files["npy"], lambda tmp, a=attribution: np.save(tmp, a[None]))
+        heatmap_png(per_pixel, files["heatmap"])
+        box_overlay_png(prep.to_pixels(arrays[box.image]), per_pixel, files["overlay"], box.xyxy,
+                        f"{label} {box.score:.2f}")
+        height, width = per_pixel.shape
+        (x0, x1), (y0, y1) = sorted(box.xyxy[0::2]), sorted(box.xyxy[1::2])  # a raw head's box may be inverted
+        rows, cols = np.arange(height)[:, None] + 0.5, np.arange(width)[None, :] + 0.5
+        inside = (rows >= y0) & (rows <= y1) & (cols >= x0) & (cols <= x1)
+        positive = np.maximum(per_pixel, 0)
+        records.append({"image": names[box.image], "box": [round(float(v), 2) for v in box.xyxy],
+                        "label": label, "class": box.label, "score": box.score, "explained_score": float(score),
+                        "relevance_mass": float(positive[inside].sum() / positive.sum()) if positive.sum() > 0 else None,
+                        "pointing_game": bool(inside.ravel()[int(np.argmax(per_pixel))]),
+                        "files": {kind: str(path) for kind, path in files.items()}})
+    summary = {"model": str(prepared), "method": settings.method, "explained": target.describe(), "boxes": records,
+               "note": result.note, "skipped": bad}
+    atomic_write(out / summary_name, json.dumps(summary, indent=2))
+    return records, bad, result.note
 
 
 def _softmax(z):

@@ -87,13 +87,20 @@ def explain_boxes(model, images, target: DetectionBox | None = None, boxes: list
     images = np.ascontiguousarray(images, dtype=np.float32)
     note = ""
     if boxes is None:
-        boxes, note = find_boxes(prepared, images, target, explainer_options.get("providers"),
-                                 explainer_options.get("threads"))
+        options = explainer_options.get("settings") or explainer_options
+        get = (lambda k: getattr(options, k, None)) if not isinstance(options, dict) else options.get
+        boxes, note = find_boxes(prepared, images, target, get("providers"), get("threads"))
     if not boxes:
         return BoxExplanations([], np.zeros((0, *images.shape[1:]), np.float32), np.zeros(0, np.float32), note)
-    if get_method(explainer_options.get("method", "gnl_ig")).takes_layer and explainer_options.get("layer") is None:
-        explainer_options["layer"] = pyramid_layers(prepared, target)
-    explainer = Explainer(prepared, output=target, **explainer_options)
+    settings = explainer_options.pop("settings", None)  # a run's Settings (the CLI), else the keywords
+    method = settings.method if settings is not None else explainer_options.get("method", "gnl_ig")
+    layer = settings.layer if settings is not None else explainer_options.get("layer")
+    if get_method(method).takes_layer and not layer:
+        layer = tuple(pyramid_layers(prepared, target))
+    if settings is not None:
+        explainer = Explainer(prepared, settings=settings.replace(output=target, layer=layer))
+    else:
+        explainer = Explainer(prepared, output=target, **{**explainer_options, "layer": layer})
     rows = np.array([b.image for b in boxes])
     explanation = explainer.explain(images[rows], target=np.array([b.index for b in boxes], np.int64))
     return BoxExplanations(boxes, explanation.attributions, explanation.score, note, explanation, explainer.info)

@@ -425,7 +425,8 @@ TARGET_HELP = ("what is explained: CLASS or class[:CLASS] (a class score; defaul
                f"{DBNET_THRESHOLD}, or over REGION); output:NAME[INDEX] (that output, indexed after the batch "
                "dim as numpy, e.g. output:out[3,10:20,:], summed). REGION: a mask image or .npy (nonzero inside, "
                "prepared like the images), a box x0,y0,x1,y1 in the map's pixels, or a threshold T (values above "
-               "it); several @REGION parts intersect")
+               "it); several @REGION parts intersect; box[:K][@T] (a detector's boxes, NMS done here on its raw head: "
+               "the top box, the top K, or all scoring above T; each kept box explained by its class score)")
 
 
 def parse_target(text: str, mask_reader=None) -> tuple[Target | None, int | None]:
@@ -442,6 +443,8 @@ def parse_target(text: str, mask_reader=None) -> tuple[Target | None, int | None
         return None, int(rest) if rest else None
     if kind == "output":
         return _parse_output_slice(text, rest), None
+    if kind == "box":
+        return parse_box_target(text), None
     if kind not in ("segment", "dense"):
         raise UsageError(f"--target {text}: unknown target; use CLASS, class[:CLASS], segment[:CLASS][@REGION], "
                          "dense[:CHANNEL][@REGION] or output:NAME[INDEX]")

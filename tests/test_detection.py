@@ -172,3 +172,34 @@ def test_box_target_syntax():
     for bad in ("box:", "box:x", "box@", "boxes", "box:0"):
         with pytest.raises(UsageError):
             parse_box_target(bad)
+
+
+
+def test_cli_explains_each_box_into_files_with_the_box_drawn(tmp_path, capfd):
+    """gnl-onnx explain --target box:2: per box an .npy, a heatmap and an overlay, and in
+    summary.json the box, its score, relevance mass and pointing game; no box above the threshold
+    prints why and writes an empty list (exit 0)."""
+    import json
+
+    from PIL import Image
+    from onnx_builders import run_cli
+
+    model = tmp_path / "yolo.onnx"
+    onnx.save(_tiny_yolo(), model)
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, size=(16, 16, 3), dtype=np.uint8)).save(image)
+    code, out, err = run_cli(capfd, "explain", str(model), str(image), "--target", "box:2", "--method", "gradient",
+                             "--out", str(tmp_path / "boxes"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "boxes" / "summary.json").read_text())
+    assert [b["label"] for b in summary["boxes"]] and len(summary["boxes"]) == 2 and summary["explained"] == "box:2"
+    for box in summary["boxes"]:
+        assert box["score"] == pytest.approx(box["explained_score"], rel=1e-5)
+        assert 0 <= box["relevance_mass"] <= 1 and isinstance(box["pointing_game"], bool)
+        maps = np.load(box["files"]["npy"])
+        assert maps.shape == (1, 3, 16, 16) and np.abs(maps).max() > 0
+        assert Image.open(box["files"]["overlay"]).size == (16, 16)
+    code, out, err = run_cli(capfd, "explain", str(model), str(image), "--target", "box@1e9", "--method", "gradient",
+                             "--out", str(tmp_path / "none"))
+    assert code == 0 and "no box scores above 1e+09" in out
+    assert json.loads((tmp_path / "none" / "summary.json").read_text())["boxes"] == []

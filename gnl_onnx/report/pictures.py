@@ -209,6 +209,22 @@ def overlay_png(pixels_uint8: np.ndarray, attribution_2d: np.ndarray, path: Path
                                                  max_alpha)))
 
 
+def box_overlay_png(pixels_uint8: np.ndarray, attribution_2d: np.ndarray, path: PathLike, box, caption: str,
+                    mode: str = "abs") -> pathlib.Path:
+    """overlay(...) with a detector's box (x0, y0, x1, y1 in the image's pixels) outlined and its
+    caption (label and score) written above it, as a PNG (atomically)."""
+    from PIL import ImageDraw
+
+    picture = _pil_image().fromarray(overlay(pixels_uint8, attribution_2d, mode))
+    draw = ImageDraw.Draw(picture)
+    (x0, x1), (y0, y1) = sorted(float(v) for v in box[0::2]), sorted(float(v) for v in box[1::2])
+    draw.rectangle([x0, y0, x1, y1], outline=(0, 255, 0), width=2)
+    left, top, right, bottom = draw.textbbox((x0 + 2, max(y0 - 12, 0)), caption)
+    draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=(0, 0, 0))
+    draw.text((x0 + 2, max(y0 - 12, 0)), caption, fill=(0, 255, 0))
+    return atomic_write(path, png_bytes(np.asarray(picture)))
+
+
 def image_png(pixels_uint8: np.ndarray, path: PathLike) -> pathlib.Path:
     """The (preprocessed) input image itself, e.g. from Preprocessing.to_pixels."""
     return atomic_write(path, png_bytes(np.asarray(pixels_uint8, dtype=np.uint8)))
