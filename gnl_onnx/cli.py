@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ from .images import Preprocessing, find_images, from_model_shape, is_array_file,
 from .inspection import inspect_model
 from .methods import METHODS, get_method
 from .intake import IntakeNote, prepare
+from .measures import forward_passes
 from .output import atomic_write, prepare_folder
 from .planning import plan_cost
 from .presets import PRESETS, class_names, get_preset
@@ -300,9 +302,11 @@ def metric_args(p):
                    help="what deleted pixels become (default zeros in the model's input space, as RISE)")
     p.add_argument("--insertion-substrate", default="blur", choices=["zeros", "black", "mean", "blur"],
                    help="what insertion starts from (default blur: Gaussian, kernel 11, sigma 5, as RISE)")
-    p.add_argument("--metrics", default="deletion,insertion",
-                   help="deletion,insertion (default) or deletion,insertion,road: ROAD adds noisy linear "
-                        "imputation, most- and least-relevant-first curves (a sparse solve per point: slower)")
+    p.add_argument("--metrics", "--measures", default="deletion,insertion",
+                   help="deletion,insertion (default), then any of road (noisy linear imputation, a sparse solve "
+                        "per point: slower) and the Quantus measures faithfulness_correlation, pixel_flipping, "
+                        "region_perturbation, monotonicity_correlation, max_sensitivity, avg_sensitivity, "
+                        "sparseness, complexity (their cost: inspect --cost)")
     p.add_argument("--road-fractions", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                    help="ROAD: the fractions of pixels removed (default 0.1,...,0.9, as the ROAD paper)")
     p.add_argument("--road-noise", type=float, default=0.01,
@@ -356,6 +360,8 @@ def run_inspect(args) -> int:
                                    output_name=args.output_name, memory_budget=args.memory_budget)
     if args.json:
         if "cost" in report:
+        shape = prepare(args.model, args.input, args.output_name).for_rows.image_shape
+        report["measure_cost"] = forward_passes(args.steps, features=math.prod(shape[1:]))
             report["cost"] = report["cost"].as_dict()
         print(json.dumps(report, indent=2))
     else:
@@ -383,6 +389,9 @@ def run_inspect(args) -> int:
             print(report["cost"].table())
     return EXIT_FAILED if report["unsupported"] else EXIT_OK
 
+            print(f"measures (--metrics): forward passes per image, a backward counted as one; the sensitivities "
+                  f"explain each noisy copy again (at {args.steps} steps); region_perturbation: at most")
+            print("\n".join(f"  {name:<26}{n:>8}" for name, n in report["measure_cost"].items()))
 
 def run_convert(args) -> int:
     if not (args.out or args.web or args.triton):
