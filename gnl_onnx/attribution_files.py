@@ -15,11 +15,13 @@ from .intake import at_image_size, prepare
 from .images import load_all
 from .output import atomic_write, prepare_folder, progress, unique_stems
 from .presets import class_names
-from .report import heatmap_png, overlay_png, reduce_channels
+from .localisation import fitted_region, pointing_game, region_outline, relevance_mass
+from .report import heatmap_png, overlay, overlay_png, png_bytes, reduce_channels
 from .report.pictures import box_overlay_png
 from .settings import Settings
 
 BATCH = 8  # images per Explainer call: the Explainer still splits steps to the memory budget
+REGION_COLOUR = (0, 255, 255)  # the explained region's outline on the overlay (cyan: apart from the heat colours)
 
 
 def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", steps=32, baseline="zeros",
@@ -83,8 +85,21 @@ def explain_to_folder(model, images, out: Path, prep, preset, method="gnl_ig", s
             atomic_write(files["npy"], lambda tmp, a=attribution: np.save(tmp, a))
             per_pixel = reduce_channels(attribution, prep.layout, "sum")
             heatmap_png(per_pixel, files["heatmap.png"])
-            overlay_png(prep.to_pixels(arrays[i]), per_pixel, files["overlay.png"])
+            region = explainer.target.region_at(result.scores[j], int(result.target[j]))
+            localised = {}
+            if region is None:
+                overlay_png(prep.to_pixels(arrays[i]), per_pixel, files["overlay.png"])
+            else:  # the region's outline over the heatmap, and how much of the map falls inside it
+                region = fitted_region(region, per_pixel.shape)
+                picture = overlay(prep.to_pixels(arrays[i]), per_pixel)
+                picture[region_outline(region)] = REGION_COLOUR
+                atomic_write(files["overlay.png"], png_bytes(picture))
+                localised = {"region_pixels": int(region.sum())}
+                if region.any():
+                    localised.update(relevance_mass=relevance_mass(per_pixel, region),
+                                     pointing_game=pointing_game(per_pixel, region))
             record = result.summary(j)
+            record.update(localised)
             record.update(image=names[i], files={k.split(".")[0]: str(v) for k, v in files.items()},
                           input_shape=list(arrays[i].shape), explained=explainer.target.describe())
             record["label"] = labels[record["target"]] if labels and record["target"] < len(labels) else None

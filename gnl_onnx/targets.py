@@ -87,6 +87,11 @@ class Target:
     reads_image_rows: bool = False  # its seed reads the images' own outputs (a predicted mask): every run
     # of a path then scores its images (no score_rows of 0)
 
+    def region_at(self, scores: np.ndarray, chosen: int):
+        """The pixels explained for one image ([H, W] booleans on the output map), from its outputs
+        (without the batch dim) and its class; None for a target without a region (a class score)."""
+        return None
+
 
 @dataclass(frozen=True)
 class ClassScore(Target):
@@ -236,6 +241,10 @@ class MapRegion(Target):
 
     def _default_region_np(self, at: np.ndarray) -> np.ndarray:
         return np.ones((1, 1) + at.shape[2:], np.float32)
+
+    def region_at(self, scores: np.ndarray, chosen: int) -> np.ndarray:
+        region = self.region_np(scores[None] if scores.ndim == 3 else scores[None, None])[0]
+        return region[min(int(chosen), len(region) - 1)] != 0
 
     def region_np(self, at: np.ndarray) -> np.ndarray:
         """The region of `region` in numpy, from the outputs at the images [N, C, H, W]."""
