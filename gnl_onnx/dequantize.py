@@ -36,9 +36,13 @@ class _Rewriter:
         self.g = GraphBuilder(model)
         self.known = self.g.constants
         self.nodes: list[onnx.NodeProto] = []
+        self.seen: dict[tuple, str] = {}
+        self.base = "dequantized"  # the name float values get: the quantized op's output's, see float_name
 
-    def emit(self, op_type, inputs, output=None, **attrs) -> str:
-        out = output or self.g.fresh(f"{op_type.lower()}_dequantized")
+    def emit(self, op_type, inputs, output=None, base=None, **attrs) -> str:
+        """Append a node; its output is named `base`'s float name (a dequantized input), else
+        the quantized op's float name + "_float" (the value before requantization)."""
+        out = output or self.g.fresh(float_name(base) if base else f"{float_name(self.base)}_float")
         self.nodes.append(helper.make_node(op_type, [i or "" for i in inputs], [out],
                                            name=self.g.fresh(f"{out}_node"),
                                            **{k: v for k, v in attrs.items() if v is not None}))
@@ -47,6 +51,12 @@ class _Rewriter:
     def dequantized(self, codes, scale, zero, axis=None) -> str:
         """codes as float: a constant where codes and parameters are constants, else a
         DequantizeLinear (per axis along `axis` when the scale is 1-D)."""
+        key = (codes, scale, zero, axis)
+        if key not in self.seen:  # one DequantizeLinear per quantized value, whatever reads it
+            self.seen[key] = self._dequantized(codes, scale, zero, axis)
+        return self.seen[key]
+
+    def _dequantized(self, codes, scale, zero, axis) -> str:
         values = [self.known.get(n) if n else np.zeros((), np.int64) for n in (codes, scale, zero)]
         per_axis = values[1] is not None and np.ndim(values[1]) == 1 and np.size(values[1]) > 1
         if all(v is not None for v in values):
@@ -56,16 +66,22 @@ class _Rewriter:
                 dims[axis % q.ndim] = -1
                 s, z = s.reshape(dims), z.reshape(dims)
             value = (q.astype(np.float64) - z.astype(np.float64)) * s.astype(np.float64)
-            return self.g.const(value.astype(np.asarray(values[1]).dtype), name=f"{codes}_dequantized")
+            return self.g.const(value.astype(np.asarray(values[1]).dtype), name=float_name(codes))
         if per_axis and axis is not None and axis < 0:
             rank = self.g.rank(codes)
             if rank is None:
                 raise UnsupportedModelError({"per-axis quantized operand of unknown rank": [codes]})
             axis += rank
-        return self.emit("DequantizeLinear", [codes, scale, zero], axis=axis if per_axis else None)
+        return self.emit("DequantizeLinear", [codes, scale, zero], base=codes, axis=axis if per_axis else None)
 
     def requantized(self, value, scale, zero, output):
         self.emit("QuantizeLinear", [value, scale, zero], output)
+
+
+def float_name(codes: str) -> str:
+    """The name of a float value standing for integer codes: the quantizer's, less its suffix (so
+    the CAM layers of a QOperator model carry the float model's names)."""
+    return codes[:-len("_quantized")] if codes.endswith("_quantized") and len(codes) > 10 else f"{codes}_float"
 
 
 def _inputs(node):
@@ -171,6 +187,7 @@ def dequantize_operators(model: onnx.ModelProto) -> bool:
         if rewrite is None:
             r.nodes.append(node)
             continue
+        r.base = node.output[0]
         value, y_scale, y_zero = rewrite(r, node, {a.name: a for a in node.attribute})
         if y_scale:
             r.requantized(value, y_scale, y_zero, node.output[0])

@@ -32,7 +32,7 @@ import onnxruntime as ort  # noqa: E402
 
 from gnl_onnx import Explainer  # noqa: E402
 from gnl_onnx.intake import prepare  # noqa: E402
-from gnl_onnx.vjp import vjp_model  # noqa: E402
+from gnl_onnx.vjp import build_vjp, vjp_model  # noqa: E402
 from gnl_onnx_models import quantized as quantized_models  # noqa: E402
 from gnl_onnx_models import torchvision_zoo  # noqa: E402
 
@@ -191,11 +191,11 @@ def literal():
     return options
 
 
-def engine_point(path, x):
+def engine_point(prepared, x):
     """Per quantization (by the name of its codes) in the engine's forward pass (the prepared,
     rewritten graph): the codes, the value quantized, and where a rectifier was recovered, the
     value before it."""
-    proto = prepare(str(path)).copy()
+    proto = prepared.copy()
     producers = {o: n for n in proto.graph.node for o in n.output}
     wanted = {}
     for node in proto.graph.node:
@@ -215,8 +215,8 @@ def engine_point(path, x):
     return point
 
 
-def engine_gradient(path, x, target):
-    model = vjp_model(str(path))
+def engine_gradient(prepared, x, target):
+    model = build_vjp(prepared.copy(), prepared.input, prepared.output)
     session = ort.InferenceSession(model.SerializeToString(), literal(), providers=["CPUExecutionProvider"])
     seed = np.zeros((len(x), CLASSES), np.float32)
     seed[:, target] = 1
@@ -228,9 +228,10 @@ def engine_gradient(path, x, target):
 def test_gradient_equals_straight_through_reference(models, variant):
     path = models[variant]
     x = images(1, 1)
-    point = engine_point(path, x)
+    prepared = prepare(str(path))  # read and normalized once for both
+    point = engine_point(prepared, x)
     target = int(np.argmax(point["logits"]))
-    grad, logits = engine_gradient(path, x, target)
+    grad, logits = engine_gradient(prepared, x, target)
     want, ref_logits, (differing, largest) = reference_gradient(path, x, target, point)
     print(variant, "codes the float64 reference rounds otherwise:", differing, "largest difference", largest)
     assert largest <= 1  # the reference computes the engine's codes, up to a half-step rounding
