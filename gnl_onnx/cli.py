@@ -27,9 +27,9 @@ from .evaluation import ALL_METHODS as EVALUATED, FILES, parse_methods, parse_me
 from .explain import explain_files
 from .images import Preprocessing, find_images, from_model_shape, is_array_file, read_mask
 from .inspection import inspect_model
+from .measures import forward_passes
 from .methods import METHODS, get_method
 from .intake import IntakeNote, prepare
-from .measures import forward_passes
 from .output import atomic_write, prepare_folder
 from .planning import plan_cost
 from .presets import PRESETS, class_names, get_preset
@@ -306,7 +306,7 @@ def metric_args(p):
                    help="deletion,insertion (default), then any of road (noisy linear imputation, a sparse solve "
                         "per point: slower) and the Quantus measures faithfulness_correlation, pixel_flipping, "
                         "region_perturbation, monotonicity_correlation, max_sensitivity, avg_sensitivity, "
-                        "sparseness, complexity (their cost: inspect --cost)")
+                        "local_lipschitz_estimate, sparseness, complexity (their cost: inspect --cost)")
     p.add_argument("--road-fractions", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                    help="ROAD: the fractions of pixels removed (default 0.1,...,0.9, as the ROAD paper)")
     p.add_argument("--road-noise", type=float, default=0.01,
@@ -358,10 +358,10 @@ def run_inspect(args) -> int:
         methods = [m for m in parse_methods(args.methods) if m != "random"]
         report["cost"] = plan_cost(args.model, methods, args.steps, args.threads, input=args.input,
                                    output_name=args.output_name, memory_budget=args.memory_budget)
-    if args.json:
-        if "cost" in report:
         shape = prepare(args.model, args.input, args.output_name).for_rows.image_shape
         report["measure_cost"] = forward_passes(args.steps, features=math.prod(shape[1:]))
+    if args.json:
+        if "cost" in report:
             report["cost"] = report["cost"].as_dict()
         print(json.dumps(report, indent=2))
     else:
@@ -387,11 +387,11 @@ def run_inspect(args) -> int:
                             for c in report["cam_layers"]))
         if "cost" in report:
             print(report["cost"].table())
-    return EXIT_FAILED if report["unsupported"] else EXIT_OK
-
             print(f"measures (--metrics): forward passes per image, a backward counted as one; the sensitivities "
                   f"explain each noisy copy again (at {args.steps} steps); region_perturbation: at most")
             print("\n".join(f"  {name:<26}{n:>8}" for name, n in report["measure_cost"].items()))
+    return EXIT_FAILED if report["unsupported"] else EXIT_OK
+
 
 def run_convert(args) -> int:
     if not (args.out or args.web or args.triton):
