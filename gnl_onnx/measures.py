@@ -10,7 +10,7 @@ the evaluate command iterate over the chosen measures and name none.
 
 and, opt-in by name, the measures Quantus 0.6.0 defines (gnl_onnx/scores.py), one number per image:
 faithfulness_correlation, pixel_flipping, region_perturbation, monotonicity_correlation,
-max_sensitivity, avg_sensitivity, sparseness, complexity.
+max_sensitivity, avg_sensitivity, local_lipschitz_estimate, sparseness, complexity.
 
 Every measure answers: `curves` (one image's curves; a one-number measure gives a curve of one
 point), `numbers` (the image's record columns), `curve_fields`, `summary` (MethodSummary fields),
@@ -200,7 +200,7 @@ def _explain(context):
 # The Quantus measures with Quantus's defaults, except where an image of 224 x 224 x 3 makes them
 # impractical: pixel flipping and monotonicity correlation step through the features in 64 groups
 # (Quantus: one feature a step), monotonicity correlation draws 10 fillings per group (Quantus
-# 100), the sensitivities 10 noisy copies (Quantus 200). The functions in scores.py take every
+# 100), the sensitivities and the Lipschitz estimate 10 noisy copies (Quantus 200). The functions in scores.py take every
 # setting; these instances are what `--metrics` names.
 PIXEL_GROUPS, FILLINGS, NOISY_COPIES = 64, 10, 10
 
@@ -243,6 +243,11 @@ QUANTUS = [
         reduce="mean")[0],
         lambda s, k, f: NOISY_COPIES * 2 * k, f"Quantus AvgSensitivity: mean relative change of the map over "
         f"{NOISY_COPIES} noisy copies; it does not flag random maps", True),
+    Score("local_lipschitz_estimate", "lower", lambda c: scores.local_lipschitz_estimate(
+        _explain(c), c["image"], c["attribution"], [c["target"]], nr_samples=NOISY_COPIES, rng=c["rng"])[0],
+        lambda s, k, f: NOISY_COPIES * 2 * k, f"Quantus LocalLipschitzEstimate: largest ratio of map distance to "
+        f"input distance over {NOISY_COPIES} copies with Gaussian noise (std 0.1); it does not flag random maps",
+        True),
     Score("sparseness", "higher", lambda c: scores.sparseness(c["attribution"])[0], lambda s, k, f: 0,
           "Quantus Sparseness: Gini index of |map|"),
     Score("complexity", "lower", lambda c: scores.complexity(c["attribution"])[0], lambda s, k, f: 0,

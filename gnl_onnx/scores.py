@@ -241,6 +241,29 @@ def sensitivity(explain, images, attributions, targets, nr_samples: int = 200, l
     return scores
 
 
+def local_lipschitz_estimate(explain, images, attributions, targets, nr_samples: int = 200, perturb_std: float = 0.1,
+                             perturb_mean: float = 0.0, abs_: bool = False, normalise: bool = True, rng=None,
+                             noise=None) -> np.ndarray:
+    """quantus.LocalLipschitzEstimate (Alvarez-Melis and Jaakkola 2018): over nr_samples copies of the
+    input with Gaussian noise (perturb_mean, perturb_std) on every feature, the largest ratio of the
+    Euclidean distance of the explanations to that of the inputs (+ 1e-10). Lower is better.
+    noise: [N, nr_samples, features] (else drawn from rng)."""
+    images = np.asarray(images)
+    a = prepare(attributions, images.shape, abs_, normalise)
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    rng = np.random.RandomState(0) if rng is None else rng
+    estimates = np.empty(len(images))
+    for i in range(len(images)):
+        delta = (rng.normal(perturb_mean, perturb_std, size=(nr_samples, flat.shape[1])) if noise is None
+                 else np.asarray(noise[i]))
+        moved = flat[i:i + 1] + delta
+        copies = moved.astype(images.dtype).reshape(len(delta), *images.shape[1:])
+        again = prepare(explain(copies, np.full(len(delta), int(targets[i]))), copies.shape, abs_, normalise)
+        ratios = np.linalg.norm(a[i:i + 1] - again, axis=1) / (np.linalg.norm(moved - flat[i:i + 1], axis=1) + 1e-10)
+        estimates[i] = np.nanmax(ratios)
+    return estimates
+
+
 # -- complexity --------------------------------------------------------------------------------------
 
 
@@ -308,7 +331,7 @@ def relevance_rank_accuracy(attributions, masks, images_shape=None, abs_: bool =
     return share
 
 
-__all__ = ["SOFTMAX", "complexity", "faithfulness_correlation", "monotonicity_correlation", "pearson",
+__all__ = ["SOFTMAX", "complexity", "faithfulness_correlation", "local_lipschitz_estimate", "monotonicity_correlation", "pearson",
            "pixel_flipping", "pixel_flipping_curves", "pointing_game", "prepare", "region_perturbation",
            "region_perturbation_curves",
            "relevance_mass_accuracy", "relevance_rank_accuracy", "sensitivity", "sparseness", "spearman"]

@@ -199,3 +199,19 @@ def test_localisation_measures_equal_quantus(setup):
         np.testing.assert_allclose(mine[:3], theirs[:3], rtol=1e-6, atol=1e-9)
         assert np.isnan(mine[3]) and np.isfinite(theirs[:3]).all()
         assert len(set(np.round(mine[:3], 6))) > 1  # the images differ: not a constant
+
+
+def test_local_lipschitz_estimate_equals_quantus(setup):
+    noise = []
+    explainer = setup["explainer"]
+
+    def explain(model, inputs, targets, **kwargs):
+        return explainer.explain(np.asarray(inputs, np.float32), np.asarray(targets)).attributions
+    metric = quantus.LocalLipschitzEstimate(nr_samples=4, normalise_func_kwargs=PER_SAMPLE, perturb_func=recording(
+        quantus_perturb.batch_gaussian_noise, lambda arr, idx, out: noise.append(out - arr)), disable_warnings=True)
+    theirs = run_quantus(metric, setup, explain_func=explain)
+    ours = scores.local_lipschitz_estimate(lambda images, targets: explainer.explain(images, targets).attributions,
+                                           setup["x"], setup["a"], setup["y"], nr_samples=4,
+                                           noise=np.stack(noise, axis=1))
+    assert np.isfinite(theirs).all() and (theirs > 0).all()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
