@@ -37,6 +37,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "tests" / ".results"
 OUTPUT = ROOT / "docs" / "models.md"
+KEPT = "<!-- kept by tools/model_table.py: the sections below come from other tools -->"
 TORCH_OPSETS = {"legacy": 17, "dynamo": 18}  # models/torchvision_zoo.py's DEFAULT_OPSETS
 FORWARD_TOL = 1e-4
 # (results file, test file, how its rows are named)
@@ -163,7 +164,9 @@ def main(argv=None) -> int:
         command = [sys.executable, "-m", "pytest", "-q", "tests/test_transformers.py", "tests/test_architectures.py"]
         subprocess.run(command + (["-k", args.k] if args.k else []), cwd=ROOT, check=False)
     rows, read = collect(args.results)
-    args.output.write_text(render(rows, read))
+    # sections other tools measured (tools/quantized_agreement.py) stay below KEPT
+    kept = args.output.read_text().partition(KEPT)[2] if args.output.is_file() else ""
+    args.output.write_text(render(rows, read) + (f"\n{KEPT}{kept}" if kept else ""))
     print(f"{args.output}: {len(rows)} rows from {len(read)} results files")
     return 0
 
