@@ -507,6 +507,11 @@ def versions() -> dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--to-tolerance" in argv:  # time to a converged attribution: tools/bench_tolerance.py takes the rest
+        import bench_tolerance
+
+        return bench_tolerance.main([a for a in argv if a != "--to-tolerance"])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--batches", default="1,8", help="images per call (comma-separated)")
