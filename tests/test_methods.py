@@ -31,7 +31,8 @@ def test_every_method_answers_what_the_runtime_asks():
         assert method.steps_run(8) == (8 if method.follows_steps else 2 if name == "deeplift" else 1)
         assert method.rule in gnl_onnx.autodiff.rulesets.RULE_SETS
     assert get_method("deeplift").pairs_rows and get_method("deeplift").uses_baseline
-    assert [m for m, spec in METHODS.items() if spec.takes_layer][-1] == "gnl_gradcam"
+    assert [m for m, spec in METHODS.items() if spec.takes_layer and not spec.forward_only][-1] == "gnl_gradcam"
+    assert all(METHODS[m].forward_only for m in ("occlusion", "rise", "kernelshap", "ablation_cam"))
 
 
 def test_unknown_names_are_refused_in_one_line():
