@@ -409,6 +409,9 @@ def run_convert(args) -> int:
         info = attribution_info(model)
         print(f"wrote {out} ({args.method}: {info['summary']}; {len(info['gated'])} units gated)")
         print(FEEDING.format(image=info["input"], path=out))
+        if info.get("region"):
+            print(f"  (it explains {info['output']}: 'scores' is the map, the region is read at the images, so "
+                  "every run takes them: never feed score_rows [0])")
         return EXIT_OK
     methods = parse_method_list(args.methods) if args.methods else [args.method]
     if args.web:  # fail on a missing runtime or a full folder before the conversion's minutes

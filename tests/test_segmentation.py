@@ -373,3 +373,23 @@ def test_explain_draws_the_region_and_reports_its_localisation(tiny, tmp_path):
     assert record["pointing_game"] == pointing_game(per_pixel, region)
     overlay = np.asarray(Image.open(record["files"]["overlay"]))
     assert (overlay == (0, 255, 255)).all(axis=2).any()  # the region's outline is drawn
+
+
+def test_a_converted_model_explains_the_region_in_bare_onnxruntime(tiny, tmp_path, capsys):
+    import onnxruntime as ort
+
+    from gnl_onnx.cli import main
+
+    _, path, x = tiny
+    out = tmp_path / "tiny_ig.onnx"
+    assert main(["convert", path, "--method", "ig", "--target", "segment", "-o", str(out)]) == 0
+    assert "never feed score_rows [0]" in capsys.readouterr().out
+    result = Explainer(path, method="ig", steps=8, output=SegmentRegion(), threads=1).explain(x)
+    alphas, weights = np.polynomial.legendre.leggauss(8)
+    s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    attribution, scores, used = s.run(["attribution", "scores", "target_used"], {
+        "image": x, "baseline": np.zeros((1, 1, 1, 1), np.float32), "target": np.full(len(x), -1, np.int64),
+        "alphas": ((alphas + 1) / 2).astype(np.float32), "weights": (weights / 2).astype(np.float32),
+        "noise": np.zeros((1, 1, 1, 1, 1), np.float32)})
+    assert np.array_equal(used, result.target) and scores.shape == result.scores.shape
+    np.testing.assert_allclose(attribution, result.attributions, rtol=1e-5, atol=1e-6 * np.abs(attribution).max())
