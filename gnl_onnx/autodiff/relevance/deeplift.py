@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
+from ...graph import FLOAT_TYPES
 from ..rules import RULES
 from ..rulesets import Backward, ExtraInput, RuleSet
 from ..rulesets import register_rule_set as rule_set
@@ -63,6 +64,8 @@ class DeepLift(RuleSet):
 
     def backward(self, node):
         g, op = self.g, node.op
+        if g.elem_type(node.outputs[0]) not in FLOAT_TYPES | {None}:
+            return None  # units on integer codes (a quantized model's MaxPool): the chain rule
         paths = on_path(g, node)
         if op in UNARY and len(paths) == 1:
             i = paths[0]
