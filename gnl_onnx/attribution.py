@@ -62,9 +62,6 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     if spec.forward_only:
         raise UsageError(f"{method} runs the model on perturbed copies of the image (forward passes only), which "
                          "no attribution graph holds; run it with explain or the Explainer")
-    if spec.forward_only:
-        raise UsageError(f"{method} runs the model on perturbed copies of the image (forward passes only), which "
-                         "no attribution graph holds; run it with explain or the Explainer")
     if layer and not spec.takes_layer:
         cams = ", ".join(name for name, m in METHODS.items() if m.takes_layer)
         raise UsageError(f"--layer (layer=) is for the CAM methods ({cams}), not {method}")
