@@ -73,6 +73,9 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
     steps, baseline, integration, gate, output = run.steps, run.baseline, run.integration, run.gate, run.output
     input, output_name, layer, seed, threads = run.input, run.output_name, run.layer, run.seed, run.threads
     providers, memory_budget = run.providers, run.memory_budget
+    if steps == "auto":  # its batches are sized and its rows stored by one step count
+        raise UsageError("audit runs one step count for every image; give --steps N (explain and evaluate take "
+                         "--steps auto)")
     for name, value in (("workers", workers), ("images per batch", images_per_batch)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise UsageError(f"{name} must be a positive integer (got {value!r})")
