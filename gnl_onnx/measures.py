@@ -200,8 +200,8 @@ def _explain(context):
 # The Quantus measures with Quantus's defaults, except where an image of 224 x 224 x 3 makes them
 # impractical: pixel flipping and monotonicity correlation step through the features in 64 groups
 # (Quantus: one feature a step), monotonicity correlation draws 10 fillings per group (Quantus
-# 100), the sensitivities and the Lipschitz estimate 10 noisy copies (Quantus 200). The functions in scores.py take every
-# setting; these instances are what `--metrics` names.
+# 100), the sensitivities and the Lipschitz estimate 10 noisy copies (Quantus 200). The functions
+# in scores.py take every setting; these instances are what `--metrics` names.
 PIXEL_GROUPS, FILLINGS, NOISY_COPIES = 64, 10, 10
 
 
@@ -223,7 +223,8 @@ QUANTUS = [
     Score("pixel_flipping", "lower", lambda c: scores.pixel_flipping(
         _outputs(c, True), c["image"], c["attribution"], [c["target"]], features_in_step=_group(c),
         batch_size=c["batch_size"])[0],
-        lambda s, k, f: math.ceil(f / _group_size(f)), f"Quantus PixelFlipping: area (dx = 1) of the probability curve as "
+        lambda s, k, f: math.ceil(f / _group_size(f)),
+        "Quantus PixelFlipping: area (dx = 1) of the probability curve as "
         f"{PIXEL_GROUPS} groups of features are set to the minimum, most relevant first"),
     Score("region_perturbation", "higher", lambda c: scores.region_perturbation(
         _outputs(c, True), c["image"], c["attribution"], [c["target"]], batch_size=c["batch_size"])[0],
@@ -232,7 +233,8 @@ QUANTUS = [
     Score("monotonicity_correlation", "higher", lambda c: scores.monotonicity_correlation(
         _outputs(c, True), c["image"], c["attribution"], [c["target"]], nr_samples=FILLINGS,
         features_in_step=_group(c), rng=c["rng"], batch_size=c["batch_size"])[0],
-        lambda s, k, f: math.ceil(f / _group_size(f)) * FILLINGS + 1, "Quantus MonotonicityCorrelation: Spearman rho of group "
+        lambda s, k, f: math.ceil(f / _group_size(f)) * FILLINGS + 1,
+        "Quantus MonotonicityCorrelation: Spearman rho of group "
         f"relevance and output variance, {PIXEL_GROUPS} groups, {FILLINGS} uniform fillings each"),
     Score("max_sensitivity", "lower", lambda c: scores.sensitivity(
         _explain(c), c["image"], c["attribution"], [c["target"]], nr_samples=NOISY_COPIES, rng=c["rng"])[0],

@@ -331,7 +331,8 @@ def relevance_rank_accuracy(attributions, masks, images_shape=None, abs_: bool =
     return share
 
 
-__all__ = ["SOFTMAX", "complexity", "faithfulness_correlation", "local_lipschitz_estimate", "monotonicity_correlation", "pearson",
+__all__ = ["SOFTMAX", "complexity", "faithfulness_correlation", "local_lipschitz_estimate", "monotonicity_correlation",
+           "pearson",
            "pixel_flipping", "pixel_flipping_curves", "pointing_game", "prepare", "region_perturbation",
            "region_perturbation_curves",
            "relevance_mass_accuracy", "relevance_rank_accuracy", "sensitivity", "sparseness", "spearman"]

@@ -20,7 +20,9 @@ torch = pytest.importorskip("torch")
 def _without_tensorflow(find_spec=importlib.util.find_spec):
     """Quantus imports TensorFlow whenever it is installed (30 s here, and it must load after
     triton's libraries); these tests use its torch path only, so it is shown as absent."""
-    return lambda name, *args, **kwargs: None if name.split(".")[0] == "tensorflow" else find_spec(name, *args, **kwargs)
+    def find(name, *args, **kwargs):
+        return None if name.split(".")[0] == "tensorflow" else find_spec(name, *args, **kwargs)
+    return find
 
 
 with mock.patch("importlib.util.find_spec", _without_tensorflow()):
