@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 try:
-    from .cache import exports_root as cache_root, save_whole
+    from .cache import exports_root as cache_root, lower_priority as _lower_priority, save_whole
 except ImportError:  # run as a script (export(subprocess=True)): its folder is on sys.path
-    from cache import exports_root as cache_root, save_whole
+    from cache import exports_root as cache_root, lower_priority as _lower_priority, save_whole
 
 if TYPE_CHECKING:
     import keras
@@ -225,7 +225,8 @@ def start_export_all(archs, cache_dir: str | os.PathLike | None = None, seed: in
     if not missing or key in _BACKGROUND:
         return False
     log = tempfile.TemporaryFile()
-    child = sp.Popen(_export_command(missing, cache_root(cache_dir), seed), stdout=log, stderr=sp.STDOUT)
+    child = sp.Popen(_export_command(missing, cache_root(cache_dir), seed), stdout=log, stderr=sp.STDOUT,
+                     preexec_fn=_lower_priority)
     _BACKGROUND[key] = (child, log)
     atexit.register(child.kill)  # a session that ends early leaves no exporter behind (no-op once done)
     return True

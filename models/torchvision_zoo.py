@@ -16,7 +16,7 @@ import warnings
 import torch
 import torchvision
 
-from .cache import exports_root as cache_root
+from .cache import exports_root as cache_root, lower_priority as _lower_priority
 
 # Per-arch input resolution: as small as the exporters allow, to keep CI fast on 2 cores.
 # alexnet / vgg*: the legacy exporter fails unless the adaptive average pool divides the feature
@@ -197,7 +197,7 @@ def start_exports(cases, cache_dir: str | os.PathLike | None = None) -> bool:
         return False
     package = pathlib.Path(__file__).resolve().parent
     child = sp.Popen([sys.executable, "-m", f"{package.name}.torchvision_zoo", str(cache_root(cache_dir)), *missing],
-                     cwd=package.parent, stdout=sp.DEVNULL, stderr=sp.DEVNULL)
+                     cwd=package.parent, stdout=sp.DEVNULL, stderr=sp.DEVNULL, preexec_fn=_lower_priority)
     _BACKGROUND.append(child)
     atexit.register(child.kill)  # a session that ends early leaves no exporter behind
     return True
