@@ -193,11 +193,11 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capfd, case):
 
 def test_unknown_method_is_an_argparse_error(files, tmp_path, capfd):
     code, _, err = cli(capfd, "explain", files / "small.onnx", files / "photo.png", "--out", tmp_path,
-                       "--method", "occlusion", *PREP)
+                       "--method", "saliency", *PREP)
     assert code == 2
     # argparse prints its usage block, then one error line naming the choice and the valid ones
     last = err.strip().splitlines()[-1]
-    assert "occlusion" in last and "gnl_ig" in last and "Traceback" not in err
+    assert "saliency" in last and "gnl_ig" in last and "Traceback" not in err
 
 
 def test_explain_keeps_existing_results(files, tmp_path, capfd):

