@@ -35,7 +35,7 @@ from .planning import plan_cost
 from .presets import PRESETS, class_names, get_preset
 from .report import image_png
 from .settings import Settings
-from .targets import TARGET_HELP, class_only, parse_target
+from .target_text import TARGET_HELP, class_only, parse_target
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

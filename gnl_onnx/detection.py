@@ -14,7 +14,7 @@ from .graph import GraphBuilder
 from .intake import PreparedModel, prepare, read_model
 from .methods import get_method
 from .runtime import make_session
-from .targets import Box, DetectionBox
+from .box_targets import Box, DetectionBox
 
 
 @dataclass

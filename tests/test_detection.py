@@ -14,7 +14,8 @@ from onnx_builders import relu_cnn
 
 from gnl_onnx.detection import explain_boxes, find_boxes, prepare_detector, pyramid_layers
 from gnl_onnx.errors import UsageError
-from gnl_onnx.targets import DetectionBox, parse_box_target
+from gnl_onnx.box_targets import DetectionBox
+from gnl_onnx.target_text import parse_box_target
 
 HEIGHT, WIDTH = 192, 160
 

@@ -20,7 +20,8 @@ import pytest
 import gnl_onnx
 from gnl_onnx.errors import InputError, UsageError
 from gnl_onnx.explainer import Explainer
-from gnl_onnx.targets import DenseRegion, OutputSlice, SegmentRegion, parse_target
+from gnl_onnx.target_text import parse_target
+from gnl_onnx.targets import DenseRegion, OutputSlice, SegmentRegion
 
 torch = pytest.importorskip("torch")
 segmentation = pytest.importorskip("torchvision.models.segmentation")

@@ -28,7 +28,7 @@ def main(argv=None) -> int:
 
     from gnl_onnx.detection import find_boxes, prepare_detector
     from gnl_onnx.explainer import Explainer
-    from gnl_onnx.targets import DetectionBox
+    from gnl_onnx.box_targets import DetectionBox
     from gnl_onnx.detection import pyramid_layers
     from gnl_onnx.methods import get_method
     from gnl_onnx_models.registry import get_model

@@ -1,0 +1,210 @@
+"""A detector's box as a Target: DetectionBox reads the boxes from the model's raw head (YOLOv8/v5,
+GFL/PicoDet or SSD-style boxes and scores), keeps them by class-aware NMS in numpy, and explains each
+kept box by its class score (ClassScore's seed over the flattened candidates' scores)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from onnx import helper
+
+from .errors import UsageError
+from .graph import GraphBuilder, prune
+from .intake import PreparedModel
+from .targets import ClassScore
+
+BOX_LAYOUTS = ("yolov8", "yolov5", "gfl", "boxes")
+BOX_LAYOUT_HELP = ("yolov8: one output [N, 4+C, A] (cx, cy, w, h, then C class scores per anchor); yolov5: one "
+                   "output [N, A, 5+C] (cx, cy, w, h, objectness, C class scores; the score is objectness x class); "
+                   "gfl (PP-PicoDet, GFL): per level L scores [N, A_L, C] then per level box distributions "
+                   "[N, A_L, 4 (reg_max + 1)], strides found from the image size; boxes (SSD, RetinaNet with the "
+                   "boxes decoded in the graph): boxes [N, A, 4] as x0, y0, x1, y1 and scores [N, A, C]")
+
+
+@dataclass(frozen=True)
+class Box:
+    """One kept box of one image: `index` is its column in DetectionBox's explained output
+    (anchor * classes + label), the value its explanation targets."""
+    image: int
+    index: int
+    label: int
+    score: float
+    xyxy: tuple  # x0, y0, x1, y1 in the model input's pixels
+
+
+@dataclass(frozen=True)
+class DetectionBox(ClassScore):
+    """A detector's box, explained by its class score: the explained output is every candidate's
+    class scores, [N, anchors * classes] (anchor-major), read from a raw head (BOX_LAYOUT_HELP);
+    the class index of a box is anchor * classes + label, so every method explains it as a class.
+    Boxes are found outside the graph (find: decode, then class-aware NMS in numpy): the `top` K by
+    score, or all above `threshold` (at most `top` where both are given); neither: the top box.
+    Scores are the head's own values (probabilities for YOLOv8 and PicoDet; logits where the head
+    gives logits)."""
+    layout: str = "auto"
+    top: int | None = None
+    threshold: float | None = None
+    iou: float = 0.5
+    output_name: str | None = None  # any output of the model (the head is read from all of them)
+    reads_image_rows = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.layout not in ("auto", *BOX_LAYOUTS):
+            raise UsageError(f"unknown box layout '{self.layout}'; choose auto or one of {', '.join(BOX_LAYOUTS)}")
+        if self.top is not None and int(self.top) < 1:
+            raise UsageError(f"box:K needs K >= 1, got {self.top}")
+        if not 0 < float(self.iou) <= 1:
+            raise UsageError(f"the NMS IoU threshold is in (0, 1], got {self.iou}")
+
+    def describe(self) -> str:
+        return "box" + (f":{self.top}" if self.top else "") + (f"@{self.threshold:g}" if self.threshold is not None
+                                                                else "")
+
+    def classes(self, shape) -> int | None:
+        n = (shape or [None])[-1]
+        return n if isinstance(n, int) else None
+
+    # -- which outputs hold what ----------------------------------------------------------------
+    def roles(self, names: list[str], shapes: dict) -> tuple[str, dict]:
+        """(layout, {role: output name or names}) from the outputs' shapes (inferred or run-time)."""
+        shapes = {n: (None if shapes.get(n) is None else tuple(shapes[n])) for n in names}
+        ranks3 = [n for n in names if shapes[n] is not None and len(shapes[n]) == 3]
+        layout = self.layout
+        if layout == "auto":
+            if len(names) == 1 and ranks3:
+                d1, d2 = shapes[names[0]][1:]
+                layout = "yolov8" if isinstance(d1, int) and isinstance(d2, int) and d1 < d2 else "yolov5"
+            elif len(names) == 2 and len(ranks3) == 2 and 4 in (shapes[names[0]][2], shapes[names[1]][2]):
+                layout = "boxes"
+            elif len(names) % 2 == 0 and len(ranks3) == len(names):
+                layout = "gfl"
+            else:
+                raise UsageError(self._unreadable(names, shapes))
+        try:
+            if layout in ("yolov8", "yolov5"):
+                (head,) = [n for n in names if n in ranks3][:1] or [None]
+                if head is None:
+                    raise ValueError
+                return layout, {"head": head}
+            if layout == "boxes":
+                boxes = next(n for n in ranks3 if shapes[n][2] == 4)
+                scores = next(n for n in ranks3 if n != boxes)
+                return layout, {"boxes": boxes, "scores": scores}
+            half = len(names) // 2
+            scores, distributions = names[:half], names[half:]
+            if not half or any(n not in ranks3 for n in names) or any(shapes[d][2] % 4 for d in distributions):
+                raise ValueError
+            return layout, {"scores": scores, "distributions": distributions}
+        except (ValueError, StopIteration, TypeError):
+            raise UsageError(self._unreadable(names, shapes, layout)) from None
+
+    @staticmethod
+    def _unreadable(names, shapes, layout="auto") -> str:
+        shown = "; ".join(f"{n} {'?' if shapes[n] is None else _box_shape(shapes[n])}" for n in names)
+        wanted = f"as the {layout} layout" if layout != "auto" else "as boxes (layouts: " + ", ".join(BOX_LAYOUTS) + ")"
+        return (f"the outputs cannot be read {wanted}: {shown}; name the layout (box_layout=, --box-layout) or "
+                "explain one output with --target output:NAME[INDEX]")
+
+    # -- the explained output -------------------------------------------------------------------
+    def select(self, prepared: PreparedModel, in_place: bool = False) -> PreparedModel:
+        """The prepared model with its explained output: every candidate's class scores, flattened
+        to [N, anchors * classes]."""
+        model = prepared.proto if in_place else prepared.copy()
+        builder = GraphBuilder(model)
+        names = [o.name for o in model.graph.output]
+        layout, roles = self.roles(names, {n: builder.shape(n) for n in names})
+        if layout == "yolov8":  # [N, 4+C, A] -> [N, A, C]
+            head = roles["head"]
+            classes = builder.op("Slice", head, builder.ints([4]), builder.ints([2**62]), builder.ints([1]))
+            scores = builder.op("Transpose", classes, perm=[0, 2, 1])
+        elif layout == "yolov5":  # objectness x class score, [N, A, C]
+            head = roles["head"]
+            objectness = builder.op("Slice", head, builder.ints([4]), builder.ints([5]), builder.ints([2]))
+            classes = builder.op("Slice", head, builder.ints([5]), builder.ints([2**62]), builder.ints([2]))
+            scores = builder.op("Mul", objectness, classes)
+        elif layout == "gfl":
+            scores = builder.op("Concat", *roles["scores"], axis=1) if len(roles["scores"]) > 1 else roles["scores"][0]
+        else:
+            scores = roles["scores"]
+        flat = builder.op("Flatten", scores, axis=1, name="box_class_scores")
+        declared = model.graph.output[0].type.tensor_type.elem_type
+        shape = builder.shape(scores)
+        width = int(np.prod(shape[1:])) if shape and all(isinstance(d, int) for d in shape[1:]) else None
+        del model.graph.output[:]
+        model.graph.output.append(helper.make_tensor_value_info(flat, declared, [(shape or ["N"])[0], width]))
+        prune(model.graph)
+        return replace(prepared, proto=model, output=flat)
+
+    # -- the boxes, in numpy ---------------------------------------------------------------------
+    def decode(self, outputs: dict, image_size) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each image's candidates: (boxes [A, 4] x0, y0, x1, y1 in input pixels, scores [A, C]),
+        anchors in the explained output's order. outputs: name -> array (all the model's outputs)."""
+        names = list(outputs)
+        layout, roles = self.roles(names, {n: outputs[n].shape for n in names})
+        found = []
+        if layout in ("yolov8", "yolov5"):
+            head = np.asarray(outputs[roles["head"]], np.float64)
+            for image in head:
+                rows = image.T if layout == "yolov8" else image
+                scores = rows[:, 4:] if layout == "yolov8" else rows[:, 4:5] * rows[:, 5:]
+                cx, cy, w, h = rows[:, :4].T
+                found.append((np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1), scores))
+            return found
+        if layout == "boxes":
+            return [(np.asarray(b, np.float64), np.asarray(s, np.float64))
+                    for b, s in zip(outputs[roles["boxes"]], outputs[roles["scores"]])]
+        height, width = image_size
+        levels = [(outputs[s], outputs[d]) for s, d in zip(roles["scores"], roles["distributions"])]
+        for n in range(len(levels[0][0])):
+            boxes, scores = [], []
+            for level_scores, distribution in levels:
+                count = level_scores.shape[1]
+                stride = next((s for s in (4, 8, 16, 32, 64, 128, 256)
+                               if -(-height // s) * -(-width // s) == count), None)
+                if stride is None:
+                    raise UsageError(f"a GFL level has {count} anchors, which no stride (4 to 256) gives for a "
+                                     f"{height}x{width} image; give boxes decoded in the graph (layout boxes)")
+                rows, cols = np.meshgrid(np.arange(-(-height // stride)), np.arange(-(-width // stride)), indexing="ij")
+                cx, cy = (cols.ravel() + 0.5) * stride, (rows.ravel() + 0.5) * stride
+                bins = distribution.shape[2] // 4
+                logits = np.asarray(distribution[n], np.float64).reshape(-1, 4, bins)
+                weights = np.exp(logits - logits.max(axis=2, keepdims=True))
+                distance = (weights / weights.sum(axis=2, keepdims=True) * np.arange(bins)).sum(axis=2) * stride
+                boxes.append(np.stack([cx - distance[:, 0], cy - distance[:, 1], cx + distance[:, 2],
+                                       cy + distance[:, 3]], axis=1))
+                scores.append(np.asarray(level_scores[n], np.float64))
+            found.append((np.concatenate(boxes), np.concatenate(scores)))
+        return found
+
+    def keep(self, boxes: np.ndarray, scores: np.ndarray, image: int = 0) -> list[Box]:
+        """Class-aware NMS over one image's candidates: the top K, or those above the threshold."""
+        limit = self.top if self.top else (None if self.threshold is not None else 1)
+        flat = scores.ravel()
+        order = np.argsort(-flat, kind="stable")
+        if self.threshold is not None:
+            order = order[flat[order] > self.threshold]
+        order = order[:max(1000, 50 * (limit or 0))]  # as detectors' pre-NMS top-k: bounds the work
+        classes = scores.shape[1]
+        kept: list[Box] = []
+        for index in order:
+            anchor, label = divmod(int(index), classes)
+            box = boxes[anchor]
+            if any(k.label == label and _iou(box, k.xyxy) > self.iou for k in kept):
+                continue
+            kept.append(Box(image, int(index), label, float(flat[index]), tuple(float(v) for v in box)))
+            if limit is not None and len(kept) >= limit:
+                break
+        return kept
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _box_shape(shape) -> str:
+    return "[" + ", ".join("?" if not isinstance(d, int) else str(d) for d in shape) + "]"
