@@ -192,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(EVALUATED),
                    help=f"comma-separated methods; 'random' is the floor (default {','.join(EVALUATED)})")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--masks", nargs="+", metavar="MASK",
+                   help="region masks for pointing_game, relevance_mass_accuracy, relevance_rank_accuracy: files "
+                        "or folders, each named as its image (cat.jpg: cat.png or cat.npy); an image (grey > 127 "
+                        "inside) is resized and cropped as the photos are, an .npy is [H, W] at the input's size")
     metric_args(p)
     explain_args(p)
     layer_args(p)
@@ -305,8 +309,10 @@ def metric_args(p):
     p.add_argument("--metrics", "--measures", default="deletion,insertion",
                    help="deletion,insertion (default), then any of road (noisy linear imputation, a sparse solve "
                         "per point: slower) and the Quantus measures faithfulness_correlation, pixel_flipping, "
-                        "region_perturbation, monotonicity_correlation, max_sensitivity, avg_sensitivity, "
-                        "local_lipschitz_estimate, sparseness, complexity (their cost: inspect --cost)")
+                        "region_perturbation, irof, monotonicity_correlation, sufficiency, max_sensitivity, "
+                        "avg_sensitivity, local_lipschitz_estimate, random_logit, smooth_mprt, efficient_mprt, "
+                        "sparseness, complexity, and with evaluate --masks pointing_game, relevance_mass_accuracy, "
+                        "relevance_rank_accuracy (their cost: inspect --cost)")
     p.add_argument("--road-fractions", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                    help="ROAD: the fractions of pixels removed (default 0.1,...,0.9, as the ROAD paper)")
     p.add_argument("--road-noise", type=float, default=0.01,
@@ -388,7 +394,7 @@ def run_inspect(args) -> int:
         if "cost" in report:
             print(report["cost"].table())
             print(f"measures (--metrics): forward passes per image, a backward counted as one; the sensitivities "
-                  f"explain each noisy copy again (at {args.steps} steps); region_perturbation: at most")
+                  f"explain each noisy copy again (at {args.steps} steps); region_perturbation: at most; irof: about")
             print("\n".join(f"  {name:<26}{n:>8}" for name, n in report["measure_cost"].items()))
     return EXIT_FAILED if report["unsupported"] else EXIT_OK
 
@@ -537,7 +543,7 @@ def run_evaluate(args) -> int:
                           settings=run_settings(args, prep), curve_steps=args.curve_steps, reduce=args.reduce,
                           target=class_only(args.target), deletion_substrate=args.deletion_substrate,
                           insertion_substrate=args.insertion_substrate, batch_size=args.batch_size, metrics=metrics,
-                          road_fractions=args.road_fractions, road_noise=args.road_noise)
+                          road_fractions=args.road_fractions, road_noise=args.road_noise, masks=args.masks)
 
 
 def save_dataset(name: str, limit, seed: int, folder: Path, overwrite: bool) -> list[str]:

@@ -16,7 +16,9 @@ import gnl_onnx.road as road
 
 from .methods import METHODS, get_method
 from .errors import UsageError
+from .explainer import Explainer
 from .measures import MEASURES, Perturbation
+from .randomize import reset_model
 from .scores import spearman
 from .output import atomic_write
 from .road import FRACTIONS as ROAD_FRACTIONS
@@ -289,6 +291,11 @@ class Scoring:
         """Whether a measure explains perturbed copies of the image (the sensitivities)."""
         return any(getattr(m, "needs_explain", False) for m in self.measures)
 
+    @property
+    def needs_masks(self) -> tuple:
+        """The measures that read a region mask per image (the localisation measures), by name."""
+        return tuple(m.name for m in self.measures if "mask" in getattr(m, "needs", ()))
+
     def config(self) -> dict:
         """The settings as evaluation.config states them (substrate arrays come from "black").
         ROAD's settings only when it is measured: without it the config is what it always was."""
@@ -348,13 +355,31 @@ def explain_function(explainer, seed: int = 0):
                                              for _ in range(len(images))])
 
 
+def randomized_function(model, explainer, seed: int = 0):
+    """() -> explain(images, targets) of the same method on a copy of `model` with every layer
+    randomised as Quantus randomises it (randomize.reset_model), for smooth and efficient MPRT:
+    built on first use, then kept. The random floor's maps do not depend on the model."""
+    built = []
+
+    def randomized():
+        if not built:
+            built.append(explain_function(None if explainer is None else Explainer(
+                reset_model(model, seed), settings=explainer.settings), seed))
+        return built[0]
+    return randomized
+
+
 def score_curves(scorer, images, attributions, targets, scoring: Scoring, keys=None,
-                 explain=None) -> list[dict[str, np.ndarray]]:
+                 explain=None, masks=None, randomized=None) -> list[dict[str, np.ndarray]]:
     """The curves of each image's attribution by every measure of `scoring` (deletion and insertion;
     with scoring.road the ROAD curves "road_morf" and "road_lerf", their noise seeded by
     (scoring.seed, the image's key): keys[i] (default: i)), tracking its target's probability; a
     one-number measure's curve is its number. explain(images, targets) -> attributions: the
-    method, for the measures that explain perturbed copies (the sensitivities)."""
+    method, for the measures that explain perturbed copies (the sensitivities, random_logit);
+    masks: [N, H, W] region masks (the localisation measures); randomized: randomized_function's
+    (the MPRTs). A measure over a set of images (sufficiency) takes these images as the set."""
+    shared = {m.name: m.over_batch(scorer, images, attributions, targets, scoring)
+              for m in scoring.measures if hasattr(m, "over_batch")}
     curves = []
     for i in range(len(images)):
         order = ranking(reduce_to_pixels(attributions[i:i + 1], scoring.layout, scoring.reduce))
@@ -362,7 +387,9 @@ def score_curves(scorer, images, attributions, targets, scoring: Scoring, keys=N
         row = {}
         for measure in scoring.measures:
             row.update(measure.curves(scorer, images[i:i + 1], order, int(targets[i]), key, scoring,
-                                      attribution=attributions[i:i + 1], explain=explain))
+                                      attribution=attributions[i:i + 1], explain=explain,
+                                      mask=None if masks is None else masks[i], randomized=randomized,
+                                      shared=shared[measure.name][i] if measure.name in shared else None))
         curves.append(row)
     return curves
 

@@ -9,8 +9,11 @@ the evaluate command iterate over the chosen measures and name none.
     road       ROAD (gnl_onnx/road.py): noisy linear imputation, most- and least-relevant-first
 
 and, opt-in by name, the measures Quantus 0.6.0 defines (gnl_onnx/scores.py), one number per image:
-faithfulness_correlation, pixel_flipping, region_perturbation, monotonicity_correlation,
-max_sensitivity, avg_sensitivity, local_lipschitz_estimate, sparseness, complexity.
+faithfulness_correlation, pixel_flipping, region_perturbation, irof, monotonicity_correlation,
+sufficiency (over the images scored together), max_sensitivity, avg_sensitivity,
+local_lipschitz_estimate, random_logit, smooth_mprt, efficient_mprt (the method again on a copy of
+the model with every layer randomised), sparseness, complexity, and where a region mask is given per
+image pointing_game, relevance_mass_accuracy, relevance_rank_accuracy.
 
 Every measure answers: `curves` (one image's curves; a one-number measure gives a curve of one
 point), `numbers` (the image's record columns), `curve_fields`, `summary` (MethodSummary fields),
@@ -28,7 +31,9 @@ import numpy as np
 import gnl_onnx.road as road
 import gnl_onnx.scores as scores
 
+from .errors import UsageError
 from .metrics import CURVE_STEPS, auc, perturbation_curve
+from .pixels import image_layout, reduce_to_pixels
 
 
 def standard_error(values: np.ndarray) -> float:
@@ -142,18 +147,25 @@ def _generator(seed: int, key) -> np.random.RandomState:
 
 class Score:
     """A measure with one number per image, computed by `compute(context)` (gnl_onnx/scores.py);
-    its curve is that one number. Summarized as mean +- standard error, in MethodSummary.scores."""
+    its curve is that one number. Summarized as mean +- standard error, in MethodSummary.scores.
+    needs_explain: it explains perturbed copies (the context's `explain`); needs: what else of
+    the context it reads, "mask" (the image's region) or "randomized" (the method on a randomised
+    model)."""
     curve_names: tuple
     columns: tuple
 
-    def __init__(self, name: str, better: str, compute, passes, legend: str, needs_explain: bool = False):
+    def __init__(self, name: str, better: str, compute, passes, legend: str, needs_explain: bool = False,
+                 needs: tuple = ()):
         self.name, self.better, self.compute, self.passes, self.text = name, better, compute, passes, legend
-        self.needs_explain = needs_explain
+        self.needs_explain, self.needs = needs_explain, tuple(needs)
         self.curve_names = self.columns = (name,)
 
-    def curves(self, scorer, image, order, target: int, key, scoring, attribution=None, explain=None) -> dict:
+    def curves(self, scorer, image, order, target: int, key, scoring, attribution=None, explain=None,
+               **given) -> dict:
         context = {"scorer": scorer, "image": image, "attribution": attribution, "target": int(target),
-                   "rng": _generator(scoring.seed, key), "explain": explain, "batch_size": scoring.batch_size}
+                   "rng": _generator(scoring.seed, key), "explain": explain, "batch_size": scoring.batch_size,
+                   "layout": image_layout(np.shape(image), scoring.layout), "reduce": scoring.reduce,
+                   "mask": given.get("mask"), "randomized": given.get("randomized")}
         return {self.name: np.array([float(self.compute(context))])}
 
     def numbers(self, curves, scoring) -> dict:
@@ -187,6 +199,19 @@ class Score:
         return int(self.passes(scoring, steps_run, features))
 
 
+class BatchScore(Score):
+    """A Score defined over a set of images (Quantus: over each batch it is given), computed once
+    for the images scored together (score_curves' images) by `compute(context)` -> [N]; each
+    image's curve is its own number."""
+
+    def over_batch(self, scorer, images, attributions, targets, scoring) -> np.ndarray:
+        return np.asarray(self.compute({"scorer": scorer, "images": images, "attributions": attributions,
+                                        "targets": targets, "batch_size": scoring.batch_size}), np.float64)
+
+    def curves(self, scorer, image, order, target: int, key, scoring, shared=None, **given) -> dict:
+        return {self.name: np.array([float(shared)])}
+
+
 def _outputs(context, softmax: bool):
     return lambda images: context["scorer"].outputs(images, softmax, context["batch_size"])
 
@@ -197,12 +222,35 @@ def _explain(context):
     return context["explain"]
 
 
+def _randomized(context):
+    """The method on a copy of the model with every layer randomised (randomize.reset_model)."""
+    if context["randomized"] is None:
+        raise ValueError("this measure explains the image on a randomised model and needs the method there "
+                         "(randomized)")
+    return context["randomized"]()
+
+
+def _classes(context) -> int:
+    return context["scorer"].outputs(context["image"], True, 1).shape[1]
+
+
+def _localised(function):
+    """A localisation measure of scores.py on the image's per-pixel map (--reduce) and its mask."""
+    def compute(context):
+        if context["mask"] is None:
+            raise UsageError("the localisation measures need a region mask per image: give evaluate --masks")
+        pixels = reduce_to_pixels(context["attribution"], context["layout"], context["reduce"])
+        return function(pixels[None, None], np.asarray(context["mask"])[None, None])[0]
+    return compute
+
+
 # The Quantus measures with Quantus's defaults, except where an image of 224 x 224 x 3 makes them
 # impractical: pixel flipping and monotonicity correlation step through the features in 64 groups
 # (Quantus: one feature a step), monotonicity correlation draws 10 fillings per group (Quantus
-# 100), the sensitivities and the Lipschitz estimate 10 noisy copies (Quantus 200). The functions
-# in scores.py take every setting; these instances are what `--metrics` names.
-PIXEL_GROUPS, FILLINGS, NOISY_COPIES = 64, 10, 10
+# 100), the sensitivities and the Lipschitz estimate 10 noisy copies (Quantus 200), smooth MPRT
+# 10 noisy copies (Quantus 50). The functions in scores.py take every setting; these instances are
+# what `--metrics` names. IROF's superpixels: SLIC's default of about 100 (their number varies).
+PIXEL_GROUPS, FILLINGS, NOISY_COPIES, SUPERPIXELS = 64, 10, 10, 100
 
 
 def _group_size(features: int) -> int:
@@ -230,12 +278,21 @@ QUANTUS = [
         _outputs(c, True), c["image"], c["attribution"], [c["target"]], batch_size=c["batch_size"])[0],
         lambda s, k, f: 100 + 1, "Quantus RegionPerturbation: AOPC, 100 squares of 8 x 8 set to the minimum, most "
         "relevant first"),
+    Score("irof", "higher", lambda c: scores.irof(
+        _outputs(c, True), c["image"], c["attribution"], [c["target"]], layout=c["layout"],
+        batch_size=c["batch_size"])[0],
+        lambda s, k, f: SUPERPIXELS + 1, "Quantus IROF: area over the curve of the probability (relative to the "
+        "clean image's) as SLIC superpixels are set to the image's mean, most relevant first"),
     Score("monotonicity_correlation", "higher", lambda c: scores.monotonicity_correlation(
         _outputs(c, True), c["image"], c["attribution"], [c["target"]], nr_samples=FILLINGS,
         features_in_step=_group(c), rng=c["rng"], batch_size=c["batch_size"])[0],
         lambda s, k, f: math.ceil(f / _group_size(f)) * FILLINGS + 1,
         "Quantus MonotonicityCorrelation: Spearman rho of group "
         f"relevance and output variance, {PIXEL_GROUPS} groups, {FILLINGS} uniform fillings each"),
+    BatchScore("sufficiency", "higher", lambda c: scores.sufficiency(
+        c["attributions"], c["scorer"].outputs(c["images"], True, c["batch_size"]).argmax(axis=1)),
+        lambda s, k, f: 1, "Quantus Sufficiency: of the other images scored together whose maps lie within 0.6 "
+        "(standardized Euclidean, over the largest distance), the share of the same predicted class"),
     Score("max_sensitivity", "lower", lambda c: scores.sensitivity(
         _explain(c), c["image"], c["attribution"], [c["target"]], nr_samples=NOISY_COPIES, rng=c["rng"])[0],
         lambda s, k, f: NOISY_COPIES * 2 * k, f"Quantus MaxSensitivity: largest relative change of the map over "
@@ -250,10 +307,29 @@ QUANTUS = [
         lambda s, k, f: NOISY_COPIES * 2 * k, f"Quantus LocalLipschitzEstimate: largest ratio of map distance to "
         f"input distance over {NOISY_COPIES} copies with Gaussian noise (std 0.1); it does not flag random maps",
         True),
+    Score("random_logit", "lower", lambda c: scores.random_logit(
+        _explain(c), c["image"], c["attribution"], [c["target"]], _classes(c), rng=c["rng"])[0],
+        lambda s, k, f: 2 * k + 1, "Quantus RandomLogit: SSIM of the map with the map of a random other class; "
+        "a random map passes it", True),
+    Score("smooth_mprt", "lower", lambda c: scores.smooth_mprt(
+        _randomized(c), c["image"], c["attribution"], [c["target"]], nr_samples=NOISY_COPIES, rng=c["rng"])[0],
+        lambda s, k, f: NOISY_COPIES * 2 * k, "Quantus SmoothMPRT: Spearman rho of the map with the method's mean "
+        f"map over {NOISY_COPIES} noisy copies on the model with every layer randomised; a random map passes it",
+        needs=("randomized",)),
+    Score("efficient_mprt", "higher", lambda c: scores.efficient_mprt(
+        _randomized(c), c["image"], c["attribution"], [c["target"]])[0],
+        lambda s, k, f: 2 * k, "Quantus EfficientMPRT: relative rise of the map's discrete entropy (100 bins) on "
+        "the model with every layer randomised; a random map passes it", needs=("randomized",)),
     Score("sparseness", "higher", lambda c: scores.sparseness(c["attribution"])[0], lambda s, k, f: 0,
           "Quantus Sparseness: Gini index of |map|"),
     Score("complexity", "lower", lambda c: scores.complexity(c["attribution"])[0], lambda s, k, f: 0,
           "Quantus Complexity: entropy of |map|'s shares"),
+    Score("pointing_game", "higher", _localised(scores.pointing_game), lambda s, k, f: 0,
+          "Quantus PointingGame: the per-pixel map's maximum inside the mask", needs=("mask",)),
+    Score("relevance_mass_accuracy", "higher", _localised(scores.relevance_mass_accuracy), lambda s, k, f: 0,
+          "Quantus RelevanceMassAccuracy: the per-pixel map's share inside the mask", needs=("mask",)),
+    Score("relevance_rank_accuracy", "higher", _localised(scores.relevance_rank_accuracy), lambda s, k, f: 0,
+          "Quantus RelevanceRankAccuracy: of the mask's size in top pixels, the share inside it", needs=("mask",)),
 ]
 
 
@@ -263,11 +339,12 @@ MEASURES = {"deletion": Perturbation("deletion", "lower"), "insertion": Perturba
 def forward_passes(steps: int = 32, scoring=None, features: int = 3 * 224 * 224) -> dict[str, int]:
     """Each measure's forward passes per image of `features` values (a backward pass counted as one
     forward, as planning.py does): the sensitivities explain every noisy copy again, 2 x steps passes
-    each for a method of `steps` points. scoring: the curve steps and ROAD fractions (default: the
-    defaults)."""
+    each for a method of `steps` points (random_logit and the MPRTs explain again too); irof's
+    number is about (SLIC's superpixels vary). scoring: the curve steps and ROAD fractions (default:
+    the defaults)."""
     if scoring is None:
         scoring = SimpleNamespace(curve_steps=CURVE_STEPS, road_fractions=road.FRACTIONS)
     return {name: m.forward_passes(scoring, steps, features) for name, m in MEASURES.items()}
 
 
-__all__ = ["MEASURES", "forward_passes", "QUANTUS", "Perturbation", "Road", "Score", "standard_error"]
+__all__ = ["MEASURES", "forward_passes", "QUANTUS", "BatchScore", "Perturbation", "Road", "Score", "standard_error"]
