@@ -12,6 +12,9 @@ few runs as the memory budget holds; the method says which copies and how their 
                   shift; S = sum_m F(x * m + baseline * (1 - m)) m / (N p). Passes: N.
                   The estimator is a Monte Carlo mean of N independent terms: its variance at each
                   pixel is Var[F(x_M) M] / (p^2 N), falling as 1/N (standard error as 1/sqrt(N)).
+                  Of a detector's box (box_targets.DetectionBox): D-RISE (Petsiuk et al. 2021),
+                  F(x_M) is the largest similarity of the masked image's candidates to the box,
+                  IoU x cosine of the class scores (x objectness where the head has it).
     kernelshap    Captum's KernelShap: coalitions of features (a grid of cells, or a given feature
                   mask): all, none, then samples - 2 drawn with size k ~ (M - 1) / (k (M - k)); the
                   attribution of a feature is its coefficient in the least-squares fit (with
@@ -44,6 +47,7 @@ class ForwardMethod(Method):
     forward_only: ClassVar[bool] = True
     uses_baseline: ClassVar[bool] = True
     options: ClassVar[tuple] = ()  # the fields a name may set ("rise:masks=8000")
+    weighs_detections: ClassVar[bool] = False  # of a detector's box: a copy's score is D-RISE's similarity
 
     def layers(self, proto, x, y, names):
         """The value perturbed, when it is not the image: a CAM layer (see AblationCam)."""
@@ -188,6 +192,7 @@ class Rise(ForwardMethod):
     cells: int = 7     # the grid's side: the mask resolution
     p: float = 0.5     # the probability that a cell is kept
     options: ClassVar[tuple] = ("masks", "cells", "p")
+    weighs_detections: ClassVar[bool] = True  # D-RISE
 
     def validate(self):
         if self.masks < 1 or self.cells < 1 or not 0 < self.p <= 1:
