@@ -414,7 +414,13 @@ def run_convert(args) -> int:
         atomic_write(out, model.SerializeToString())
         info = attribution_info(model)
         print(f"wrote {out} ({args.method}: {info['summary']}; {len(info['gated'])} units gated)")
-        print(FEEDING.format(image=info["input"], path=out))
+        if "forward_passes" in info:  # a forward-only method: its masks are in the graph, no points to feed
+            print(f"feed it '{info['input']}' (float32, {info['image_shape'][1:]} per image), 'baseline' (same "
+                  f"rank, broadcast) and 'target' (int64 [N], -1: the top-1 class); it runs the model on "
+                  f"{info['forward_passes'] + 1} copies per image (the image and its masked copies), "
+                  f"{info['copies_per_step']} per loop step")
+        else:
+            print(FEEDING.format(image=info["input"], path=out))
         if info.get("region"):
             print(f"  (it explains {info['output']}: 'scores' is the map, the region is read at the images, so "
                   "every run takes them: never feed score_rows [0])")
