@@ -37,6 +37,18 @@ ALL_ROWS = np.iinfo(np.int64).max
 OUTPUT_NAMES = ("attribution", "scores", "target_used", "baseline_scores")
 
 
+def _checked_image_type(graph, x: str):
+    """The image input's type: an attribution model takes a float32 image under a name that is not
+    one of its own."""
+    image_type = next(i.type for i in graph.input if i.name == x)
+    if image_type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise UsageError("attribution models are built for float32 image inputs")
+    if x in INPUT_NAMES + OUTPUT_NAMES:
+        raise UsageError(f"the model's image input is named '{x}', a name the attribution model gives to "
+                         "another input or output; rename the model's input")
+    return image_type
+
+
 def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
                       output: str = "logit", input: str | None = None,
                       output_name: str | None = None, layer=None, bounds=None, seed: int = 0) -> onnx.ModelProto:
@@ -90,13 +102,7 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     row_bytes = bytes_per_row(vjp, x)
     if chosen.one_per_run:  # a batch baked in at 1: the rows of a run go through one at a time
         run_rows_one_at_a_time(vjp, [x, report["seed"]])
-    image_type = next(i.type for i in graph.input if i.name == x)
-    if image_type.tensor_type.elem_type != TensorProto.FLOAT:
-        raise UsageError("attribution models are built for float32 image inputs")
-
-    if x in INPUT_NAMES + OUTPUT_NAMES:
-        raise UsageError(f"the model's image input is named '{x}', a name the attribution model gives to "
-                         "another input or output; rename the model's input")
+    image_type = _checked_image_type(graph, x)
     # Free the public names: the model's own values keep working under fresh names.
     builder = GraphBuilder(vjp)
     renamed = {}
@@ -301,12 +307,7 @@ def forward_attribution_model(model, spec: Method, output="logit", input: str | 
     g = GraphBuilder(chosen.proto)
     graph = g.graph
     explained = g.shape(y)
-    image_type = next(i.type for i in graph.input if i.name == x)
-    if image_type.tensor_type.elem_type != TensorProto.FLOAT:
-        raise UsageError("attribution models are built for float32 image inputs")
-    if x in INPUT_NAMES + OUTPUT_NAMES:
-        raise UsageError(f"the model's image input is named '{x}', a name the attribution model gives to "
-                         "another input or output; rename the model's input")
+    image_type = _checked_image_type(graph, x)
     for public in INPUT_NAMES + OUTPUT_NAMES:  # the model's own values keep working under fresh names
         if g.has_name(public):
             fresh = g.fresh(public)
