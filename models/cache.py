@@ -2,9 +2,15 @@
 repository ($GNL_ONNX_CACHE, else ~/.cache/gnl-onnx/exports), files written whole or not at all."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import tempfile
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; a race between two processes then costs time only
+    fcntl = None
 
 
 def exports_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
@@ -31,6 +37,25 @@ def save_whole(data: bytes, path: pathlib.Path) -> pathlib.Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+@contextlib.contextmanager
+def exclusive(path: pathlib.Path):
+    """Hold an exclusive lock named after `path` (`path.lock`, beside it) for the block: the
+    exporters check for the file again inside it, so processes that want the same export (the
+    background exporter, a test, two pytest-xdist workers) write it once and the others wait for
+    it instead of exporting it again. The lock dies with its holder, so a killed exporter leaves
+    no stale lock behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def lower_priority() -> None:
