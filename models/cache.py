@@ -61,5 +61,8 @@ def exclusive(path: pathlib.Path):
 def lower_priority() -> None:
     """For a background exporter child (preexec_fn): the lowest CPU priority, so that it uses only
     what the tests leave idle. At the same priority two exporters took 80% of a 2-core machine and
-    the test process, which is what the run waits for, got 17%."""
-    os.nice(19)
+    the test process, which is what the run waits for, got 17%. Not under pytest-xdist: there two
+    workers keep both cores busy, so a niced exporter starved while a worker sat waiting for its
+    export (on the export's lock, cache.exclusive), the core it left idle going to nobody."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        os.nice(19)
