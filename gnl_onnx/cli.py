@@ -17,7 +17,7 @@ from .attribution import attribution_info, attribution_model
 from .attribution_files import explain_boxes_to_folder
 from .audit import audit_files
 from .check import check_files, load_thresholds, parse_checks, parse_threshold_flags
-from .demo import run_demo as demo
+from .demo import run_demo as demo, run_detection_demo as detection_demo
 from .detection import prepare_detector
 from .deploy import combined_model, parse_method_list, runtime_folder, write_triton, write_web
 from .deploy.combine import derive_transposed_kernels
@@ -48,6 +48,7 @@ DESCRIPTION = """Explain what an image CNN looks at, from its ONNX file.
   gnl-onnx check model.onnx --images digits/ --preset mnist --reference ref.npz   CI checks (exit 1: failed)
   gnl-onnx audit model.onnx --images DIR --preset imagenet --out audit/ [--engine ray]   a whole data set
   gnl-onnx demo                                     EfficientNet-Lite0 on real photos, as HTML
+  gnl-onnx demo --task detect                       a layout detector's boxes on a scanned page, each explained
 """
 
 
@@ -254,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_audit)
 
     p = commands.add_parser("demo", help="EfficientNet-Lite0 on real photos: GNL-IG beside IG, as HTML")
+    p.add_argument("--task", choices=("classify", "detect"), default="classify",
+                   help="classify: EfficientNet-Lite0 on photos (default); detect: the PP-PicoDet layout detector "
+                        "on a scanned page, each of its top 3 boxes explained")
     p.add_argument("--out", default="gnl-onnx-demo", help="output folder (default gnl-onnx-demo)")
     p.add_argument("--steps", type=int, default=32, help="integration steps (default 32)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
@@ -595,6 +599,8 @@ def run_audit(args) -> int:
 
 
 def run_demo(args) -> int:
+    if args.task == "detect":
+        return detection_demo(Path(args.out), args.steps, args.overwrite)
     return demo(Path(args.out), args.steps, args.overwrite)
 
 
