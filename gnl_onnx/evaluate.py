@@ -15,9 +15,9 @@ import gnl_onnx.road as road
 
 from .errors import InputError, NonFiniteError, UsageError
 from .evaluation import (ALL_METHODS, DEFAULT_METRICS, FILES, METRICS, RANDOM, Evaluation,  # noqa: F401 - also
-                         MethodSummary, attribute, explain_function, image_record, parse_methods,  # imported
-                         parse_metrics, plot_curves, randomized_function, road_record, score_curves,  # from
-                         scoring, summarize, write_csv)  # here
+                         MethodSummary, attribute, attribute_counted, explain_function, image_record,  # imported
+                         parse_methods, parse_metrics, plot_curves, randomized_function, road_record,  # from
+                         score_curves, scoring, summarize, write_csv)  # here
 from .explainer import Explainer
 from .images import find_images, is_array_file, load_all, read_mask  # noqa: F401 - find_images: imported from
 # here by callers
@@ -82,7 +82,8 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         if np.any(targets < 0) or np.any(targets >= probabilities.shape[1]):
             raise UsageError(f"target {target} is out of range: the model has {probabilities.shape[1]} classes")
     config = {"model": str(model),
-              "methods": methods, "steps": run.steps, **scored.config(),
+              "methods": methods, "steps": run.steps, **({"tolerance": run.tolerance} if run.steps == "auto" else {}),
+              **scored.config(),
               "baseline": run.baseline if isinstance(run.baseline, str) else "array", "integration": run.integration,
               "gate": run.gate, "output": run.output, "seed": run.seed, "provider": scorer.provider}
     if run.layer:
@@ -93,33 +94,39 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         explainer = None
         if method != RANDOM:
             explainer = Explainer(model, settings=run.for_method(method))
+        adaptive = explainer is not None and explainer.adaptive is not None  # steps chosen per image
         per = curves.setdefault(method, {name: [] for m in scored.measures for name in m.curve_names})
         randomized = randomized_function(model, explainer, run.seed)  # built once, if a measure asks
+        points = []  # steps="auto": the gradient points each image took
         for lo in range(0, n, BATCH):
             part = slice(lo, min(n, lo + BATCH))
             start = time.perf_counter()
             try:
-                attributions = attribute(explainer, images[part], targets[part], range(part.start, part.stop), run.seed)
+                attributions, taken = attribute_counted(explainer, images[part], targets[part],
+                                                        range(part.start, part.stop), run.seed)
             except NonFiniteError as e:
                 raise e.named(names[part]) from None
             seconds = (time.perf_counter() - start) / (part.stop - part.start)
             if keep is not None:
                 keep(method, range(part.start, part.stop), attributions)
-            for i, row in zip(range(part.start, part.stop),
-                              score_curves(scorer, images[part], attributions, targets[part], scored,
-                                           range(part.start, part.stop), explain_function(explainer, run.seed),
-                                           None if masks is None else masks[part], randomized)):
+            points.extend(taken)
+            for i, steps_taken, row in zip(range(part.start, part.stop), taken,
+                                           score_curves(scorer, images[part], attributions, targets[part], scored,
+                                                        range(part.start, part.stop),
+                                                        explain_function(explainer, run.seed),
+                                                        None if masks is None else masks[part], randomized)):
                 for mode in per:
                     per[mode].append(row[mode])
                 evaluation.records.append({
                     "image": names[i], "method": method, "target": int(targets[i]),
                     "probability": float(probabilities[i, targets[i]]),
-                    **image_record(row, scored, steps=None if explainer is None else explainer.steps,
+                    **image_record(row, scored, steps=steps_taken,
                                    attribution_seconds=round(seconds, 4))})
                 if progress is not None:
                     progress(1)
-        evaluation.summaries[method] = summarize(method, per, None if explainer is None else explainer.steps,
-                                                 scored.road_fractions)
+        evaluation.summaries[method] = summarize(method, per, None if explainer is None else
+                                                 "auto" if adaptive else explainer.steps, scored.road_fractions,
+                                                 points if adaptive else None)
     return evaluation
 
 

@@ -75,7 +75,7 @@ def parse_methods(text) -> list[str]:
 class MethodSummary:
     method: str
     images: int
-    steps: int | None           # attribution steps (None for random)
+    steps: int | str | None     # attribution steps (None for random; "auto": chosen per image, see points)
     deletion: float             # mean deletion AUC (lower is better)
     deletion_se: float          # its standard error (NaN for one image)
     insertion: float            # mean insertion AUC (higher is better)
@@ -94,6 +94,14 @@ class MethodSummary:
     road_lerf_curve: np.ndarray | None = None
     # the one-number measures (measures.Score): name -> (mean, standard error), in measure order
     scores: dict = field(default_factory=dict)
+    points: tuple | None = None  # steps="auto": (min, mean, max) of the gradient points per image
+
+    def steps_text(self) -> str:
+        """The steps as the table shows them: '-' (random), N, or 'auto LO-HI' (points per image)."""
+        if self.points is not None:
+            low, _, high = self.points
+            return f"auto {low}" if low == high else f"auto {low}-{high}"
+        return "-" if self.steps is None else str(self.steps)
 
     def as_dict(self) -> dict:
         d = {"method": self.method, "images": self.images, "steps": self.steps,
@@ -110,6 +118,8 @@ class MethodSummary:
                       "road_lerf_curve_mean": self.road_lerf_curve.tolist()})
         for name, (mean, se) in self.scores.items():
             d.update({f"{name}_mean": _finite(mean), f"{name}_se": _finite(se)})
+        if self.points is not None:
+            d["points"] = dict(zip(("min", "mean", "max"), self.points))  # per image
         return d
 
 
@@ -129,17 +139,21 @@ class Evaluation:
         c, measures = self.config, self.measures()
         legends = [m.legend(c) for m in measures]
         curves = max((k for k, m in enumerate(measures) if isinstance(m, Perturbation)), default=-1)
-        legends.insert(curves + 1, f"{c['curve_steps']} curve steps; per-pixel {c['reduce']}; baseline {c['baseline']}")
+        legends.insert(curves + 1, f"{c['curve_steps']} curve steps; per-pixel {c['reduce']}; baseline {c['baseline']}"
+                       + (f"; steps auto: points per image to tolerance {c['tolerance']:g}" if "tolerance" in c else ""))
         headers = [h for m in measures for h in m.headers()]
         widths = [max(20, len(h) + 2) for h in headers]
 
+        steps_width = max([7] + [len(s.steps_text()) + 2 for s in self.summaries.values()])
+
         def row(first, values, images, steps):
             return (f"{first:<18}" + "".join(f"{v:>{w}}" for v, w in zip(values[:2], widths[:2]))
-                    + f"{images:>8}{steps:>7}" + "".join(f"{v:>{w}}" for v, w in zip(values[2:], widths[2:])))
+                    + f"{images:>8}{steps:>{steps_width}}"
+                    + "".join(f"{v:>{w}}" for v, w in zip(values[2:], widths[2:])))
         lines = ["; ".join(legends), row("method", headers, "images", "steps")]
         for s in sorted(self.summaries.values(), key=lambda s: s.deletion):
             cells = [_pm(mean, se) for m in measures for mean, se in m.cells(s)]
-            lines.append(row(s.method, cells, s.images, "-" if s.steps is None else s.steps))
+            lines.append(row(s.method, cells, s.images, s.steps_text()))
         return "\n".join(lines)
 
     def agreement(self) -> dict:
@@ -339,9 +353,18 @@ def scoring(curve_steps: int = CURVE_STEPS, reduce: str = "sum", layout: str | N
 def attribute(explainer, images, targets, random_keys, seed: int = 0) -> np.ndarray:
     """One method's attributions of `images` for `targets`: the Explainer's, or with explainer None
     the random floor, standard normal values seeded by (seed, key) for each image's key."""
+    return attribute_counted(explainer, images, targets, random_keys, seed)[0]
+
+
+def attribute_counted(explainer, images, targets, random_keys, seed: int = 0) -> tuple[np.ndarray, list]:
+    """(attributions as attribute gives them, the steps each image took: the Explainer's steps, the
+    gradient points it chose for that image under steps="auto", or None for the random floor)."""
     if explainer is None:
-        return np.stack([random_attribution(images.shape[1:], (seed, key)) for key in random_keys])
-    return explainer.explain(images, targets).attributions
+        return np.stack([random_attribution(images.shape[1:], (seed, key)) for key in random_keys]), \
+            [None] * len(images)
+    result = explainer.explain(images, targets)
+    taken = [explainer.steps] * len(images) if result.points is None else [int(p) for p in result.points]
+    return result.attributions, taken
 
 
 def explain_function(explainer, seed: int = 0):
@@ -418,11 +441,14 @@ def road_record(curves: dict, fractions) -> dict:
     return {**road_measure.numbers(curves, settings), **road_measure.curve_fields(curves, settings)}
 
 
-def summarize(method: str, per: dict, steps, road_fractions=road.FRACTIONS) -> MethodSummary:
+def summarize(method: str, per: dict, steps, road_fractions=road.FRACTIONS, points=None) -> MethodSummary:
     """Mean AUCs with standard errors and mean curves of one method, from every measure whose
     curves `per` holds ({"deletion": [curves], "insertion": [curves]} and, with ROAD, "road_morf"
-    and "road_lerf" [curves] over road_fractions)."""
+    and "road_lerf" [curves] over road_fractions). points: the gradient points each image took
+    when its steps were chosen per image (steps="auto")."""
     fields = {"scores": {}}
+    if points is not None and len(points):
+        fields["points"] = (int(min(points)), round(float(np.mean(points)), 2), int(max(points)))
     for measure in measured(per):
         found = measure.summary(per, road_fractions)
         fields["scores"].update(found.pop("scores", {}))
