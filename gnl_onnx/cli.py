@@ -311,12 +311,14 @@ def metric_args(p):
     p.add_argument("--insertion-substrate", default="blur", choices=["zeros", "black", "mean", "blur"],
                    help="what insertion starts from (default blur: Gaussian, kernel 11, sigma 5, as RISE)")
     p.add_argument("--metrics", "--measures", default="deletion,insertion",
-                   help="deletion,insertion (default), then any of road (noisy linear imputation, a sparse solve "
-                        "per point: slower) and the Quantus measures faithfulness_correlation, pixel_flipping, "
-                        "region_perturbation, irof, monotonicity_correlation, sufficiency, max_sensitivity, "
-                        "avg_sensitivity, local_lipschitz_estimate, random_logit, smooth_mprt, efficient_mprt, "
-                        "sparseness, complexity, and with evaluate --masks pointing_game, relevance_mass_accuracy, "
-                        "relevance_rank_accuracy (their cost: inspect --cost)")
+                   help="deletion,insertion (default), or any set of: those, road (noisy linear imputation, a "
+                        "sparse solve per point: slower), the Quantus measures faithfulness_correlation, "
+                        "pixel_flipping, region_perturbation, irof, monotonicity_correlation, sufficiency, "
+                        "max_sensitivity, avg_sensitivity, local_lipschitz_estimate, random_logit, smooth_mprt, "
+                        "efficient_mprt, sparseness, complexity, with evaluate --masks pointing_game, "
+                        "relevance_mass_accuracy, relevance_rank_accuracy, and randomization (the top 2 weighted "
+                        "layers redrawn, as check does); their cost: inspect --cost. The recommendation rests on the "
+                        "first of this list measured that a random map does not pass")
     p.add_argument("--road-fractions", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                    help="ROAD: the fractions of pixels removed (default 0.1,...,0.9, as the ROAD paper)")
     p.add_argument("--road-noise", type=float, default=0.01,

@@ -275,9 +275,9 @@ def evaluation_page(evaluation, path: PathLike, images: Sequence[ImageResult] = 
                      f'over the methods:</p><table id="rank-correlations"><tbody>{pairs}</tbody></table>'
                      "<p>Max- and average sensitivity do not flag random explanations: a random map changes a lot "
                      "under noise, but so may a good method's on a model with sharp gradients, and a constant map "
-                     "scores a perfect 0 (Hedstrom et al. 2023, Quantus). Random logit and smooth and efficient "
-                     "MPRT ask whether a map changes with the class or the model: a random map always does, so "
-                     "they can fail a method but not crown one.</p>")
+                     "scores a perfect 0 (Hedstrom et al. 2023, Quantus). Random logit, smooth and efficient MPRT "
+                     "and randomization ask whether a map changes with the class or the model: a random map always "
+                     "does, so they can fail a method but not crown one.</p>")
     if curves is not None:
         parts.append(f'<h2>Mean curves</h2><img id="curves" src="{_source(curves, base, False)}" '
                      f'alt="mean curves per method" style="max-width:100%">')
