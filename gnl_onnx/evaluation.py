@@ -14,7 +14,7 @@ import numpy as np
 
 import gnl_onnx.road as road
 
-from .methods import METHODS, get_method
+from .methods import METHODS, get_method, split_method_list
 from .errors import UsageError
 from .explainer import Explainer
 from .measures import MEASURES, RANDOM, Perturbation
@@ -55,8 +55,9 @@ def _known(name: str) -> bool:
 
 
 def parse_methods(text) -> list[str]:
-    """'gnl_ig,ig,random' (or a list) -> the method names, checked, duplicates dropped."""
-    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text)]
+    """'gnl_ig,ig,random' (or a list) -> the method names, checked, duplicates dropped; a method's
+    options stay with it ('rise:masks=200,cells=3', as convert --methods reads them)."""
+    names = [m.strip() for m in (split_method_list(text) if isinstance(text, str) else text)]
     names = [m for m in dict.fromkeys(names) if m]
     if not names:
         raise UsageError("no methods given; e.g. --methods gnl_ig,ig,random")

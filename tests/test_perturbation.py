@@ -192,6 +192,11 @@ def test_forward_methods_run_where_the_backward_cannot(tmp_path, capfd):
                        "rise:masks=100")
     assert code == 0, err
     assert (tmp_path / "rise" / "summary.json").exists()
+    # evaluate keeps a method's options with it ("cells=4" is not a method of its own)
+    code, out, err = cli(capfd, "evaluate", path, tmp_path / "x.npy", "--methods", "rise:masks=100,cells=4,occlusion",
+                         "--curve-steps", "4", "--out", tmp_path / "eval")
+    assert code == 0, err
+    assert "rise:masks=100,cells=4" in out and "occlusion" in out
 
 
 def test_options_and_refusals():
