@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .batch import run_rows_one_at_a_time
 from .errors import ModelError, UsageError
-from .graph import GraphBuilder, prune, rename_value, skeleton, topological_sort
+from .graph import GraphBuilder, all_nodes_of, prune, rename_value, skeleton, topological_sort
 from .intake import PreparedModel, prepare
 from .methods import (LRP_METHODS, MAX_GAUSS_LEGENDRE_STEPS, METHODS, Method, get_method,  # noqa: F401 - also
                       path_points)  # imported from here (METHODS, get_method: used)
@@ -37,9 +37,21 @@ ALL_ROWS = np.iinfo(np.int64).max
 OUTPUT_NAMES = ("attribution", "scores", "target_used", "baseline_scores")
 
 
+def _checked_image_type(graph, x: str):
+    """The image input's type: an attribution model takes a float32 image under a name that is not
+    one of its own."""
+    image_type = next(i.type for i in graph.input if i.name == x)
+    if image_type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise UsageError("attribution models are built for float32 image inputs")
+    if x in INPUT_NAMES + OUTPUT_NAMES:
+        raise UsageError(f"the model's image input is named '{x}', a name the attribution model gives to "
+                         "another input or output; rename the model's input")
+    return image_type
+
+
 def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
                       output: str = "logit", input: str | None = None,
-                      output_name: str | None = None, layer=None, bounds=None) -> onnx.ModelProto:
+                      output_name: str | None = None, layer=None, bounds=None, seed: int = 0) -> onnx.ModelProto:
     """One ONNX model computing an attribution end to end (see the module docstring).
     `layer`: the target layer(s) of CAM methods, value names (default: found, see gnl_onnx/cam/).
     `bounds`: (low, high), the lowest and highest input values (scalars or broadcastable to the
@@ -57,14 +69,16 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     keeps the target it was given); deeplift also `baseline_scores` (at the baseline).
     deeplift takes alphas [1, 0] and weights [1, 0]: the last block of points is the reference of
     the others (the baseline). LRP methods take alphas [1] and no noise: their scores are at the
-    first block of points."""
+    first block of points.
+    A forward-only method whose copies are fixed masks (occlusion, rise, kernelshap) is another
+    graph with the same image, `baseline` and `target` inputs and the same outputs: see
+    forward_attribution_model (`seed`: its masks' seed)."""
     spec = get_method(method).wrapped()  # a wrapper that runs its inner method's graph builds that one
-    if spec.forward_only:
-        raise UsageError(f"{method} runs the model on perturbed copies of the image (forward passes only), which "
-                         "no attribution graph holds; run it with explain or the Explainer")
     if layer and not spec.takes_layer:
         cams = ", ".join(name for name, m in METHODS.items() if m.takes_layer)
         raise UsageError(f"--layer (layer=) is for the CAM methods ({cams}), not {method}")
+    if spec.forward_only:
+        return forward_attribution_model(model, spec, output, input, output_name, seed)
     # a model read here is this call's alone: its output is selected in place (a copy of vgg16: 0.26 s)
     target = get_target(output)  # what is explained: it selects the output, chooses the class, seeds
     chosen = target.select(prepare(model, input, target.output_name or output_name).for_rows,
@@ -88,13 +102,7 @@ def attribution_model(model, method: str = "gnl_ig", gate: str = "paper",
     row_bytes = bytes_per_row(vjp, x)
     if chosen.one_per_run:  # a batch baked in at 1: the rows of a run go through one at a time
         run_rows_one_at_a_time(vjp, [x, report["seed"]])
-    image_type = next(i.type for i in graph.input if i.name == x)
-    if image_type.tensor_type.elem_type != TensorProto.FLOAT:
-        raise UsageError("attribution models are built for float32 image inputs")
-
-    if x in INPUT_NAMES + OUTPUT_NAMES:
-        raise UsageError(f"the model's image input is named '{x}', a name the attribution model gives to "
-                         "another input or output; rename the model's input")
+    image_type = _checked_image_type(graph, x)
     # Free the public names: the model's own values keep working under fresh names.
     builder = GraphBuilder(vjp)
     renamed = {}
@@ -241,3 +249,162 @@ def attribution_info(model: onnx.ModelProto) -> dict:
     if entry is None:
         raise UsageError("this model was not made by gnl_onnx.attribution_model")
     return json.loads(entry.value)
+
+
+FORWARD_RUN_BYTES = 256 * 2**20  # a converted forward-only model's masked rows per loop step and image:
+FORWARD_RUN_ROWS = 256           # as many as this memory holds (bytes_per_row), at most this many
+
+
+class _Body:
+    """GraphBuilder's op and const for the nodes of a Loop body (constants stay in the outer graph,
+    which the body reads by name)."""
+
+    def __init__(self, g: GraphBuilder):
+        self.g, self.graph = g, onnx.GraphProto()
+        self.const, self.ints = g.const, g.ints
+
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
+        out = out or self.g.fresh(f"masked_{op_type.lower()}")
+        self.graph.node.append(helper.make_node(op_type, list(inputs), [out], name=self.g.fresh(f"masked_{op_type}"),
+                                                **attrs))
+        return out
+
+
+def forward_attribution_model(model, spec: Method, output="logit", input: str | None = None,
+                              output_name: str | None = None, seed: int = 0) -> onnx.ModelProto:
+    """A forward-only method whose copies are masks fixed by the image size and the seed
+    (spec.converts) as one ONNX model, equal to the Explainer's result: the masks (or what draws
+    them: RISE's grids and shifts, KernelSHAP's coalitions) are initializers; a Loop runs the
+    model on B copies of each image per step ([N * B] rows, B fixed here from the model's memory
+    per row): copy 0 is the image itself (its scores choose the class: one pass more than the
+    Explainer's count), the others masked; it picks each copy's target score and sums score x
+    mask; the method's graph_maps turns the scores and that sum into the map, in float64 as the
+    Explainer does.
+    Inputs: the image batch (its height and width fixed in the model), `baseline` (broadcastable
+    to it), `target` (int64 [N]; negative: the top-1 class). Outputs: `attribution`, `scores`
+    (at the images), `target_used`."""
+    target = get_target(output)
+    converting = ", ".join(n for n, m in METHODS.items() if getattr(m, "converts", False))
+    if not spec.converts:
+        raise UsageError(f"{spec.name} does not convert to one ONNX graph (its copies depend on the model's "
+                         f"activations); of the forward-only methods {converting} do; run {spec.name} with explain "
+                         "or the Explainer")
+    if spec.weighs_detections and target.matches_detections:
+        raise UsageError(f"{spec.name} of a detector's box is D-RISE, whose matching of boxes runs in numpy and does "
+                         "not convert; convert occlusion or kernelshap for a box, or run rise with explain")
+    if target.reads_image_rows:
+        raise UsageError(f"{spec.name} converts for a class score, not a region ({target.describe()})")
+    chosen = target.select(prepare(model, input, target.output_name or output_name).for_rows,
+                           in_place=not isinstance(model, PreparedModel))
+    if chosen.batch == "fixed":
+        raise ModelError(chosen.notes[0])
+    x, y = chosen.input, chosen.output
+    shape = chosen.image_shape
+    if len(shape) != 4 or None in shape[1:]:
+        raise UsageError(f"{spec.name}'s masks are fixed at conversion, which needs images of one size: the model's "
+                         f"input is ({', '.join('?' if d is None else str(d) for d in shape)}); export it with a "
+                         "fixed height and width")
+    g = GraphBuilder(chosen.proto)
+    graph = g.graph
+    explained = g.shape(y)
+    image_type = _checked_image_type(graph, x)
+    for public in INPUT_NAMES + OUTPUT_NAMES:  # the model's own values keep working under fresh names
+        if g.has_name(public):
+            fresh = g.fresh(public)
+            rename_value(graph, public, fresh)
+            y = fresh if y == public else y
+    channel_axis = 3 if shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4) else 1  # as baselines.spatial_axes
+    height, width = shape[1:3] if channel_axis == 3 else shape[2:]
+    copies = spec.perturbations(height, width, channel_axis, seed)
+    count, pixels = copies.count, height * width
+    row_bytes = bytes_per_row(chosen.proto, x)
+    # copy 0 is the image itself (its scores choose the class), copies 1..count the masked ones
+    most = 1 if chosen.one_per_run else max(1, min(count + 1, FORWARD_RUN_ROWS, FORWARD_RUN_BYTES // row_bytes))
+    steps = -(-(count + 1) // most)
+    per_step = -(-(count + 1) // steps)  # equal steps; the last one's rows past count get zero masks, dropped
+
+    # The network moves into the Loop's body with its weights: ONNX Runtime optimizes a body's
+    # convolutions only with their weights in the body (read from the outer graph, the loop ran
+    # 1.9x slower on the MNIST CNN).
+    network, weights = list(graph.node), {t.name for t in graph.initializer}
+    del graph.node[:]
+    b = _Body(g)
+    step, keep_going, keep_going_out = g.fresh("step"), g.fresh("keep_going"), g.fresh("keep_going_out")
+    target_in, target_out, sum_in, sum_out = (g.fresh(n) for n in ("target_in", "target_out", "sum_in", "sum_out"))
+    at = b.op("Add", b.op("Mul", step, g.const(np.int64(per_step))), g.ints(np.arange(per_step)))  # [B] copies
+    index = b.op("Min", b.op("Max", b.op("Sub", at, g.const(np.int64(1))), g.const(np.int64(0))),
+                 g.const(np.int64(count - 1)))  # the copies' masks
+    real = b.op("Cast", b.op("And", b.op("Greater", at, g.const(np.int64(0))), b.op("Less", at, g.const(np.int64(
+        count + 1)))), to=TensorProto.FLOAT)
+    image_row = b.op("Cast", b.op("Equal", at, g.const(np.int64(0))), to=TensorProto.FLOAT)
+    spread = g.ints([1, 2])
+    masks = b.op("Mul", copies.graph_masks(b, index), b.op("Unsqueeze", real, spread))  # [B, H, W], 0 off the masks
+    keep = b.op("Add", masks, b.op("Unsqueeze", image_row, spread))
+    keep = b.op("Unsqueeze", keep, g.ints([0, 2] if channel_axis == 1 else [0, 4]))  # [1, B, 1, H, W] or NHWC
+    base = b.op("Unsqueeze", "baseline", g.ints([1]))
+    rows = b.op("Add", base, b.op("Mul", keep, b.op("Sub", b.op("Unsqueeze", x, g.ints([1])), base)))
+    item = b.op("Slice", b.op("Shape", x), g.ints([1]), g.ints([4]))
+    flat = b.op("Reshape", rows, b.op("Concat", g.ints([-1]), item, axis=0))  # [N * B, *image]
+    for inner in (n for node in network for n in all_nodes_of(node)):  # (a subgraph reads the image too)
+        inner.input[:] = [flat if i == x else i for i in inner.input]
+    b.graph.node.extend(network)
+    classes = b.op("Slice", b.op("Shape", y), g.ints([1]), g.ints([2]))
+    by_image = b.op("Reshape", y, b.op("Concat", g.ints([-1, per_step]), classes, axis=0))  # [N, B, classes]
+    first = b.op("Reshape", b.op("Slice", by_image, g.ints([0]), g.ints([1]), g.ints([1])),
+                 b.op("Concat", g.ints([-1]), classes, axis=0))  # [N, classes]: the images at step 0
+    chosen_class = b.op("Where", b.op("Equal", step, g.const(np.int64(0))), target.choose(b, first, target_in),
+                        target_in, out=target_out)
+    where = b.op("Expand", b.op("Reshape", chosen_class, g.ints([-1, 1, 1])),
+                 b.op("Concat", b.op("Slice", b.op("Shape", by_image), g.ints([0]), g.ints([2])), g.ints([1]), axis=0))
+    picked = b.op("Cast", b.op("Reshape", b.op("GatherElements", by_image, where, axis=2), g.ints([0, per_step])),
+                  to=TensorProto.DOUBLE)  # [N, B]
+    flat_masks = b.op("Cast", b.op("Reshape", masks, g.ints([per_step, pixels])), to=TensorProto.DOUBLE)
+    b.op("Add", sum_in, b.op("MatMul", picked, flat_masks), out=sum_out)
+    b.op("Identity", keep_going, out=keep_going_out)
+    b.graph.name = g.fresh("masked_copies")
+    b.graph.input.extend([helper.make_tensor_value_info(step, TensorProto.INT64, []),
+                          helper.make_tensor_value_info(keep_going, TensorProto.BOOL, []),
+                          helper.make_tensor_value_info(target_in, TensorProto.INT64, None),
+                          helper.make_tensor_value_info(sum_in, TensorProto.DOUBLE, None)])
+    b.graph.output.extend([helper.make_tensor_value_info(name, kind, None) for name, kind in (
+        (keep_going_out, TensorProto.BOOL), (target_out, TensorProto.INT64), (sum_out, TensorProto.DOUBLE),
+        (picked, TensorProto.DOUBLE), (first, TensorProto.FLOAT))])  # the last two stacked: [steps, N, ...]
+    moved = [t for t in graph.initializer if t.name in weights]
+    b.graph.initializer.extend(moved)
+    kept = [t for t in graph.initializer if t.name not in weights]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+    n = g.op("Slice", g.op("Shape", x), g.ints([0]), g.ints([1]))
+    zeros = g.op("ConstantOfShape", g.op("Concat", n, g.ints([pixels]), axis=0),
+                 value=numpy_helper.from_array(np.zeros(1, np.float64)))
+    used, masked, stacked, at_images = g.op("Loop", g.ints(steps), "", "target", zeros, body=b.graph, outputs=4,
+                                            name="masked_copies_loop")
+    g.op("Identity", used, out="target_used")
+    g.op("Gather", at_images, g.ints(0), axis=0, out="scores")
+    scores = g.op("Reshape", g.op("Transpose", stacked, perm=[1, 0, 2]), g.ints([0, -1]))  # [N, steps * B]
+    scores = g.op("Slice", scores, g.ints([1]), g.ints([count + 1]), g.ints([1]))
+    clean = g.op("Cast", g.op("Reshape", g.op("GatherElements", "scores", g.op("Unsqueeze", "target_used", g.ints([1])),
+                                              axis=1), g.ints([-1])), to=TensorProto.DOUBLE)
+    maps = g.op("Cast", copies.graph_maps(g, scores, masked, clean), to=TensorProto.FLOAT)  # [N, H * W]
+    maps = g.op("Unsqueeze", g.op("Reshape", maps, g.ints([-1, height, width])), g.ints([channel_axis]))
+    g.op("Expand", maps, g.op("Shape", x), out="attribution")
+    del graph.input[:]
+    del graph.output[:]
+    del graph.value_info[:]
+    graph.input.extend([
+        helper.make_value_info(x, image_type),
+        helper.make_tensor_value_info("baseline", TensorProto.FLOAT, [f"baseline_{i}" for i in range(4)]),
+        helper.make_tensor_value_info("target", TensorProto.INT64, ["N"])])
+    graph.output.extend([
+        helper.make_value_info("attribution", image_type),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", (explained or [0, None])[-1]]),
+        helper.make_tensor_value_info("target_used", TensorProto.INT64, ["N"])])
+    prune(graph)
+    info = {"method": spec.name, "rule": "none (forward only)", "gate": "none", "output": target.describe(),
+            "input": x, "layers": [], "gated": [], "summary": spec.summary, "bytes_per_row": row_bytes * per_step,
+            "rules": {}, "classes": target.classes(explained), "region": False, "image_shape": shape,
+            "forward_passes": count, "copies_per_step": per_step, "seed": seed}
+    chosen.proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(info))
+    onnx.checker.check_model(skeleton(chosen.proto))
+    return chosen.proto

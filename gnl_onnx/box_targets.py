@@ -1,6 +1,7 @@
 """A detector's box as a Target: DetectionBox reads the boxes from the model's raw head (YOLOv8/v5,
 GFL/PicoDet or SSD-style boxes and scores), keeps them by class-aware NMS in numpy, and explains each
-kept box by its class score (ClassScore's seed over the flattened candidates' scores)."""
+kept box by its class score (ClassScore's seed over the flattened candidates' scores); rise weighs
+its masks by D-RISE's similarity of the masked image's detections to the box instead."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -141,6 +142,12 @@ class DetectionBox(ClassScore):
     def decode(self, outputs: dict, image_size) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each image's candidates: (boxes [A, 4] x0, y0, x1, y1 in input pixels, scores [A, C]),
         anchors in the explained output's order. outputs: name -> array (all the model's outputs)."""
+        return [(boxes, classes if objectness is None else objectness[:, None] * classes)
+                for boxes, objectness, classes in self.detections(outputs, image_size)]
+
+    def detections(self, outputs: dict, image_size) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+        """Each image's candidates as detection vectors: (boxes [A, 4], objectness [A] where the
+        head has it (yolov5) else None, class scores [A, C]); decode's scores are their product."""
         names = list(outputs)
         layout, roles = self.roles(names, {n: outputs[n].shape for n in names})
         found = []
@@ -148,12 +155,12 @@ class DetectionBox(ClassScore):
             head = np.asarray(outputs[roles["head"]], np.float64)
             for image in head:
                 rows = image.T if layout == "yolov8" else image
-                scores = rows[:, 4:] if layout == "yolov8" else rows[:, 4:5] * rows[:, 5:]
                 cx, cy, w, h = rows[:, :4].T
-                found.append((np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1), scores))
+                boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+                found.append((boxes, None, rows[:, 4:]) if layout == "yolov8" else (boxes, rows[:, 4], rows[:, 5:]))
             return found
         if layout == "boxes":
-            return [(np.asarray(b, np.float64), np.asarray(s, np.float64))
+            return [(np.asarray(b, np.float64), None, np.asarray(s, np.float64))
                     for b, s in zip(outputs[roles["boxes"]], outputs[roles["scores"]])]
         height, width = image_size
         levels = [(outputs[s], outputs[d]) for s, d in zip(roles["scores"], roles["distributions"])]
@@ -175,8 +182,35 @@ class DetectionBox(ClassScore):
                 boxes.append(np.stack([cx - distance[:, 0], cy - distance[:, 1], cx + distance[:, 2],
                                        cy + distance[:, 3]], axis=1))
                 scores.append(np.asarray(level_scores[n], np.float64))
-            found.append((np.concatenate(boxes), np.concatenate(scores)))
+            found.append((np.concatenate(boxes), None, np.concatenate(scores)))
         return found
+
+    # -- D-RISE (Petsiuk et al. 2021): how well a masked image's detections match the explained box --
+    matches_detections = True  # rise weighs its masks by similarity() instead of the box's class score
+
+    @staticmethod
+    def reference(detections: tuple, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The explained box's detection vector, from its image's candidates (detections()) and its
+        column in the explained output: (its box [4], its anchor's class scores [C])."""
+        boxes, _, classes = detections
+        anchor = index // classes.shape[1]
+        return boxes[anchor], classes[anchor]
+
+    @staticmethod
+    def similarity(reference: tuple, detections: tuple) -> float:
+        """D-RISE's weight of a masked image: the largest, over its candidates j, of
+        IoU(box, box_j) x cosine(classes, classes_j) (x objectness_j where the head has it)."""
+        box, classes = reference
+        boxes, objectness, scores = detections
+        low, high = np.maximum(boxes[:, :2], box[:2]), np.minimum(boxes[:, 2:], box[2:])
+        inter = np.prod(np.clip(high - low, 0, None), axis=1)
+        area = lambda b: np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)  # noqa: E731 - degenerate: 0
+        union = area(boxes) + area(box) - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        norms = np.linalg.norm(scores, axis=1) * np.linalg.norm(classes)
+        cosine = np.divide(scores @ classes, norms, out=np.zeros_like(norms), where=norms > 0)
+        weight = iou * cosine * (1.0 if objectness is None else objectness)
+        return float(weight.max()) if len(weight) else 0.0
 
     def keep(self, boxes: np.ndarray, scores: np.ndarray, image: int = 0) -> list[Box]:
         """Class-aware NMS over one image's candidates: the top K, or those above the threshold."""

@@ -17,7 +17,7 @@ from .attribution import attribution_info, attribution_model
 from .attribution_files import explain_boxes_to_folder
 from .audit import audit_files
 from .check import check_files, load_thresholds, parse_checks, parse_threshold_flags
-from .demo import run_demo as demo
+from .demo import run_demo as demo, run_detection_demo as detection_demo
 from .detection import prepare_detector
 from .deploy import combined_model, parse_method_list, runtime_folder, write_triton, write_web
 from .deploy.combine import derive_transposed_kernels
@@ -48,6 +48,7 @@ DESCRIPTION = """Explain what an image CNN looks at, from its ONNX file.
   gnl-onnx check model.onnx --images digits/ --preset mnist --reference ref.npz   CI checks (exit 1: failed)
   gnl-onnx audit model.onnx --images DIR --preset imagenet --out audit/ [--engine ray]   a whole data set
   gnl-onnx demo                                     EfficientNet-Lite0 on real photos, as HTML
+  gnl-onnx demo --task detect                       a layout detector's boxes on a scanned page, each explained
 """
 
 
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(EVALUATED),
                    help=f"comma-separated methods; 'random' is the floor (default {','.join(EVALUATED)})")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--masks", nargs="+", metavar="MASK",
+                   help="region masks for pointing_game, relevance_mass_accuracy, relevance_rank_accuracy: files "
+                        "or folders, each named as its image (cat.jpg: cat.png or cat.npy); an image (grey > 127 "
+                        "inside) is resized and cropped as the photos are, an .npy is [H, W] at the input's size")
     metric_args(p)
     explain_args(p)
     layer_args(p)
@@ -250,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_audit)
 
     p = commands.add_parser("demo", help="EfficientNet-Lite0 on real photos: GNL-IG beside IG, as HTML")
+    p.add_argument("--task", choices=("classify", "detect"), default="classify",
+                   help="classify: EfficientNet-Lite0 on photos (default); detect: the PP-PicoDet layout detector "
+                        "on a scanned page, each of its top 3 boxes explained")
     p.add_argument("--out", default="gnl-onnx-demo", help="output folder (default gnl-onnx-demo)")
     p.add_argument("--steps", type=int, default=32, help="integration steps (default 32)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
@@ -303,10 +311,14 @@ def metric_args(p):
     p.add_argument("--insertion-substrate", default="blur", choices=["zeros", "black", "mean", "blur"],
                    help="what insertion starts from (default blur: Gaussian, kernel 11, sigma 5, as RISE)")
     p.add_argument("--metrics", "--measures", default="deletion,insertion",
-                   help="deletion,insertion (default), then any of road (noisy linear imputation, a sparse solve "
-                        "per point: slower) and the Quantus measures faithfulness_correlation, pixel_flipping, "
-                        "region_perturbation, monotonicity_correlation, max_sensitivity, avg_sensitivity, "
-                        "local_lipschitz_estimate, sparseness, complexity (their cost: inspect --cost)")
+                   help="deletion,insertion (default), or any set of: those, road (noisy linear imputation, a "
+                        "sparse solve per point: slower), the Quantus measures faithfulness_correlation, "
+                        "pixel_flipping, region_perturbation, irof, monotonicity_correlation, sufficiency, "
+                        "max_sensitivity, avg_sensitivity, local_lipschitz_estimate, random_logit, smooth_mprt, "
+                        "efficient_mprt, sparseness, complexity, with evaluate --masks pointing_game, "
+                        "relevance_mass_accuracy, relevance_rank_accuracy, and randomization (the top 2 weighted "
+                        "layers redrawn, as check does); their cost: inspect --cost. The recommendation rests on the "
+                        "first of this list measured that a random map does not pass")
     p.add_argument("--road-fractions", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                    help="ROAD: the fractions of pixels removed (default 0.1,...,0.9, as the ROAD paper)")
     p.add_argument("--road-noise", type=float, default=0.01,
@@ -388,7 +400,7 @@ def run_inspect(args) -> int:
         if "cost" in report:
             print(report["cost"].table())
             print(f"measures (--metrics): forward passes per image, a backward counted as one; the sensitivities "
-                  f"explain each noisy copy again (at {args.steps} steps); region_perturbation: at most")
+                  f"explain each noisy copy again (at {args.steps} steps); region_perturbation: at most; irof: about")
             print("\n".join(f"  {name:<26}{n:>8}" for name, n in report["measure_cost"].items()))
     return EXIT_FAILED if report["unsupported"] else EXIT_OK
 
@@ -408,7 +420,13 @@ def run_convert(args) -> int:
         atomic_write(out, model.SerializeToString())
         info = attribution_info(model)
         print(f"wrote {out} ({args.method}: {info['summary']}; {len(info['gated'])} units gated)")
-        print(FEEDING.format(image=info["input"], path=out))
+        if "forward_passes" in info:  # a forward-only method: its masks are in the graph, no points to feed
+            print(f"feed it '{info['input']}' (float32, {info['image_shape'][1:]} per image), 'baseline' (same "
+                  f"rank, broadcast) and 'target' (int64 [N], -1: the top-1 class); it runs the model on "
+                  f"{info['forward_passes'] + 1} copies per image (the image and its masked copies), "
+                  f"{info['copies_per_step']} per loop step")
+        else:
+            print(FEEDING.format(image=info["input"], path=out))
         if info.get("region"):
             print(f"  (it explains {info['output']}: 'scores' is the map, the region is read at the images, so "
                   "every run takes them: never feed score_rows [0])")
@@ -537,7 +555,7 @@ def run_evaluate(args) -> int:
                           settings=run_settings(args, prep), curve_steps=args.curve_steps, reduce=args.reduce,
                           target=class_only(args.target), deletion_substrate=args.deletion_substrate,
                           insertion_substrate=args.insertion_substrate, batch_size=args.batch_size, metrics=metrics,
-                          road_fractions=args.road_fractions, road_noise=args.road_noise)
+                          road_fractions=args.road_fractions, road_noise=args.road_noise, masks=args.masks)
 
 
 def save_dataset(name: str, limit, seed: int, folder: Path, overwrite: bool) -> list[str]:
@@ -583,6 +601,8 @@ def run_audit(args) -> int:
 
 
 def run_demo(args) -> int:
+    if args.task == "detect":
+        return detection_demo(Path(args.out), args.steps, args.overwrite)
     return demo(Path(args.out), args.steps, args.overwrite)
 
 

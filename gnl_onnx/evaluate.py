@@ -15,12 +15,14 @@ import gnl_onnx.road as road
 
 from .errors import InputError, NonFiniteError, UsageError
 from .evaluation import (ALL_METHODS, DEFAULT_METRICS, FILES, METRICS, RANDOM, Evaluation,  # noqa: F401 - also
-                         MethodSummary, attribute, explain_function, image_record, parse_methods,  # imported
-                         parse_metrics, plot_curves, road_record, score_curves, scoring, summarize,  # from
-                         write_csv)  # here
+                         MethodSummary, attribute, attribute_counted, explain_function, image_record,  # imported
+                         parse_methods, parse_metrics, plot_curves, randomized_function, road_record,  # from
+                         score_curves, scoring, summarize, write_csv)  # here
 from .explainer import Explainer
-from .images import find_images, load_all  # noqa: F401 - find_images: imported from here by callers
+from .images import find_images, is_array_file, load_all, read_mask  # noqa: F401 - find_images: imported from
+# here by callers
 from .intake import prepare
+from .pixels import image_layout
 from .metrics import BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE, Scorer
 from .output import atomic_write, prepare_folder, progress, unique_stems
 from .report import ReportImages, evaluation_page
@@ -38,7 +40,7 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
              batch_size: int = BATCH_SIZE, seed: int = 0, names=None, progress=None, providers=None,
              threads: int | None = None, metrics=DEFAULT_METRICS, road_fractions=road.FRACTIONS,
              road_noise: float = road.NOISE, road_span=None, keep=None, bounds=None, layer=None,
-             settings: Settings | None = None) -> Evaluation:
+             settings: Settings | None = None, masks=None) -> Evaluation:
     """Explain `images` (float32 [N, ...], the model's input) with every method and score each
     attribution by deletion and insertion, and by ROAD when metrics include "road" (road_span: the
     pixel range in the model's input space, road.span_of(preprocessing); None: 1.0, inputs in [0, 1];
@@ -49,6 +51,7 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
     keep(method, indices, attributions), when given, sees each batch's attributions (the report's overlays).
     bounds: (low, high) of the input for lrp_epsilon_gamma_box (Preprocessing.bounds(); None: 0 and 1).
     layer: the CAM methods' target layer(s) (value names; None: the default layer).
+    masks: [N, H, W] region masks on the input's pixels, for the localisation measures (and only them).
     settings: the run's Settings (gnl_onnx/settings.py; its method is not read): with it, the
     keywords it holds (steps ... memory_budget) are not read."""
     methods = parse_methods(methods)
@@ -65,6 +68,7 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         raise UsageError(f"expected a batch of images [N, C, H, W] or [N, H, W, C], got shape {images.shape}")
     n = len(images)
     names = list(names) if names is not None else [str(i) for i in range(n)]
+    masks = _checked_masks(masks, scored, images.shape, run.layout)
     model = prepare(model, run.input, run.output_name)  # read and normalized once for the scorer and every method
     scorer = Scorer(model, input=run.input, output_name=run.output_name, providers=run.providers, threads=run.threads)
     probabilities = scorer.probabilities(images, batch_size)
@@ -78,7 +82,8 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         if np.any(targets < 0) or np.any(targets >= probabilities.shape[1]):
             raise UsageError(f"target {target} is out of range: the model has {probabilities.shape[1]} classes")
     config = {"model": str(model),
-              "methods": methods, "steps": run.steps, **scored.config(),
+              "methods": methods, "steps": run.steps, **({"tolerance": run.tolerance} if run.steps == "auto" else {}),
+              **scored.config(),
               "baseline": run.baseline if isinstance(run.baseline, str) else "array", "integration": run.integration,
               "gate": run.gate, "output": run.output, "seed": run.seed, "provider": scorer.provider}
     if run.layer:
@@ -89,35 +94,95 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         explainer = None
         if method != RANDOM:
             explainer = Explainer(model, settings=run.for_method(method))
+        adaptive = explainer is not None and explainer.adaptive is not None  # steps chosen per image
         per = curves.setdefault(method, {name: [] for m in scored.measures for name in m.curve_names})
+        randomized = randomized_function(model, explainer, run.seed)  # built once, if a measure asks
+        points = []  # steps="auto": the gradient points each image took
         for lo in range(0, n, BATCH):
             part = slice(lo, min(n, lo + BATCH))
             start = time.perf_counter()
             try:
-                attributions = attribute(explainer, images[part], targets[part], range(part.start, part.stop), run.seed)
+                attributions, taken = attribute_counted(explainer, images[part], targets[part],
+                                                        range(part.start, part.stop), run.seed)
             except NonFiniteError as e:
                 raise e.named(names[part]) from None
             seconds = (time.perf_counter() - start) / (part.stop - part.start)
             if keep is not None:
                 keep(method, range(part.start, part.stop), attributions)
-            for i, row in zip(range(part.start, part.stop),
-                              score_curves(scorer, images[part], attributions, targets[part], scored,
-                                           range(part.start, part.stop), explain_function(explainer, run.seed))):
+            points.extend(taken)
+            for i, steps_taken, row in zip(range(part.start, part.stop), taken,
+                                           score_curves(scorer, images[part], attributions, targets[part], scored,
+                                                        range(part.start, part.stop),
+                                                        explain_function(explainer, run.seed),
+                                                        None if masks is None else masks[part], randomized)):
                 for mode in per:
                     per[mode].append(row[mode])
                 evaluation.records.append({
                     "image": names[i], "method": method, "target": int(targets[i]),
                     "probability": float(probabilities[i, targets[i]]),
-                    **image_record(row, scored, steps=None if explainer is None else explainer.steps,
+                    **image_record(row, scored, steps=steps_taken,
                                    attribution_seconds=round(seconds, 4))})
                 if progress is not None:
                     progress(1)
-        evaluation.summaries[method] = summarize(method, per, None if explainer is None else explainer.steps,
-                                                 scored.road_fractions)
+        evaluation.summaries[method] = summarize(method, per, None if explainer is None else
+                                                 "auto" if adaptive else explainer.steps, scored.road_fractions,
+                                                 points if adaptive else None)
     return evaluation
 
 
-def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, overwrite: bool = False, **options):
+def _mask_usage(wanted: tuple, given: bool):
+    """Masks are given exactly when a localisation measure (`wanted`, by name) is asked for."""
+    if wanted and not given:
+        raise UsageError(f"{', '.join(wanted)} need a region mask per image: give --masks (a .npy or an image "
+                         "per image, named as the image)")
+    if given and not wanted:
+        raise UsageError("--masks is read by the localisation measures only: add pointing_game, "
+                         "relevance_mass_accuracy or relevance_rank_accuracy to --metrics")
+
+
+def _checked_masks(masks, scored, shape, layout):
+    """The region masks as [N, H, W] booleans, checked against the measures and the images."""
+    _mask_usage(scored.needs_masks, masks is not None)
+    if masks is None:
+        return None
+    hw = _height_width(shape, layout)
+    masks = np.asarray(masks) != 0
+    if masks.shape != (shape[0], *hw):
+        raise UsageError(f"the masks are shaped {list(masks.shape)}; give one [H, W] mask per image at the model "
+                         f"input's size {hw[0]} x {hw[1]}")
+    return masks
+
+
+def _height_width(shape, layout) -> tuple:
+    return tuple(shape[2:4]) if image_layout(shape, layout) == "NCHW" else tuple(shape[1:3])
+
+
+def find_masks(given, names, prep, hw) -> np.ndarray:
+    """One region mask per image (read_mask: an .npy as it is, an image resized and cropped as the
+    images are) from `given` files and folders, each matched to the image of the same file stem
+    (cat.jpg: cat.npy, cat.png, ...) and checked to be hw (the model input's H, W); [N, H, W]
+    booleans in the images' order."""
+    found = {}
+    for path in map(Path, given):
+        if not path.exists():
+            raise InputError(f"{path}: no such mask file or folder")
+        for p in sorted(q for q in path.iterdir() if q.is_file()) if path.is_dir() else [path]:
+            found.setdefault(p.stem, p)
+    masks = []
+    for name in names:
+        stem = Path(str(name)).stem
+        if stem not in found:
+            raise UsageError(f"no mask for image {name}: give a file named {stem}.npy or {stem}.png in --masks")
+        mask = read_mask(found[stem], prep)
+        if mask.shape != tuple(hw):
+            raise UsageError(f"{found[stem]}: the mask is {mask.shape[0]} x {mask.shape[1]}, the model input "
+                             f"{hw[0]} x {hw[1]}; give an .npy of the input's size or an image of the photo's")
+        masks.append(mask)
+    return np.stack(masks)
+
+
+def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, overwrite: bool = False, masks=None,
+                       **options):
     """Evaluate image files; write FILES into `out`. Returns (evaluation, unreadable images, files)."""
     methods = parse_methods(methods)
     out = Path(out)
@@ -133,6 +198,9 @@ def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, over
     if len(shapes) > 1:
         raise UsageError(f"the images came out in different shapes {sorted(shapes)}; give --crop or --size H W "
                          "so that every image fits the model")
+    _mask_usage(scoring(metrics=options.get("metrics", DEFAULT_METRICS)).needs_masks, bool(masks))
+    regions = find_masks(masks, names, prep, _height_width(loaded[0].shape, prep.layout)) if masks else None
+    # (read and checked before anything is written)
     stems = unique_stems(names)  # the report: OUT/overlays/<stem>.png and <stem>.<method>.png, then report.html
     shown = ReportImages(out, prep.layout, options.get("reduce", "sum"))
     taken = [p for p in shown.planned(stems, methods) if p.exists()]
@@ -147,7 +215,7 @@ def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, over
         evaluation = evaluate(model, np.concatenate(loaded), methods, black=prep.black(), layout=prep.layout,
                               bounds=prep.bounds(),
                               names=names, progress=bar.update if bar is not None else None,
-                              keep=shown.keeper(stems), **options)
+                              keep=shown.keeper(stems), masks=regions, **options)
     finally:
         if bar is not None:
             bar.close()

@@ -1,7 +1,7 @@
 """Faithfulness of attributions, the service under `evaluate` and `audit`: which methods and
-metrics a run asks for, the scoring settings, each attribution scored into curves and AUCs
-(deletion and insertion of gnl_onnx.metrics, ROAD of gnl_onnx.road), a random attribution as the
-floor, summaries per method (mean +- standard error), and the CSV and the plot of mean curves."""
+metrics a run asks for, the scoring settings, each attribution scored into curves and numbers by
+the chosen measures (gnl_onnx/measures.py), a random attribution as the floor, summaries per
+method (mean +- standard error), the recommendation, and the CSV and the plot of mean curves."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +16,9 @@ import gnl_onnx.road as road
 
 from .methods import METHODS, get_method
 from .errors import UsageError
-from .measures import MEASURES, Perturbation
+from .explainer import Explainer
+from .measures import MEASURES, RANDOM, Perturbation
+from .randomize import reset_model
 from .scores import spearman
 from .output import atomic_write
 from .road import FRACTIONS as ROAD_FRACTIONS
@@ -24,27 +26,23 @@ from .road import NOISE as ROAD_NOISE
 from .metrics import (BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE, auc,
                       perturbation_curve, random_attribution, ranking, reduce_to_pixels)
 
-RANDOM = "random"
 ALL_METHODS = ("gradient", "input_x_gradient", "ig", "guided_backprop", "smoothgrad", "gnl_ig", RANDOM)
 SUBSTRATE_NAMES = ("zeros", "black", "mean", "blur")
 FILES = {"csv": "evaluation.csv", "json": "evaluation.json", "table": "evaluation.txt",
          "curves": "evaluation_curves.png", "report": "report.html"}
-METRICS = tuple(MEASURES)  # deletion, insertion, road, then the Quantus measures (gnl_onnx/measures.py)
+METRICS = tuple(MEASURES)  # deletion, insertion, road, the Quantus measures, randomization (gnl_onnx/measures.py)
 DEFAULT_METRICS = ("deletion", "insertion")  # the rest cost more forward passes (or a sparse solve): asked for
 
 
 def parse_metrics(text) -> tuple[str, ...]:
-    """'deletion,insertion,road,...' (or a list) -> the metrics, checked. Deletion and insertion are
-    always measured (the table and the recommendation rest on deletion); "road" adds ROAD, and any
-    other name of MEASURES its measure."""
+    """'deletion,insertion,road,...' (or a list) -> the metrics, checked, in MEASURES order (the
+    recommendation rests on the first: deletion when it is measured)."""
     names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text)]
     names = [m for m in dict.fromkeys(names) if m]
     unknown = [m for m in names if m not in METRICS]
-    if unknown:
-        raise UsageError(f"unknown metric {', '.join(map(repr, unknown))}; choose from {', '.join(METRICS)}")
-    if not set(DEFAULT_METRICS) <= set(names):
-        raise UsageError("deletion and insertion are always measured; give --metrics deletion,insertion or "
-                         "deletion,insertion,road (or more measures: " + ", ".join(METRICS[3:]) + ")")
+    if unknown or not names:
+        raise UsageError(f"unknown metric {', '.join(map(repr, unknown)) or '(none given)'}; choose from "
+                         f"{', '.join(METRICS)}")
     return tuple(m for m in METRICS if m in names)
 
 
@@ -73,13 +71,14 @@ def parse_methods(text) -> list[str]:
 class MethodSummary:
     method: str
     images: int
-    steps: int | None           # attribution steps (None for random)
-    deletion: float             # mean deletion AUC (lower is better)
-    deletion_se: float          # its standard error (NaN for one image)
-    insertion: float            # mean insertion AUC (higher is better)
-    insertion_se: float
-    deletion_curve: np.ndarray  # mean curves, curve_steps + 1 points
-    insertion_curve: np.ndarray
+    steps: int | str | None     # attribution steps (None for random; "auto": chosen per image, see points)
+    # deletion and insertion, None when not measured
+    deletion: float | None = None             # mean deletion AUC (lower is better)
+    deletion_se: float = math.nan             # its standard error (NaN for one image)
+    insertion: float | None = None            # mean insertion AUC (higher is better)
+    insertion_se: float = math.nan
+    deletion_curve: np.ndarray | None = None  # mean curves, curve_steps + 1 points
+    insertion_curve: np.ndarray | None = None
     # ROAD, None when not measured: mean AUCs of the most- (lower is better) and least-relevant-
     # first curves (higher is better), their difference LeRF - MoRF (higher is better), mean curves
     road_morf: float | None = None
@@ -92,13 +91,24 @@ class MethodSummary:
     road_lerf_curve: np.ndarray | None = None
     # the one-number measures (measures.Score): name -> (mean, standard error), in measure order
     scores: dict = field(default_factory=dict)
+    points: tuple | None = None  # steps="auto": (min, mean, max) of the gradient points per image
+
+    def steps_text(self) -> str:
+        """The steps as the table shows them: '-' (random), N, or 'auto LO-HI' (points per image)."""
+        if self.points is not None:
+            low, _, high = self.points
+            return f"auto {low}" if low == high else f"auto {low}-{high}"
+        return "-" if self.steps is None else str(self.steps)
 
     def as_dict(self) -> dict:
-        d = {"method": self.method, "images": self.images, "steps": self.steps,
-             "deletion_auc_mean": self.deletion, "deletion_auc_se": _finite(self.deletion_se),
-             "insertion_auc_mean": self.insertion, "insertion_auc_se": _finite(self.insertion_se),
-             "deletion_curve_mean": self.deletion_curve.tolist(),
-             "insertion_curve_mean": self.insertion_curve.tolist()}
+        d = {"method": self.method, "images": self.images, "steps": self.steps}
+        for name in ("deletion", "insertion"):
+            if getattr(self, name) is not None:
+                d.update({f"{name}_auc_mean": getattr(self, name),
+                          f"{name}_auc_se": _finite(getattr(self, f"{name}_se"))})
+        for name in ("deletion", "insertion"):
+            if getattr(self, name) is not None:
+                d[f"{name}_curve_mean"] = getattr(self, f"{name}_curve").tolist()
         if self.road_morf is not None:
             d.update({"road_morf_auc_mean": self.road_morf, "road_morf_auc_se": _finite(self.road_morf_se),
                       "road_lerf_auc_mean": self.road_lerf, "road_lerf_auc_se": _finite(self.road_lerf_se),
@@ -108,6 +118,8 @@ class MethodSummary:
                       "road_lerf_curve_mean": self.road_lerf_curve.tolist()})
         for name, (mean, se) in self.scores.items():
             d.update({f"{name}_mean": _finite(mean), f"{name}_se": _finite(se)})
+        if self.points is not None:
+            d["points"] = dict(zip(("min", "mean", "max"), self.points))  # per image
         return d
 
 
@@ -121,23 +133,42 @@ class Evaluation:
         """The measures these summaries hold, in MEASURES order."""
         return tuple(m for m in MEASURES.values() if any(m.cells(s) for s in self.summaries.values()))
 
+    def ranked(self, measure, summaries=None) -> list:
+        """`summaries` (default: all) that `measure` ranks, best first (ties: in the given order)."""
+        found = [s for s in (self.summaries.values() if summaries is None else summaries) if measure.rank(s)]
+        return sorted(found, key=lambda s: measure.rank(s)[0] * (-1 if measure.better == "higher" else 1))
+
+    def lead(self):
+        """The measure the recommendation and the table's order rest on: the first one measured that
+        ranks a method and leads (MEASURES order: deletion when measured), else the first that ranks
+        one (a sanity check a random map passes, when only those were taken), or None."""
+        ranking = [m for m in self.measures() if self.ranked(m)]
+        return next((m for m in ranking if m.leads), ranking[0] if ranking else None)
+
     def table(self) -> str:
-        """The legend line, then one row per method (sorted by deletion) with every measure's
-        columns: mean +- standard error."""
+        """The legend line, then one row per method (best first by the leading measure) with every
+        measure's columns: mean +- standard error."""
         c, measures = self.config, self.measures()
         legends = [m.legend(c) for m in measures]
         curves = max((k for k, m in enumerate(measures) if isinstance(m, Perturbation)), default=-1)
-        legends.insert(curves + 1, f"{c['curve_steps']} curve steps; per-pixel {c['reduce']}; baseline {c['baseline']}")
+        legends.insert(curves + 1, f"{c['curve_steps']} curve steps; per-pixel {c['reduce']}; baseline {c['baseline']}"
+                       + (f"; steps auto: points per image to tolerance {c['tolerance']:g}" if "tolerance" in c
+                          else ""))
         headers = [h for m in measures for h in m.headers()]
         widths = [max(20, len(h) + 2) for h in headers]
 
+        steps_width = max([7] + [len(s.steps_text()) + 2 for s in self.summaries.values()])
+
         def row(first, values, images, steps):
             return (f"{first:<18}" + "".join(f"{v:>{w}}" for v, w in zip(values[:2], widths[:2]))
-                    + f"{images:>8}{steps:>7}" + "".join(f"{v:>{w}}" for v, w in zip(values[2:], widths[2:])))
+                    + f"{images:>8}{steps:>{steps_width}}"
+                    + "".join(f"{v:>{w}}" for v, w in zip(values[2:], widths[2:])))
         lines = ["; ".join(legends), row("method", headers, "images", "steps")]
-        for s in sorted(self.summaries.values(), key=lambda s: s.deletion):
+        lead = self.lead()
+        ranked = [] if lead is None else self.ranked(lead)
+        for s in ranked + [s for s in self.summaries.values() if s not in ranked]:
             cells = [_pm(mean, se) for m in measures for mean, se in m.cells(s)]
-            lines.append(row(s.method, cells, s.images, "-" if s.steps is None else s.steps))
+            lines.append(row(s.method, cells, s.images, s.steps_text()))
         return "\n".join(lines)
 
     def agreement(self) -> dict:
@@ -186,58 +217,81 @@ class Evaluation:
         return lines
 
     def recommendation(self) -> str:
-        """One line: the method with the lowest mean deletion AUC, its margin over the next one
-        and whether that margin exceeds their combined standard errors sqrt(se1^2 + se2^2)."""
-        ranked = sorted((s for s in self.summaries.values() if s.method != RANDOM), key=lambda s: s.deletion)
+        """One line: the best method by the leading measure (see lead), its margin over the next one
+        and whether that margin exceeds their combined standard errors sqrt(se1^2 + se2^2); then
+        the choice of every other measure taken that gives a second opinion (ROAD)."""
         floor = self.summaries.get(RANDOM)
-        if not ranked:
+        methods = [s for s in self.summaries.values() if s.method != RANDOM]
+        lead = self.lead()
+        if not methods:
             return "recommendation: none: only the random floor was evaluated"
+        ranked = [] if lead is None else self.ranked(lead, methods)
+        if not ranked:
+            return "recommendation: none: no measure gave the methods a finite number"
         best = ranked[0]
-        head = (f"recommendation: {best.method} is the most faithful method for this model and these "
-                f"{best.images} image(s) (lowest mean deletion AUC {best.deletion:.4f})")
+        value, se = lead.rank(best)
+        head = (f"recommendation: {best.method} is the most {lead.quality} method for this model and these "
+                f"{best.images} image(s) ({'lowest' if lead.better == 'lower' else 'highest'} mean "
+                f"{_named(lead)} {value:.4f})")
         runner = ranked[1] if len(ranked) > 1 else floor
-        if runner is None:
+        if runner is None or not lead.rank(runner):
             return head + "; it was the only method evaluated, so there is no margin to judge"
-        margin = runner.deletion - best.deletion
-        combined = math.sqrt(best.deletion_se ** 2 + runner.deletion_se ** 2)
+        other, other_se = lead.rank(runner)
+        margin = _margin(lead, value, other)
+        combined = math.sqrt(se ** 2 + other_se ** 2)
         if not math.isfinite(combined):
             verdict = "which cannot be weighed against standard errors from a single image"
         elif margin > combined:
             verdict = f"which exceeds their combined standard errors ({combined:.4f})"
         else:
             verdict = f"which does not exceed their combined standard errors ({combined:.4f}): not a clear winner"
-        line = f"{head}; its margin over {runner.method} ({runner.deletion:.4f}) is {margin:.4f}, {verdict}"
-        if floor is not None and runner is not floor and best.deletion >= floor.deletion:
-            line += f"; it does not beat the random floor ({floor.deletion:.4f})"
-        return line + self._road_opinion(ranked, floor)
+        line = f"{head}; its margin over {runner.method} ({other:.4f}) is {margin:.4f}, {verdict}"
+        if not lead.leads:
+            line += f"; a random map passes {lead.label}: it can fail a method, not crown one"
+        at_floor = None if floor is None or runner is floor or not lead.rank(floor) else lead.rank(floor)[0]
+        if at_floor is not None and _margin(lead, value, at_floor) <= 0:
+            line += f"; it does not beat the random floor ({at_floor:.4f})"
+        return line + "".join(self._opinion(m, lead, ranked, floor) for m in self.measures()
+                              if m is not lead and m.second_opinion)
 
-    def _road_opinion(self, ranked, floor) -> str:
-        """ROAD's view, when measured: the method with the highest LeRF - MoRF, whether it agrees
-        with deletion's choice, and whether its margin exceeds the combined standard errors."""
-        measured = [s for s in ranked if s.road_difference is not None]
-        if not measured:
+    def _opinion(self, measure, lead, ranked, floor) -> str:
+        """A second measure's view: the method it ranks first, whether that agrees with the leading
+        measure's choice, and whether its margin exceeds the combined standard errors."""
+        by = self.ranked(measure, ranked)
+        if not by:
             return ""
-        by_road = sorted(measured, key=lambda s: -s.road_difference)
-        best = by_road[0]
-        agree = "agrees" if best is ranked[0] else f"disagrees: {ranked[0].method} is deletion's choice"
-        text = (f"; by ROAD (LeRF - MoRF, higher is better) {best.method} ranks first "
-                f"({best.road_difference:.4f}), which {agree}")
-        if len(by_road) > 1:
-            runner = by_road[1]
-            margin = best.road_difference - runner.road_difference
-            combined = math.sqrt(best.road_difference_se ** 2 + runner.road_difference_se ** 2)
+        best = by[0]
+        value, se = measure.rank(best)
+        agree = "agrees" if best is ranked[0] else f"disagrees: {ranked[0].method} is {lead.label}'s choice"
+        what = f"{measure.rank_what}, " if measure.rank_what else ""
+        text = (f"; by {measure.label} ({what}{measure.better} is better) {best.method} ranks first ({value:.4f}), "
+                f"which {agree}")
+        if len(by) > 1:
+            runner, runner_se = measure.rank(by[1])
+            margin = _margin(measure, value, runner)
+            combined = math.sqrt(se ** 2 + runner_se ** 2)
             if math.isfinite(combined):
                 exceeds = "exceeds" if margin > combined else "does not exceed"
-                text += (f"; its ROAD margin over {runner.method} ({margin:.4f}) {exceeds} their combined "
+                text += (f"; its {measure.label} margin over {by[1].method} ({margin:.4f}) {exceeds} their combined "
                          f"standard errors ({combined:.4f})")
-        if floor is not None and floor.road_difference is not None and best.road_difference <= floor.road_difference:
-            text += f"; by ROAD it does not beat the random floor ({floor.road_difference:.4f})"
+        if floor is not None and measure.rank(floor) and _margin(measure, value, measure.rank(floor)[0]) <= 0:
+            text += f"; by {measure.label} it does not beat the random floor ({measure.rank(floor)[0]:.4f})"
         return text
 
     def as_dict(self) -> dict:
         extra = {"agreement": self.agreement()} if self.agreement_lines() else {}
         return {"config": self.config, "summary": [s.as_dict() for s in self.summaries.values()],
                 "recommendation": self.recommendation(), **extra, "images": self.records}
+
+
+def _named(measure) -> str:
+    """The number a measure ranks by, in words: "deletion AUC", "ROAD LeRF - MoRF", "sparseness"."""
+    return f"{measure.label} {measure.rank_what}".strip()
+
+
+def _margin(measure, value: float, other: float) -> float:
+    """How much better `value` is than `other` by `measure` (negative: worse)."""
+    return value - other if measure.better == "higher" else other - value
 
 
 def _finite(v):
@@ -277,10 +331,14 @@ class Scoring:
     road_span: object = 1.0
     seed: int = 0
     others: tuple = ()  # the measures asked for besides deletion, insertion and ROAD, by name
+    chosen: tuple | None = None  # every measure asked for, by name (scoring() sets it); None: deletion and
+    # insertion, ROAD when road, and the others
 
     @property
     def measures(self) -> tuple:
         """The measures every attribution is scored by (gnl_onnx/measures.py), in METRICS order."""
+        if self.chosen is not None:
+            return tuple(MEASURES[name] for name in METRICS if name in self.chosen)
         return tuple(MEASURES[name] for name in METRICS if name in DEFAULT_METRICS or (name == "road" and self.road)
                      or name in self.others)
 
@@ -288,6 +346,11 @@ class Scoring:
     def explains_again(self) -> bool:
         """Whether a measure explains perturbed copies of the image (the sensitivities)."""
         return any(getattr(m, "needs_explain", False) for m in self.measures)
+
+    @property
+    def needs_masks(self) -> tuple:
+        """The measures that read a region mask per image (the localisation measures), by name."""
+        return tuple(m.name for m in self.measures if "mask" in getattr(m, "needs", ()))
 
     def config(self) -> dict:
         """The settings as evaluation.config states them (substrate arrays come from "black").
@@ -298,7 +361,7 @@ class Scoring:
         if self.road:
             c.update(metrics=[m.name for m in self.measures], road_fractions=list(self.road_fractions),
                      road_noise=self.road_noise)
-        elif self.others:
+        elif [m.name for m in self.measures] != list(DEFAULT_METRICS):
             c.update(metrics=[m.name for m in self.measures])
         return c
 
@@ -326,15 +389,24 @@ def scoring(curve_steps: int = CURVE_STEPS, reduce: str = "sum", layout: str | N
                    _substrate(insertion_substrate, black), "road" in chosen,
                    road.check_fractions(road_fractions), float(road_noise),
                    1.0 if road_span is None else np.asarray(road_span, np.float32), int(seed),
-                   tuple(m for m in chosen if m not in (*DEFAULT_METRICS, "road")))
+                   tuple(m for m in chosen if m not in (*DEFAULT_METRICS, "road")), chosen)
 
 
 def attribute(explainer, images, targets, random_keys, seed: int = 0) -> np.ndarray:
     """One method's attributions of `images` for `targets`: the Explainer's, or with explainer None
     the random floor, standard normal values seeded by (seed, key) for each image's key."""
+    return attribute_counted(explainer, images, targets, random_keys, seed)[0]
+
+
+def attribute_counted(explainer, images, targets, random_keys, seed: int = 0) -> tuple[np.ndarray, list]:
+    """(attributions as attribute gives them, the steps each image took: the Explainer's steps, the
+    gradient points it chose for that image under steps="auto", or None for the random floor)."""
     if explainer is None:
-        return np.stack([random_attribution(images.shape[1:], (seed, key)) for key in random_keys])
-    return explainer.explain(images, targets).attributions
+        return np.stack([random_attribution(images.shape[1:], (seed, key)) for key in random_keys]), \
+            [None] * len(images)
+    result = explainer.explain(images, targets)
+    taken = [explainer.steps] * len(images) if result.points is None else [int(p) for p in result.points]
+    return result.attributions, taken
 
 
 def explain_function(explainer, seed: int = 0):
@@ -348,13 +420,34 @@ def explain_function(explainer, seed: int = 0):
                                              for _ in range(len(images))])
 
 
+def randomized_function(model, explainer, seed: int = 0):
+    """(change=None) -> explain(images, targets) of the same method on a changed copy of `model`:
+    change(model, seed) -> the copy, or None when there is nothing to change (then None); without
+    it, every layer randomised as Quantus randomises it (randomize.reset_model), for smooth and
+    efficient MPRT; the randomization measure redraws the top layers. Each copy is built on first
+    use, then kept. The random floor's maps do not depend on the model."""
+    built = {}
+
+    def randomized(change=None):
+        if change not in built:
+            copy = None if explainer is None else (change or reset_model)(model, seed)
+            built[change] = None if explainer is not None and copy is None else explain_function(
+                None if explainer is None else Explainer(copy, settings=explainer.settings), seed)
+        return built[change]
+    return randomized
+
+
 def score_curves(scorer, images, attributions, targets, scoring: Scoring, keys=None,
-                 explain=None) -> list[dict[str, np.ndarray]]:
+                 explain=None, masks=None, randomized=None) -> list[dict[str, np.ndarray]]:
     """The curves of each image's attribution by every measure of `scoring` (deletion and insertion;
     with scoring.road the ROAD curves "road_morf" and "road_lerf", their noise seeded by
     (scoring.seed, the image's key): keys[i] (default: i)), tracking its target's probability; a
     one-number measure's curve is its number. explain(images, targets) -> attributions: the
-    method, for the measures that explain perturbed copies (the sensitivities)."""
+    method, for the measures that explain perturbed copies (the sensitivities, random_logit);
+    masks: [N, H, W] region masks (the localisation measures); randomized: randomized_function's
+    (the MPRTs). A measure over a set of images (sufficiency) takes these images as the set."""
+    shared = {m.name: m.over_batch(scorer, images, attributions, targets, scoring)
+              for m in scoring.measures if hasattr(m, "over_batch")}
     curves = []
     for i in range(len(images)):
         order = ranking(reduce_to_pixels(attributions[i:i + 1], scoring.layout, scoring.reduce))
@@ -362,7 +455,9 @@ def score_curves(scorer, images, attributions, targets, scoring: Scoring, keys=N
         row = {}
         for measure in scoring.measures:
             row.update(measure.curves(scorer, images[i:i + 1], order, int(targets[i]), key, scoring,
-                                      attribution=attributions[i:i + 1], explain=explain))
+                                      attribution=attributions[i:i + 1], explain=explain,
+                                      mask=None if masks is None else masks[i], randomized=randomized,
+                                      shared=shared[measure.name][i] if measure.name in shared else None))
         curves.append(row)
     return curves
 
@@ -391,16 +486,19 @@ def road_record(curves: dict, fractions) -> dict:
     return {**road_measure.numbers(curves, settings), **road_measure.curve_fields(curves, settings)}
 
 
-def summarize(method: str, per: dict, steps, road_fractions=road.FRACTIONS) -> MethodSummary:
+def summarize(method: str, per: dict, steps, road_fractions=road.FRACTIONS, points=None) -> MethodSummary:
     """Mean AUCs with standard errors and mean curves of one method, from every measure whose
     curves `per` holds ({"deletion": [curves], "insertion": [curves]} and, with ROAD, "road_morf"
-    and "road_lerf" [curves] over road_fractions)."""
+    and "road_lerf" [curves] over road_fractions). points: the gradient points each image took
+    when its steps were chosen per image (steps="auto")."""
     fields = {"scores": {}}
+    if points is not None and len(points):
+        fields["points"] = (int(min(points)), round(float(np.mean(points)), 2), int(max(points)))
     for measure in measured(per):
         found = measure.summary(per, road_fractions)
         fields["scores"].update(found.pop("scores", {}))
         fields.update(found)
-    return MethodSummary(method=method, images=len(per["deletion"]), steps=steps, **fields)
+    return MethodSummary(method=method, images=len(next(iter(per.values()), [])), steps=steps, **fields)
 
 
 # -- files -----------------------------------------------------------------------------------------
@@ -408,8 +506,9 @@ def summarize(method: str, per: dict, steps, road_fractions=road.FRACTIONS) -> M
 
 def write_csv(evaluation: Evaluation, path: Path) -> Path:
     first = evaluation.records[0] if evaluation.records else {}
-    numbers = [c for m in MEASURES.values() if all(c in first for c in m.columns) for c in m.columns] or \
-        ["deletion_auc", "insertion_auc"]
+    chosen = evaluation.config.get("metrics", DEFAULT_METRICS)  # the columns of an evaluation without records
+    numbers = [c for m in MEASURES.values() if (all(c in first for c in m.columns) if first else m.name in chosen)
+               for c in m.columns]
     columns = ["image", "method", "target", "probability", *numbers, "steps", "attribution_seconds"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -421,55 +520,39 @@ def write_csv(evaluation: Evaluation, path: Path) -> Path:
     return atomic_write(path, buffer.getvalue())
 
 
+def curve_panels(evaluation: Evaluation) -> list:
+    """The panels of plot_curves: each measure's (measures.Panel), in MEASURES order."""
+    summaries = list(evaluation.summaries.values())
+    return [p for m in evaluation.measures() for p in m.panels(summaries, evaluation.config) if p.series]
+
+
 def plot_curves(evaluation: Evaluation, path: Path) -> Path:
-    """Mean deletion and insertion curves per method, one panel each, and ROAD's MoRF and LeRF
-    curves when measured (Agg canvas: no GUI, no global pyplot state)."""
+    """Every measure's panels side by side (curve_panels): mean curves per method (deletion,
+    insertion, ROAD's MoRF and LeRF), or a one-number measure's means as bars with their standard
+    errors; the random floor dashed, in grey (Agg canvas: no GUI, no global pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    with_road = any(s.road_morf is not None for s in evaluation.summaries.values())
-    figure = Figure(figsize=(22 if with_road else 11, 4.2))
+    panels = curve_panels(evaluation)
+    figure = Figure(figsize=(5.5 * max(1, len(panels)), 4.2))  # 11 inches for deletion and insertion, as always
     FigureCanvasAgg(figure)
-    c = evaluation.config
-    if with_road:
-        _plot_road(evaluation, figure)
-    for k, mode in enumerate(("deletion", "insertion")):
-        ax = figure.add_subplot(1, 4 if with_road else 2, k + 1)
-        for s in evaluation.summaries.values():
-            curve = s.deletion_curve if mode == "deletion" else s.insertion_curve
-            value = s.deletion if mode == "deletion" else s.insertion
-            ax.plot(np.linspace(0, 1, len(curve)), curve, label=f"{s.method} ({value:.3f})",
-                    linestyle="--" if s.method == RANDOM else "-", color="grey" if s.method == RANDOM else None)
-        verb = "removed" if mode == "deletion" else "inserted"
-        better = "lower" if mode == "deletion" else "higher"
-        ax.set_title(f"{mode} (substrate {c[mode + '_substrate']}; AUC, {better} is better)")
-        ax.set_xlabel(f"fraction of pixels {verb}")
-        ax.set_ylabel("probability of the target class")
+    for k, panel in enumerate(panels):
+        ax = figure.add_subplot(1, len(panels), k + 1)
+        ax.set_title(panel.title)
+        ax.set_ylabel(panel.ylabel)
+        if panel.kind == "bar":
+            names = [method for method, _, _ in panel.series]
+            ax.bar(range(len(names)), [mean for _, mean, _ in panel.series],
+                   yerr=[se if math.isfinite(se) else 0 for _, _, se in panel.series], capsize=3,
+                   color=["grey" if method == RANDOM else f"C{i}" for i, method in enumerate(names)])
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+            continue
+        for method, x, y, value in panel.series:
+            ax.plot(x, y, marker=panel.marker, label=f"{method} ({value:.3f})",
+                    linestyle="--" if method == RANDOM else "-", color="grey" if method == RANDOM else None)
+        ax.set_xlabel(panel.xlabel)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)  # probabilities: the same scale for every model
         ax.legend(fontsize=8)
     figure.tight_layout()
     return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-
-
-def _plot_road(evaluation: Evaluation, figure):
-    """Panels 3 and 4 of plot_curves: ROAD's mean MoRF and LeRF curves over the removal fractions."""
-    fractions = evaluation.config["road_fractions"]
-    for k, (which, name, better) in enumerate((("morf", "MoRF", "lower"), ("lerf", "LeRF", "higher"))):
-        ax = figure.add_subplot(1, 4, k + 3)
-        for s in evaluation.summaries.values():
-            curve = s.road_morf_curve if which == "morf" else s.road_lerf_curve
-            if curve is None:
-                continue
-            value = s.road_morf if which == "morf" else s.road_lerf
-            ax.plot(fractions, curve, marker=".", label=f"{s.method} ({value:.3f})",
-                    linestyle="--" if s.method == RANDOM else "-", color="grey" if s.method == RANDOM else None)
-        first = "most" if which == "morf" else "least"
-        ax.set_title(f"ROAD {name}: {first} relevant removed first (AUC, {better} is better)")
-        ax.set_xlabel("fraction of pixels removed (noisy linear imputation)")
-        ax.set_ylabel("probability of the target class")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=8)
-
-

@@ -22,6 +22,11 @@ from .runtime import choose_providers, make_session
 from .targets import get_target
 
 
+DRISE = ("D-RISE (Petsiuk et al. 2021): the mean of random upsampled masks that keep the pixel, each weighted by "
+         "how well the masked image's best detection matches the box (IoU x class cosine x objectness; forward "
+         "passes only; seeded)")
+
+
 class ForwardRunner:
     """Scores a forward-only method's perturbed copies in runs that fit the memory budget."""
 
@@ -29,8 +34,10 @@ class ForwardRunner:
         s = settings
         self.spec, self.seed = spec, s.seed
         target = get_target(s.output)
-        chosen = target.select(prepare(model, s.input, s.output_name).for_rows,
-                               in_place=not isinstance(model, PreparedModel))
+        prepared = prepare(model, s.input, s.output_name).for_rows
+        # D-RISE: the masked copies' detections are read from all the model's outputs, not the class scores
+        self.detector = target if spec.weighs_detections and target.matches_detections else None
+        chosen = target.select(prepared, in_place=not isinstance(model, PreparedModel) and self.detector is None)
         if chosen.batch == "fixed":
             raise ModelError(chosen.notes[0])
         self.one_per_run = chosen.one_per_run
@@ -40,7 +47,7 @@ class ForwardRunner:
         if len(layers) > 1:
             raise UsageError(f"{spec.name} takes one layer (--layer once), got {len(layers)}")
         self.layer = layers[0] if layers else None
-        head = chosen.proto
+        head = chosen.proto if self.detector is None else prepared.proto
         if self.layer is not None:  # the activations beside the scores, and the model after the layer
             head.graph.output.append(helper.make_tensor_value_info(self.layer.name, onnx.TensorProto.FLOAT, None))
             tail, self.tail_reads_image = after_value(head, self.layer.name, y, x)
@@ -52,13 +59,15 @@ class ForwardRunner:
         self.row_bytes = bytes_per_row(tail, self.value) + (bytes_per_row(head, x) if self.tail_reads_image else 0)
         self.info = {"method": spec.name, "rule": "none (forward only)", "gate": s.gate, "output": s.output,
                      "input": x, "layers": [self.layer.name] if self.layer is not None else [], "gated": [],
-                     "summary": spec.summary, "bytes_per_row": self.row_bytes, "rules": {},
+                     "summary": DRISE if self.detector is not None else spec.summary,
+                     "bytes_per_row": self.row_bytes, "rules": {},
                      "classes": classes if isinstance(classes, int) else None,
                      "image_shape": [d.dim_value if d.HasField("dim_value") else None for d in image.shape.dim]}
         budget = Budget.resolve(s.memory_budget, choose_providers(s.providers)[0]).fit(2 * self.row_bytes,
                                                                                         s.memory_budget)
         self.budget, self.budget_note = budget.bytes, budget.note
         self.x, self.y, self.passes = x, y, None
+        self.outputs = [o.name for o in head.graph.output] if self.detector is not None else [y]
         self.head, self.provider = make_session(head, s.providers, s.threads)
         self.tail = self.head if tail is head else make_session(tail, s.providers, s.threads)[0]
 
@@ -103,16 +112,21 @@ class ForwardRunner:
         channel_axis = 3 if height_axis == 1 else 1
         height, width = images.shape[height_axis], images.shape[width_axis]
         per_run = self.rows_per_run()
-        outputs = [self.y] + ([self.value] if self.layer is not None else [])
-        scores, activations = [], []
+        outputs = self.outputs + ([self.value] if self.layer is not None else [])
+        scores, activations, found = [], [], []
         for lo in range(0, n, per_run):
             result = self._run(self.head, outputs, {self.x: images[lo:lo + per_run]})
+            if self.detector is not None:  # the scores DetectionBox.select would give: decode's, flattened
+                named = dict(zip(self.outputs, result))
+                found += self.detector.detections(named, (height, width))
+                result = [np.stack([s for _, s in self.detector.decode(named, (height, width))])]
             scores.append(np.asarray(result[0], np.float32).reshape(len(result[0]), -1))
             if self.layer is not None:
-                activations.append(result[1])
+                activations.append(result[-1])
         scores = np.concatenate(scores)
         targets = np.where(targets < 0, scores.argmax(axis=1), targets)
         clean = scores[np.arange(n), targets]
+        references = [self.detector.reference(d, int(t)) for d, t in zip(found, targets)] if found else None
         copies = self.spec.perturbations(height, width, channel_axis, self.seed)
         values = images
         if self.layer is not None:
@@ -135,8 +149,13 @@ class ForwardRunner:
                 feed = {self.value: np.ascontiguousarray(batch)}
                 if self.tail_reads_image:
                     feed[self.x] = np.repeat(images[part], hi - lo, axis=0)
-                out = np.asarray(self._run(self.tail, [self.y], feed)[0], np.float64)
-                out = out.reshape(part.stop - part.start, hi - lo, -1)
+                result = self._run(self.tail, self.outputs, feed)
+                if self.detector is not None:
+                    masked = self.detector.detections(dict(zip(self.outputs, result)), (height, width))
+                    chosen[part] = np.reshape([self.detector.similarity(references[first + k // (hi - lo)], d)
+                                               for k, d in enumerate(masked)], (-1, hi - lo))
+                    continue
+                out = np.asarray(result[0], np.float64).reshape(part.stop - part.start, hi - lo, -1)
                 chosen[part] = np.take_along_axis(out, targets[part, None, None], axis=2)[..., 0]
             copies.add(lo, hi, chosen)
         maps = np.expand_dims(copies.result(clean), channel_axis)

@@ -204,9 +204,12 @@ def fold_constants(model: onnx.ModelProto) -> bool:
         changed = True
     if not changed:
         return False
-    used = {name for node in keep for inner in all_nodes_of(node) for name in inner.input} | outputs
+    # in order of first use, not set order: the model's bytes must not depend on PYTHONHASHSEED
+    used = dict.fromkeys([name for node in keep for inner in all_nodes_of(node) for name in inner.input]
+                         + [o.name for o in graph.output])
     existing = {t.name for t in graph.initializer}
-    for name in used & (known.names() - existing):
+    folded = known.names() - existing
+    for name in (n for n in used if n in folded):
         graph.initializer.append(numpy_helper.from_array(known[name], name))
     del graph.node[:]
     graph.node.extend(keep)

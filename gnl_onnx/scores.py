@@ -1,5 +1,5 @@
 """Per-image scores of the evaluation measures Quantus 0.6.0 defines (faithfulness, robustness,
-complexity, localisation), computed in numpy with every perturbed copy of an image sent through
+randomisation, complexity, localisation), computed in numpy with every perturbed copy of an image sent through
 ONNX Runtime in batches. Each function follows the Quantus class named in its docstring: the same
 perturbations, baselines, defaults (nr_runs, subset_size, features_in_step, bounds) and
 preprocessing (`abs`, then `normalise`: division by the largest absolute attribution). One
@@ -9,7 +9,9 @@ here of each image, so an image's score does not depend on which other images sh
 
 `forward(images) -> [N, classes]` is the model's output (logits, or probabilities where the
 Quantus class asks softmax=True; see SOFTMAX); `explain(images, targets) -> attributions` is the
-method being measured, for the robustness measures. Random draws come from a
+method being measured, for the robustness measures; `explain_random` the same method on a copy of
+the model with every layer randomised (randomize.reset_model), for the randomisation measures.
+Images are [N, C, H, W] unless a function takes a `layout`. Random draws come from a
 numpy RandomState, or are given (`indices`, `fills`, `noise`), which is how the tests feed the
 same perturbations to Quantus and here."""
 from __future__ import annotations
@@ -18,9 +20,12 @@ import math
 
 import numpy as np
 
+from .errors import UsageError
+
 # Quantus's default for `softmax` in each class's __call__: probabilities (True) or logits (False)
 SOFTMAX = {"faithfulness_correlation": False, "pixel_flipping": True, "region_perturbation": True,
-           "monotonicity_correlation": True, "max_sensitivity": False, "avg_sensitivity": False}
+           "monotonicity_correlation": True, "max_sensitivity": False, "avg_sensitivity": False, "irof": True,
+           "sufficiency": True}
 
 
 def prepare(attributions, images_shape, abs_: bool, normalise: bool) -> np.ndarray:
@@ -213,6 +218,86 @@ def monotonicity_correlation(forward, images, attributions, targets, nr_samples:
     return scores
 
 
+def superpixels(image, method: str = "slic") -> np.ndarray:
+    """quantus.helpers.utils.get_superpixel_segments: the labels 0..K-1 of one [C, H, W] image's
+    superpixels, scikit-image's SLIC (its defaults, start_label=0) or Felzenszwalb's method on the
+    image as H x W x C float64."""
+    try:
+        from skimage.segmentation import felzenszwalb, slic
+    except ImportError:
+        raise UsageError("irof cuts images into superpixels with scikit-image: pip install scikit-image") from None
+    image = np.moveaxis(np.asarray(image), 0, -1).astype(np.float64)
+    if method not in ("slic", "felzenszwalb"):
+        raise UsageError(f"unknown segmentation {method!r}; choose slic or felzenszwalb")
+    return slic(image, start_label=0) if method == "slic" else felzenszwalb(image)
+
+
+def _channels_first(images, layout: str) -> np.ndarray:
+    return np.moveaxis(images, -1, 1) if layout == "NHWC" else images
+
+
+def irof_curves(forward, images, attributions, targets, segmentation: str = "slic", baseline="mean",
+                abs_: bool = False, normalise: bool = True, layout: str = "NCHW", segments=None,
+                batch_size: int = 64) -> list[np.ndarray]:
+    """quantus.IROF (Rieger and Hansen 2020): the image cut into superpixels (see superpixels), set
+    to the baseline one after another, cumulatively, in the order of their mean attribution
+    (largest first); the curve of the target's output (probabilities) relative to the clean
+    image's, one point per superpixel. As Quantus, each step's baseline value comes from the image
+    as perturbed so far ("mean": its mean; Quantus takes it over its whole batch, so this is Quantus
+    with batch_size=1), and a superpixel covers every channel (Quantus 0.6.0's one-channel mask
+    fails its own shape check on colour images). segments: [N, H, W] labels (else computed)."""
+    images = np.asarray(images)
+    first = _channels_first(images, layout)
+    a = _channels_first(prepare(attributions, images.shape, abs_, normalise).reshape(images.shape), layout)
+    curves = []
+    for i in range(len(images)):
+        labels = superpixels(first[i], segmentation) if segments is None else np.asarray(segments[i])
+        count = len(np.unique(labels))
+        if count < 2:
+            raise UsageError("irof needs an image of at least two superpixels; this one has one")
+        relevance = np.array([a[i][:, labels == s].mean() for s in range(count)])
+        current, copies = first[i], []
+        for s in np.argsort(-relevance):
+            fill = _baseline(current.reshape(1, -1), baseline)[0]
+            current = np.where((labels == s)[None], fill, current)
+            copies.append(current)
+        copies = np.stack(copies)
+        if layout == "NHWC":  # back to the model's layout
+            copies = np.moveaxis(copies, 1, -1)
+        clean = _rows(forward, images[i:i + 1].reshape(1, -1), images.shape[1:], int(targets[i]), 1)[0]
+        curves.append(_rows(forward, copies.reshape(count, -1).astype(images.dtype), images.shape[1:],
+                            int(targets[i]), batch_size) / clean)
+    return curves
+
+
+def irof(forward, images, attributions, targets, **settings) -> np.ndarray:
+    """quantus.IROF's score per image: the area over each curve, its length minus its trapezoid
+    area (dx = 1). Higher is better."""
+    return np.array([len(c) - _trapezoid(c) for c in irof_curves(forward, images, attributions, targets,
+                                                                 **settings)])
+
+
+def sufficiency(attributions, predicted, threshold: float = 0.6, distance: str = "seuclidean", abs_: bool = True,
+                normalise: bool = True) -> np.ndarray:
+    """quantus.Sufficiency (Dasgupta et al. 2022) over a set of images (Quantus: each batch it is
+    given): for each image, of the other images whose maps lie within `threshold` of its own
+    (scipy's cdist with `distance`, the matrix divided by its largest value, which Quantus does
+    whatever `normalise` says), the share predicted as the same class (predicted: [N] classes);
+    0 where no other map is that close. Higher is better."""
+    from scipy.spatial.distance import cdist
+
+    a = prepare(attributions, np.shape(attributions), abs_, normalise)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = cdist(a, a, distance)
+        if not np.all(d == 0):
+            d = d / np.max(np.abs(d))
+    near = (d <= threshold) & ~np.eye(len(a), dtype=bool)
+    predicted = np.asarray(predicted)
+    same = predicted[None, :] == predicted[:, None]
+    count = near.sum(axis=1)
+    return np.where(count > 0, (near & same).sum(axis=1) / np.maximum(count, 1), 0.0)
+
+
 # -- robustness --------------------------------------------------------------------------------------
 
 
@@ -262,6 +347,105 @@ def local_lipschitz_estimate(explain, images, attributions, targets, nr_samples:
         ratios = np.linalg.norm(a[i:i + 1] - again, axis=1) / (np.linalg.norm(moved - flat[i:i + 1], axis=1) + 1e-10)
         estimates[i] = np.nanmax(ratios)
     return estimates
+
+
+# -- randomisation ---------------------------------------------------------------------------------
+
+
+def ssim(a, b, win_size: int = 7) -> float:
+    """The structural similarity of two maps as quantus.functions.similarity_func.ssim computes it:
+    skimage's structural_similarity of the flattened maps with a data range of both maps' span,
+    a uniform window of win_size values (reflected at the ends), sample covariances, K1 = 0.01,
+    K2 = 0.03, and the mean over the values a whole window covers."""
+    from scipy.ndimage import uniform_filter
+
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    span = float(max(a.max(), b.max()) - min(a.min(), b.min()))
+    mean_a, mean_b = uniform_filter(a, win_size), uniform_filter(b, win_size)
+    unbiased = win_size / (win_size - 1)
+    var_a = unbiased * (uniform_filter(a * a, win_size) - mean_a * mean_a)
+    var_b = unbiased * (uniform_filter(b * b, win_size) - mean_b * mean_b)
+    cov = unbiased * (uniform_filter(a * b, win_size) - mean_a * mean_b)
+    c1, c2 = (0.01 * span) ** 2, (0.03 * span) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = ((2 * mean_a * mean_b + c1) * (2 * cov + c2)) / ((mean_a ** 2 + mean_b ** 2 + c1) * (var_a + var_b + c2))
+    half = (win_size - 1) // 2
+    return float(s[half:len(s) - half].mean())
+
+
+def random_logit(explain, images, attributions, targets, num_classes: int, abs_: bool = False,
+                 normalise: bool = True, rng=None, off=None) -> np.ndarray:
+    """quantus.RandomLogit (Sixt et al. 2020): the structural similarity (ssim) of the map of the
+    target with the method's map of a class drawn uniformly from the other num_classes - 1.
+    Lower is better: a map that stays the same for another class does not explain the class.
+    off: [N] the other classes (else drawn from rng as Quantus draws them: an index into the
+    classes without the target)."""
+    images = np.asarray(images)
+    a = prepare(attributions, images.shape, abs_, normalise)
+    targets = np.asarray(targets, np.int64)
+    if off is None:
+        rng = np.random.RandomState(0) if rng is None else rng
+        drawn = rng.randint(0, num_classes - 1, len(images))
+        off = drawn + (drawn >= targets)
+    again = prepare(explain(images, np.asarray(off, np.int64)), images.shape, abs_, normalise)
+    return np.array([ssim(a[i], again[i]) for i in range(len(images))])
+
+
+def smooth_mprt(explain_random, images, attributions, targets, nr_samples: int = 50, noise_magnitude: float = 0.1,
+                abs_: bool = True, normalise: bool = True, rng=None, noise=None) -> np.ndarray:
+    """quantus.SmoothMPRT (Hedstrom et al. 2023) as return_last_correlation gives it: the Spearman
+    rho between the image's map and the mean of the maps the method gives on the fully randomised
+    model (explain_random) for nr_samples copies of the image, the last one clean and the others
+    with Gaussian noise of std noise_magnitude x (the image's max - min). Lower is better: maps
+    that survive the randomisation of the model do not explain it. Quantus divides the maps by
+    their second moment; a rank correlation does not see a positive factor (here: the maximum).
+    noise: [N, nr_samples, features] (else drawn from rng, the last row zeros)."""
+    images = np.asarray(images)
+    a = prepare(attributions, images.shape, abs_, normalise)
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    rng = np.random.RandomState(0) if rng is None else rng
+    scores = np.empty(len(images))
+    for i in range(len(images)):
+        if noise is None:
+            std = noise_magnitude * (flat[i].max() - flat[i].min())
+            delta = np.concatenate([rng.standard_normal((nr_samples - 1, flat.shape[1])) * std,
+                                    np.zeros((1, flat.shape[1]))])
+        else:
+            delta = np.asarray(noise[i])
+        copies = (flat[i:i + 1] + delta).astype(images.dtype).reshape(len(delta), *images.shape[1:])
+        maps = np.asarray(explain_random(copies, np.full(len(delta), int(targets[i]))), np.float64)
+        smoothed = (maps / len(delta)).sum(axis=0, keepdims=True)
+        scores[i] = spearman(a[i], prepare(smoothed, (1, *images.shape[1:]), abs_, normalise)[0])
+    return scores
+
+
+def discrete_entropy(values, n_bins: int = 100) -> float:
+    """quantus.functions.complexity_func.discrete_entropy: the entropy of the values' histogram over
+    n_bins equal bins between their minimum and maximum (in the values' own precision)."""
+    counts = np.histogram(np.asarray(values).ravel(), bins=n_bins)[0].astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def efficient_mprt(explain_random, images, attributions, targets, n_bins: int = 100, abs_: bool = False,
+                   normalise: bool = False) -> np.ndarray:
+    """quantus.EfficientMPRT (Hedstrom et al. 2023), its default skip_layers: the relative rise of
+    the map's complexity (discrete_entropy) when every layer of the model is randomised,
+    (H(map on the random model) - H(map)) / H(map). Higher is better. Quantus explains the
+    original model again for H(map); the given map is the same for a deterministic method."""
+    images = np.asarray(images)
+    again = np.asarray(explain_random(images, np.asarray(targets, np.int64)))
+
+    def kept(maps):  # Quantus's defaults keep the maps as they are (and their float32 bins)
+        maps = np.broadcast_to(maps, images.shape)
+        return maps.reshape(len(images), -1) if not (abs_ or normalise) else prepare(maps, images.shape, abs_,
+                                                                                     normalise)
+    before, after = kept(np.asarray(attributions)), kept(again)
+    scores = np.empty(len(images))
+    for i in range(len(images)):
+        h = discrete_entropy(before[i], n_bins)
+        scores[i] = (discrete_entropy(after[i], n_bins) - h) / h if h > 0 else math.nan
+    return scores
 
 
 # -- complexity --------------------------------------------------------------------------------------
@@ -331,8 +515,8 @@ def relevance_rank_accuracy(attributions, masks, images_shape=None, abs_: bool =
     return share
 
 
-__all__ = ["SOFTMAX", "complexity", "faithfulness_correlation", "local_lipschitz_estimate", "monotonicity_correlation",
-           "pearson",
-           "pixel_flipping", "pixel_flipping_curves", "pointing_game", "prepare", "region_perturbation",
-           "region_perturbation_curves",
-           "relevance_mass_accuracy", "relevance_rank_accuracy", "sensitivity", "sparseness", "spearman"]
+__all__ = ["SOFTMAX", "complexity", "discrete_entropy", "efficient_mprt", "faithfulness_correlation", "irof",
+           "irof_curves", "local_lipschitz_estimate", "monotonicity_correlation", "pearson", "pixel_flipping",
+           "pixel_flipping_curves", "pointing_game", "prepare", "random_logit", "region_perturbation",
+           "region_perturbation_curves", "relevance_mass_accuracy", "relevance_rank_accuracy", "sensitivity",
+           "smooth_mprt", "sparseness", "spearman", "ssim", "sufficiency", "superpixels"]

@@ -86,6 +86,7 @@ class Target:
     output_name: str | None = None  # the model output it reads (None: the one the settings name, or the only one)
     reads_image_rows: bool = False  # its seed reads the images' own outputs (a predicted mask): every run
     # of a path then scores its images (no score_rows of 0)
+    matches_detections: bool = False  # a detector's box: rise weighs masks by D-RISE's similarity (box_targets)
 
     def region_at(self, scores: np.ndarray, chosen: int):
         """The pixels explained for one image ([H, W] booleans on the output map), from its outputs

@@ -2,9 +2,15 @@
 repository ($GNL_ONNX_CACHE, else ~/.cache/gnl-onnx/exports), files written whole or not at all."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import tempfile
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; a race between two processes then costs time only
+    fcntl = None
 
 
 def exports_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
@@ -33,11 +39,33 @@ def save_whole(data: bytes, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+@contextlib.contextmanager
+def exclusive(path: pathlib.Path):
+    """Hold an exclusive lock named after `path` (`path.lock`, beside it) for the block: the
+    exporters check for the file again inside it, so processes that want the same export (the
+    background exporter, a test, two pytest-xdist workers) write it once and the others wait for
+    it instead of exporting it again. The lock dies with its holder, so a killed exporter leaves
+    no stale lock behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def lower_priority() -> None:
     """For a background exporter child (preexec_fn): the lowest CPU priority, so that it uses only
     what the tests leave idle. At the same priority two exporters took 80% of a 2-core machine and
-    the test process, which is what the run waits for, got 17%."""
-    os.nice(19)
+    the test process, which is what the run waits for, got 17%. Not under pytest-xdist: there two
+    workers keep both cores busy, so a niced exporter starved while a worker sat waiting for its
+    export (on the export's lock, cache.exclusive), the core it left idle going to nobody."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        os.nice(19)
 
 
 # Background exporters started by start_child and still running: one per module and session.

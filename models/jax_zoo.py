@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .cache import exports_root as cache_root, save_whole
+from .cache import exclusive, exports_root as cache_root, save_whole
 
 SIZE = 32
 CLASSES = 10
@@ -89,11 +89,13 @@ def export(cache_dir: str | os.PathLike | None = None, seed: int = SEED,
     path = export_path(cache_dir, seed)
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = build(seed) if model is None else model
-    proto = to_onnx(model, [("B", SIZE, SIZE, 3)], model_name="smallcnn",
-                    input_names=["input"], output_names=["logits"])
-    return save_whole(proto.SerializeToString(), path)
+    with exclusive(path):  # written once across processes (cache.exclusive)
+        if path.is_file():
+            return path
+        model = build(seed) if model is None else model
+        proto = to_onnx(model, [("B", SIZE, SIZE, 3)], model_name="smallcnn",
+                        input_names=["input"], output_names=["logits"])
+        return save_whole(proto.SerializeToString(), path)
 
 
 def _guided(fn, name: str, calls: collections.Counter | None):

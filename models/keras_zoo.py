@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 try:
-    from .cache import exports_root as cache_root, lower_priority as _lower_priority, save_whole
+    from .cache import exclusive, exports_root as cache_root, lower_priority as _lower_priority, save_whole
 except ImportError:  # run as a script (export(subprocess=True)): its folder is on sys.path
-    from cache import exports_root as cache_root, lower_priority as _lower_priority, save_whole
+    from cache import exclusive, exports_root as cache_root, lower_priority as _lower_priority, save_whole
 
 if TYPE_CHECKING:
     import keras
@@ -189,16 +189,18 @@ def export(arch: str, cache_dir: str | os.PathLike | None = None, seed: int = SE
     path = export_path(arch, cache_dir, seed)
     if path.is_file():
         return path
-    import tf2onnx
+    with exclusive(path):  # written once across processes (cache.exclusive)
+        if path.is_file():
+            return path
+        import tf2onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = build(arch, seed) if model is None else model
-    tf, _ = _tf()
-    size = SIZES[arch]
-    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="input"),)
+        model = build(arch, seed) if model is None else model
+        tf, _ = _tf()
+        size = SIZES[arch]
+        spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="input"),)
 
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset(arch))
-    return save_whole(proto.SerializeToString(), path)
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset(arch))
+        return save_whole(proto.SerializeToString(), path)
 
 
 # Exports started by start_export_all and not yet joined: {(cache folder, seed): (child, its log)}.

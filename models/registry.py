@@ -21,6 +21,7 @@ from typing import Callable
 from gnl_onnx.errors import GnlOnnxError, UsageError
 
 from . import export as _export
+from .cache import exclusive
 from . import fashion_mnist
 
 # Bump when an export recipe changes, so stale cached files are not reused.
@@ -131,7 +132,9 @@ def get_model(name: str, cache_dir: str | os.PathLike | None = None) -> pathlib.
         return _bundled(spec, cache_dir)
     path = cache_path(name, cache_dir)
     if not path.is_file():
-        _export.write_atomically(path, spec.export)
+        with exclusive(path):  # written once across processes (cache.exclusive)
+            if not path.is_file():
+                _export.write_atomically(path, spec.export)
     return path
 
 

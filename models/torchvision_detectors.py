@@ -27,7 +27,7 @@ from torchvision.models import detection
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from .cache import exports_root, start_child
+from .cache import exclusive, exports_root, start_child
 from .torchvision_zoo import _randomise_batchnorm
 
 SIZE = 128  # min_size = max_size: the image is not resized inside (its Resize keeps the size)
@@ -122,6 +122,13 @@ def export(name: str, cache_dir: str | os.PathLike | None = None, seed: int = SE
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(path):  # written once across processes (cache.exclusive)
+        if not path.is_file():
+            _write_export(name, seed, path)
+    return path
+
+
+def _write_export(name: str, seed: int, path: pathlib.Path) -> None:
     net = build(name, seed)
     outputs = [*OUTPUTS, "masks"] if name.startswith("maskrcnn") else list(OUTPUTS)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
@@ -135,7 +142,6 @@ def export(name: str, cache_dir: str | os.PathLike | None = None, seed: int = SE
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
 
 
 def start_exports(names, cache_dir: str | os.PathLike | None = None) -> bool:

@@ -16,7 +16,7 @@ import warnings
 import torch
 import torchvision
 
-from .cache import exports_root as cache_root, start_child
+from .cache import exclusive, exports_root as cache_root, start_child
 
 # Per-arch input resolution: as small as the exporters allow, to keep CI fast on 2 cores.
 # alexnet / vgg*: the legacy exporter fails unless the adaptive average pool divides the feature
@@ -148,8 +148,14 @@ def export(arch: str, exporter: str = "legacy", size: int | None = None,
     path = export_path(arch, exporter, size, cache_dir, seed, optimize, opset)
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(path):  # written once across processes (cache.exclusive)
+        if not path.is_file():
+            _write_export(arch, exporter, size, seed, optimize, opset, path)
+    return path
 
+
+def _write_export(arch: str, exporter: str, size: int, seed: int, optimize: bool, opset: int,
+                  path: pathlib.Path) -> None:
     model = build(arch, seed)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
@@ -175,7 +181,6 @@ def export(arch: str, exporter: str = "legacy", size: int | None = None,
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
 
 
 def start_exports(cases, cache_dir: str | os.PathLike | None = None) -> bool:

@@ -41,11 +41,55 @@ NOT_QUICK = (
 QUICK_ANYWAY = ("tests/test_cam.py::test_cams_match_anchor[resnet18-legacy]",)
 
 
+# Under pytest-xdist (the README's `-n 2`, with pyproject's `--dist loadfile --no-loadscope-reorder`)
+# each file runs whole on one worker, and the files are handed out longest first, so that the two
+# workers finish together instead of one waiting on a long sweep dealt last (longest processing
+# time first). Seconds per file on 2 cores, from the whole suite's --durations (2026-12-04); a
+# file not listed counts as 0 s and keeps its collection order. Only the order depends on these
+# numbers, never a result.
+FILE_SECONDS: dict[str, float] = {
+    "tests/test_keras_exports.py": 480, "tests/test_architectures.py": 420, "tests/test_relevance.py": 320,
+    "tests/test_cam.py": 300, "tests/test_transformers.py": 140, "tests/test_audit.py": 90,
+    "tests/test_real_models.py": 90, "tests/test_explainer.py": 80, "tests/test_hostile.py": 60,
+}
+
+
+def _xdist_worker() -> str | None:
+    return os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def _sessions_that_do_not_spin():
+    """Two workers on 2 cores each run onnxruntime with its default 2 intra-op threads, which
+    spin-wait between parallel sections by default: 4 threads on 2 cores then burn each other's
+    time. Without spinning an idle thread sleeps, and a session still takes both cores when the
+    other worker is not using them. Tests only; the package's sessions are the user's to tune."""
+    import onnxruntime as ort
+
+    original = ort.InferenceSession.__init__
+
+    def init(self, path_or_bytes, sess_options=None, *args, **kwargs):
+        options = sess_options if sess_options is not None else ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        original(self, path_or_bytes, options, *args, **kwargs)
+
+    ort.InferenceSession.__init__ = init
+
+
+if _xdist_worker() and importlib.util.find_spec("onnxruntime"):
+    _sessions_that_do_not_spin()
+
+
 def pytest_collection_modifyitems(config, items):
     # The slow sweeps last (a stable sort: the order stays otherwise): contributors see the fast
     # tests' failures first, and the exports the sweeps need are written in the background meanwhile
-    # (pytest_collection_finish).
-    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+    # (pytest_collection_finish). Under xdist the files go longest first (FILE_SECONDS), each file's
+    # slow sweeps still last within it.
+    if _xdist_worker():
+        items.sort(key=lambda item: (-FILE_SECONDS.get(item.nodeid.split("::")[0], 0.0),
+                                     item.get_closest_marker("slow") is not None))
+    else:
+        items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
     for item in items:
         if item.get_closest_marker("slow"):
             continue
@@ -64,7 +108,10 @@ def pytest_collection_finish(session):
     machine: the torchvision exports in the order the tests need them (models.torchvision_zoo.
     start_exports; a test that gets there first exports its model itself), and the Keras exports
     (one child for all models, about six minutes of tf2onnx), which tests/test_keras_exports.py's
-    `exports` fixture joins (keras_zoo.export_all)."""
+    `exports` fixture joins (keras_zoo.export_all). A test (or an xdist worker) that wants an
+    export the child is writing waits for it on the export's lock (models/cache.exclusive)."""
+    if _xdist_worker() not in (None, "gw0"):  # every worker collects every test: one starts the exporters
+        return
     if importlib.util.find_spec("torchvision"):
         from models import torchvision_zoo
 

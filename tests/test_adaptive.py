@@ -157,3 +157,22 @@ def test_cli_explain_with_auto_steps_reports_points(tmp_path, capfd, small_cnn):
     code, _, err = cli(capfd, "explain", tmp_path / "small.onnx", tmp_path / "photo.png", "--out", out, "--steps", "lots",
                        "--size", "16", "16")
     assert code == 2
+
+
+def test_evaluate_shows_the_points_each_image_took(small_cnn, cnn_images):
+    """Issue 26: evaluate's records, summary and table give the points steps="auto" took per image
+    (as the Explainer reports them for the same images), not the fixed 32 it falls back to."""
+    from gnl_onnx.evaluate import evaluate
+
+    settings = Settings(steps="auto", tolerance=0.002, threads=1)
+    points = Explainer(small_cnn, settings=settings.replace(method="ig")).explain(cnn_images).points
+    assert points.min() < points.max()  # the images took different counts: the range shows
+    found = evaluate(small_cnn, cnn_images, ["ig", "gradient", "random"], curve_steps=2, settings=settings)
+    taken = {m: [r["steps"] for r in found.records if r["method"] == m] for m in ("ig", "gradient", "random")}
+    assert taken == {"ig": points.tolist(), "gradient": [1, 1, 1], "random": [None] * 3}
+    ig = found.summaries["ig"]
+    assert ig.steps == "auto" and ig.points == (points.min(), round(points.mean(), 2), points.max())
+    assert ig.as_dict()["points"] == {"min": points.min(), "mean": round(points.mean(), 2), "max": points.max()}
+    rows = {line.split()[0]: line.split() for line in found.table().splitlines()[2:]}
+    assert rows["ig"][-2:] == ["auto", f"{points.min()}-{points.max()}"] and rows["gradient"][-1] == "1"
+    assert "tolerance 0.002" in found.table().splitlines()[0] and found.config["tolerance"] == 0.002

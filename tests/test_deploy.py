@@ -185,3 +185,82 @@ def test_compact_computes_the_transposed_kernels_instead_of_storing_them(mnist, 
     for a, b in zip(session(converted / "all.onnx").run(None, {name: images}),
                     session(tmp_path / "compact.onnx").run(None, {name: images})):
         np.testing.assert_array_equal(a, b)
+
+
+# -- forward-only methods in one graph (issue 22): masks as initializers, the copies in a Loop ----------
+@pytest.mark.parametrize("method", ["occlusion:window=4,stride=3", "rise:masks=300,cells=4",
+                                    "kernelshap:samples=60,grid=4"])
+def test_forward_method_converts_to_the_explainers_map(method):
+    """The converted model in bare ONNX Runtime gives the Explainer's map, scores and classes for
+    three images (a per-channel baseline, one class given, two top-1). Each loop step's first copy
+    is the image: occlusion's 25 windows and KernelSHAP's 60 coalitions run in one step, RISE's 300
+    masks in two of 151 (the last row a zero pad, dropped). KernelSHAP's least-squares fit becomes a
+    fixed linear map of the scores (its pseudo-inverse, stored), against the Explainer's lstsq."""
+    from onnx_builders import relu_cnn
+    from gnl_onnx.attribution import attribution_info, attribution_model
+
+    model = relu_cnn(hw=16)
+    x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    baseline = np.array([0.5, -0.25, 1.0], np.float32).reshape(1, 3, 1, 1)
+    target = np.array([-1, 2, -1], np.int64)
+    converted = attribution_model(model, method=method)
+    info = attribution_info(converted)
+    assert info["forward_passes"] == {"o": 25, "r": 300, "k": 60}[method[0]]
+    assert info["copies_per_step"] == {"o": 26, "r": 151, "k": 61}[method[0]]
+    got = session_of(converted).run(None, {"image": x, "baseline": baseline, "target": target})
+    ref = Explainer(model, method=method, baseline=baseline, threads=1).explain(x, target=target)
+    # float32 model scores in both; the map's sums in float64 in both: the residue is float32 rounding
+    # of the masks (RISE's upsampling) and of the scores' difference from F(x), 1e-5 of the largest value
+    np.testing.assert_allclose(got[0], ref.attributions, rtol=0, atol=1e-5 * np.abs(ref.attributions).max())
+    np.testing.assert_allclose(got[1], ref.scores, rtol=1e-6)
+    assert got[2].tolist() == ref.target.tolist() and got[2][1] == 2
+
+
+def session_of(model: onnx.ModelProto):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def test_forward_methods_convert_beside_gradient_methods_nhwc(tmp_path, capfd):
+    """convert --methods gradient,rise,occlusion on a tf2onnx-style NHWC model: one file, the image
+    alone fed (zero baseline, top-1 class), each method's map equal to the Explainer's; a method
+    that does not convert is refused in one line naming those that do."""
+    from onnx_builders import keras_style_cnn, run_cli
+
+    model, _ = keras_style_cnn(np.random.default_rng(0), hw=12)
+    path = tmp_path / "nhwc.onnx"
+    onnx.save(model, path)
+    methods = ["gradient", "rise:masks=200,cells=3", "occlusion:window=3,stride=2"]
+    code, _, err = run_cli(capfd, "convert", str(path), "--methods", ",".join(methods), "-o",
+                           str(tmp_path / "all.onnx"))
+    assert code == 0, err
+    x = np.random.default_rng(1).standard_normal((2, 12, 12, 3)).astype(np.float32)
+    out = session(tmp_path / "all.onnx")
+    got = dict(zip([o.name for o in out.get_outputs()], out.run(None, {"input_1": x})))
+    for method in methods:
+        ref = Explainer(model, method=method, threads=1).explain(x)
+        np.testing.assert_allclose(got[f"{method}.attribution"], ref.attributions, rtol=0,
+                                   atol=1e-5 * np.abs(ref.attributions).max())
+        assert got[f"{method}.target_used"].tolist() == ref.target.tolist()
+    code, _, err = run_cli(capfd, "convert", str(path), "--method", "ablation_cam", "-o", str(tmp_path / "a.onnx"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "occlusion, rise, kernelshap" in err
+    assert not (tmp_path / "a.onnx").exists()
+
+
+def test_forward_conversion_refusals():
+    """A free image size (the masks are fixed at conversion) and rise of a detector's box (D-RISE
+    matches boxes in numpy) are refused with one line each."""
+    from onnx_builders import relu_cnn
+    from gnl_onnx.attribution import attribution_model
+    from gnl_onnx.box_targets import DetectionBox
+    from gnl_onnx.errors import UsageError
+
+    free = relu_cnn(hw=16)
+    for dim in free.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_param = "side"
+    with pytest.raises(UsageError, match="fixed height and width"):
+        attribution_model(free, method="occlusion")
+    with pytest.raises(UsageError, match="D-RISE"):
+        attribution_model(relu_cnn(hw=16), method="rise", output=DetectionBox())

@@ -26,7 +26,7 @@ LAYERS = [
                 "gnl_onnx.intake"]),
     ("autodiff", ["gnl_onnx.autodiff"]),
     ("graphs", ["gnl_onnx.vjp", "gnl_onnx.targets", "gnl_onnx.box_targets", "gnl_onnx.target_text", "gnl_onnx.cam",
-                "gnl_onnx.methods", "gnl_onnx.attribution", "gnl_onnx.inspection"]),
+                "gnl_onnx.methods", "gnl_onnx.attribution", "gnl_onnx.inspection", "gnl_onnx.randomize"]),
     ("inputs", ["gnl_onnx.baselines", "gnl_onnx.images", "gnl_onnx.presets", "gnl_onnx.settings"]),
     ("runtime", ["gnl_onnx.forward", "gnl_onnx.explainer", "gnl_onnx.planning", "gnl_onnx.detection",
                  "gnl_onnx.adaptive"]),

@@ -18,7 +18,7 @@ from gnl_onnx.errors import UsageError
 from gnl_onnx.evaluation import Evaluation, MethodSummary, parse_metrics
 from gnl_onnx.measures import MEASURES
 
-EXTRA = "deletion,insertion,faithfulness_correlation,max_sensitivity,sparseness"
+EXTRA = "deletion,insertion,faithfulness_correlation,max_sensitivity,sparseness,efficient_mprt"
 ARGS = ["--metrics", EXTRA, "--curve-steps", "4", "--steps", "2", "--threads", "1", "--mean", "0.5", "0.4", "0.3",
         "--std", "0.2", "0.25", "0.5"]
 
@@ -52,7 +52,8 @@ def test_evaluate_and_audit_carry_a_named_measure_everywhere(photos, tmp_path, c
     header = stdout.splitlines()[1]
     assert "faithfulness correlation" in header and "max sensitivity" in header and "sparseness" in header
     ranks = report["agreement"]["ranks"]
-    assert set(ranks) == {"deletion", "insertion", "faithfulness_correlation", "max_sensitivity", "sparseness"}
+    assert set(ranks) == {"deletion", "insertion", "faithfulness_correlation", "max_sensitivity", "sparseness",
+                          "efficient_mprt"}
     assert all(sorted(r.values()) == [1, 2, 3] for r in ranks.values())
     assert "ranks by measure" in stdout
     page = (out / "report.html").read_text()
@@ -69,7 +70,8 @@ def test_evaluate_and_audit_carry_a_named_measure_everywhere(photos, tmp_path, c
     for r in rows:  # same images: the audit's deterministic numbers are evaluate's (the random draws are
         # seeded by the image's position in evaluate and by its id in an audit, as ROAD's noise)
         a = by_key[(r["method"], r["image"].split("/")[-1].split(".")[0])]
-        for k in ("sparseness", "deletion_auc") if r["method"] != "random" else ():  # random maps: seeded alike
+        for k in ("sparseness", "deletion_auc", "efficient_mprt") if r["method"] != "random" else ():  # random
+            # maps: seeded alike
             assert a[k] == pytest.approx(float(r[k]), rel=1e-6, abs=1e-9), k
         assert np.isfinite(a["faithfulness_correlation"]) and a["max_sensitivity"] > 0
     summary = json.loads((audited / "summary.json").read_text())
@@ -151,12 +153,22 @@ def test_forward_passes_per_image_are_what_the_measures_run(photos):
         explained.append(len(x))
         return np.ones_like(x)
     cost = forward_passes(steps=1, features=images.size)
-    for name in ("faithfulness_correlation", "pixel_flipping", "monotonicity_correlation", "max_sensitivity"):
+    for name in ("faithfulness_correlation", "pixel_flipping", "monotonicity_correlation", "max_sensitivity",
+                 "random_logit", "smooth_mprt", "efficient_mprt", "irof"):
         counting.images, explained[:] = 0, []
         context = {"scorer": counting, "image": images, "attribution": images, "target": 0,
-                   "rng": np.random.RandomState(0), "explain": explain, "batch_size": 16}
+                   "rng": np.random.RandomState(0), "explain": explain, "batch_size": 16, "layout": "NCHW",
+                   "randomized": lambda: explain}
         MEASURES[name].compute(context)
-        assert counting.images + 2 * sum(explained) == cost[name], name
+        if name == "irof":  # one pass per SLIC superpixel and the clean image: about what inspect --cost says
+            assert counting.images == len(np.unique(scores.superpixels(images[0]))) + 1
+            assert cost[name] / 2 < counting.images < cost[name] * 2
+        else:
+            assert counting.images + 2 * sum(explained) == cost[name], name
+    counting.images = 0  # sufficiency: the predicted class of each image of the set
+    MEASURES["sufficiency"].compute({"scorer": counting, "images": np.repeat(images, 3, 0), "batch_size": 16,
+                                     "attributions": np.repeat(images, 3, 0), "targets": [0, 0, 0]})
+    assert counting.images == 3 * cost["sufficiency"]
 
 
 def test_inspect_cost_lists_the_measures(photos, capfd):
@@ -168,3 +180,83 @@ def test_inspect_cost_lists_the_measures(photos, capfd):
                          "--threads", "1", "--json")
     cost = json.loads(out)["measure_cost"]
     assert cost["max_sensitivity"] == 10 * 2 * 4 and cost["pixel_flipping"] == 62  # 432 features, 7 a group
+
+
+LOCAL = "deletion,insertion,pointing_game,relevance_mass_accuracy,relevance_rank_accuracy"
+
+
+def test_masks_reach_the_localisation_measures(photos, tmp_path, capfd):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    np.save(masks / "a.npy", np.ones((12, 12)))  # the whole image: every localisation measure gives 1
+    half = np.zeros((12, 12), np.uint8)
+    half[:, :6] = 255
+    Image.fromarray(half).save(masks / "b.png")  # an image mask, matched by the image's stem
+    np.save(masks / "c.npy", half > 0)
+    out = tmp_path / "eval"
+    common = ["evaluate", photos / "cnn.onnx", "--images", photos / "photos", "--methods", "gradient,random",
+              *ARGS[2:]]
+    code, stdout, err = cli(capfd, *common, "--out", out, "--metrics", LOCAL, "--masks", masks)
+    assert code == 0, err
+    rows = list(csv.DictReader((out / "evaluation.csv").open()))
+    for r in rows:
+        values = [float(r[k]) for k in ("pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy")]
+        if r["image"].endswith("a.png"):
+            assert values == pytest.approx([1.0, 1.0, 1.0])
+        else:
+            assert values[0] in (0.0, 1.0) and 0 <= values[2] <= 1
+    assert "pointing game" in stdout and "ranks by measure" in stdout
+
+    # one clear line and nothing written: a mask of the wrong size, masks without a measure reading them, a
+    # localisation measure without masks, and the audit, which takes no masks
+    np.save(masks / "c.npy", np.ones((10, 12)))
+    for extra, message in ((["--metrics", LOCAL, "--masks", masks], "c.npy: the mask is 10 x 12, the model input "
+                                                                    "12 x 12"),
+                           (["--masks", masks], "--masks is read by the localisation measures only"),
+                           (["--metrics", LOCAL], "need a region mask per image: give --masks")):
+        code, stdout, err = cli(capfd, *common, "--out", tmp_path / "not", *extra)
+        assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "not").exists()
+    pytest.importorskip("pyarrow")
+    code, stdout, err = cli(capfd, "audit", photos / "cnn.onnx", "--images", photos / "photos", "--out",
+                            tmp_path / "audit", *ARGS[2:], "--metrics", LOCAL)
+    assert code != 0 and "audit takes none" in err and not (tmp_path / "audit").exists()
+
+
+def test_localisation_and_randomisation_measures_in_evaluate(photos):
+    """Through evaluate's plumbing each image gets its own mask, the per-pixel map (--reduce), the
+    images scored together (sufficiency), and the method on the model randomised by reset_model with
+    the run's seed (efficient MPRT): the numbers are the scores.py functions' on what the run kept."""
+    from gnl_onnx.evaluate import evaluate
+    from gnl_onnx.explainer import Explainer
+    from gnl_onnx.pixels import reduce_to_pixels
+    from gnl_onnx.randomize import reset_model
+
+    model = str(photos / "cnn.onnx")
+    images = np.random.default_rng(1).uniform(size=(3, 3, 12, 12)).astype(np.float32)
+    region = np.zeros((3, 12, 12), bool)
+    region[0, 2:8, 3:9], region[1, 6:], region[2, :, :4] = True, True, True
+    kept = {}
+    ev = evaluate(model, images, ["input_x_gradient", "random"], steps=2, curve_steps=2, threads=1, masks=region,
+                  metrics=LOCAL + ",sufficiency,efficient_mprt,smooth_mprt,random_logit,irof", seed=3,
+                  keep=lambda method, which, a: kept.update({(method, i): a[k] for k, i in enumerate(which)}))
+    records = {(r["method"], int(r["image"])): r for r in ev.records}
+    again = Explainer(reset_model(model, seed=3), method="input_x_gradient", threads=1)
+    predicted = np.array([records[("random", i)]["target"] for i in range(3)])
+    for method in ("input_x_gradient", "random"):
+        maps = np.stack([kept[(method, i)] for i in range(3)])
+        np.testing.assert_allclose([records[(method, i)]["sufficiency"] for i in range(3)],
+                                   scores.sufficiency(maps, predicted))
+        for i in range(3):
+            r = records[(method, i)]
+            pixels = reduce_to_pixels(maps[i:i + 1], "NCHW", "sum")[None, None]
+            assert r["relevance_mass_accuracy"] == pytest.approx(
+                scores.relevance_mass_accuracy(pixels, region[i][None, None])[0])
+            assert r["relevance_rank_accuracy"] == pytest.approx(
+                scores.relevance_rank_accuracy(pixels, region[i][None, None])[0])
+            assert all(np.isfinite(r[k]) for k in ("smooth_mprt", "random_logit", "irof"))
+    efficient = scores.efficient_mprt(lambda x, t: again.explain(x, t).attributions, images,
+                                      np.stack([kept[("input_x_gradient", i)] for i in range(3)]), predicted)
+    np.testing.assert_allclose([records[("input_x_gradient", i)]["efficient_mprt"] for i in range(3)], efficient,
+                               rtol=1e-6)
+    assert set(ev.agreement()["ranks"]) >= {"pointing_game", "smooth_mprt", "sufficiency"}

@@ -201,8 +201,8 @@ def test_options_and_refusals():
                 "smoothgrad:rise"):
         with pytest.raises(UsageError):
             get_method(bad)
-    with pytest.raises(UsageError, match="forward passes only"):
-        gnl_onnx.attribution_model(relu_cnn(), method="occlusion")
+    with pytest.raises(UsageError, match="does not convert.*occlusion, rise, kernelshap do"):
+        gnl_onnx.attribution_model(relu_cnn(), method="ablation_cam")  # (the others: tests/test_deploy.py)
     mask = np.repeat(np.arange(4), 4)[None, :].repeat(16, axis=0)  # four vertical bands
     method = dataclasses.replace(get_method("kernelshap:samples=30"), feature_mask=mask)
     x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)

@@ -69,7 +69,8 @@ def setup(tmp_path_factory):
     targets = scorer.probabilities(images).argmax(axis=1)
     explainer = Explainer(str(path), method="input_x_gradient", threads=1)
     attributions = explainer.explain(images, targets).attributions
-    return {"net": net, "scorer": scorer, "x": images, "y": targets, "a": attributions, "explainer": explainer}
+    return {"net": net, "scorer": scorer, "x": images, "y": targets, "a": attributions, "explainer": explainer,
+            "path": str(path)}
 
 
 def forward(setup, softmax):
@@ -217,3 +218,115 @@ def test_local_lipschitz_estimate_equals_quantus(setup):
                                            noise=np.stack(noise, axis=1))
     assert np.isfinite(theirs).all() and (theirs > 0).all()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def torch_input_x_gradient(model, inputs, targets, **kwargs):
+    """Input x gradient of the logit by torch's autograd: Quantus's explain_func, so that its side of
+    the randomisation measures runs in torch alone."""
+    x = torch.tensor(np.asarray(inputs), dtype=torch.float32, requires_grad=True)
+    model(x)[torch.arange(len(x)), torch.as_tensor(np.asarray(targets), dtype=torch.long)].sum().backward()
+    return (x * x.grad).detach().numpy()
+
+
+def test_irof_equals_quantus(setup):
+    from quantus.functions.perturb_func import baseline_replacement_by_mask
+
+    def every_channel(arr, mask, **kwargs):  # Quantus 0.6.0 gives a [N, 1, H, W] mask for [N, 3, H, W] images and
+        # its perturbation asserts equal shapes, so it runs on grey images only; IROF removes a superpixel's colour
+        return baseline_replacement_by_mask(arr=arr, mask=np.broadcast_to(mask, arr.shape), **kwargs)
+    metric = quantus.IROF(normalise_func_kwargs=PER_SAMPLE, perturb_func=every_channel, return_aggregate=False,
+                          disable_warnings=True)
+    # batch_size=1: Quantus's "mean" baseline is the mean of the whole batch it perturbs; here of each image.
+    # Its AUC calls np.trapz, gone in numpy 2.4.
+    with mock.patch.object(np, "trapz", np.trapezoid, create=True):
+        theirs = np.asarray(metric(model=setup["net"], x_batch=setup["x"], y_batch=setup["y"], a_batch=setup["a"],
+                                   device="cpu", channel_first=True, batch_size=1), np.float64)
+    ours = scores.irof(forward(setup, True), setup["x"], setup["a"], setup["y"])
+    segments = [len(np.unique(scores.superpixels(x))) for x in setup["x"]]
+    assert min(segments) > 10 and np.ptp(theirs) > 1  # SLIC's superpixels, and AOCs that differ per image
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)  # ~40 probability ratios summed
+
+
+def test_sufficiency_equals_quantus(setup):
+    from quantus.functions.normalise_func import normalise_by_max
+
+    def per_sample(a, **kwargs):  # the maps by their own maximum; Quantus also divides the distances by this
+        return normalise_by_max(a, normalise_axes=tuple(range(1, a.ndim)) if a.ndim == 4 else None)
+    x = setup["x"].copy()  # images 1 and 2 are near copies of image 0: their maps are close
+    x[1] = np.clip(x[0] + 0.02 * (x[1] - 0.5), 0, 1)
+    x[2] = np.clip(x[0] + 0.04 * (x[2] - 0.5), 0, 1)
+    y = setup["scorer"].probabilities(x).argmax(axis=1)
+    a = setup["explainer"].explain(x, y).attributions
+    found = []
+    for threshold in (0.3, 0.6, 1.0):  # 1.0: every other image is near (the largest distance is 1)
+        metric = quantus.Sufficiency(threshold=threshold, normalise_func=per_sample, disable_warnings=True)
+        theirs = run_quantus(metric, {**setup, "x": x, "y": y}, a=a)
+        ours = scores.sufficiency(a, setup["scorer"].probabilities(x).argmax(axis=1), threshold=threshold)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-9)
+        found.append(ours)
+    assert len({tuple(f) for f in found}) > 1  # the threshold matters
+    assert len(set(y[:3])) == 1 and y[3] != y[0] and 0 < found[-1][0] < 1  # 2 of 3 near images share its class
+
+
+def test_random_logit_equals_quantus(setup):
+    called = []
+
+    def explain(model, inputs, targets, **kwargs):
+        called.append(np.asarray(targets).copy())
+        return torch_input_x_gradient(model, inputs, targets)
+    metric = quantus.RandomLogit(num_classes=5, normalise_func_kwargs=PER_SAMPLE, disable_warnings=True)
+    theirs = run_quantus(metric, setup, explain_func=explain)
+    explainer = setup["explainer"]
+    # Quantus seeds numpy's global generator with 42 and draws an index into the other classes: the same draw
+    ours = scores.random_logit(lambda images, t: explainer.explain(images, t).attributions, setup["x"], setup["a"],
+                               setup["y"], 5, rng=np.random.RandomState(42))
+    assert (called[-1] != setup["y"]).all() and np.ptp(theirs) > 0.01
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_smooth_and_efficient_mprt_equal_quantus(setup):
+    """Quantus randomises the torch module (reset_parameters under torch's generator); its last,
+    fully randomised module is caught and its weights put into the ONNX export, so both sides explain
+    the same random model; its smoothing noise is read back from the inputs it explains. That our own
+    randomisation (randomize.reset_model, numpy's generator) draws from the same distribution is
+    checked on the weights: a two-sample Kolmogorov-Smirnov test per tensor, and the bound."""
+    import onnx
+    from onnx import numpy_helper
+    from scipy.stats import ks_2samp
+
+    from gnl_onnx.randomize import reset_model
+
+    seen = []
+
+    def explain(model, inputs, targets, **kwargs):
+        seen.append((model, np.asarray(inputs, np.float64)))
+        return torch_input_x_gradient(model, inputs, targets)
+    metric = quantus.SmoothMPRT(nr_samples=4, skip_layers=True, return_last_correlation=True, disable_warnings=True)
+    with mock.patch.object(quantus, "explain", explain):  # SmoothMPRT smooths through quantus.explain itself
+        smooth = run_quantus(metric, setup, explain_func=explain)
+    random_net = seen[-1][0]
+    noise = np.stack([inputs - setup["x"] for model, inputs in seen if model is random_net], axis=1)
+    weights = {k: v.detach().numpy() for k, v in random_net.state_dict().items()}
+    seen.clear()
+    efficient = run_quantus(quantus.EfficientMPRT(disable_warnings=True), setup, explain_func=explain)
+    assert all(np.array_equal(weights[k], v.detach().numpy()) for k, v in seen[-1][0].state_dict().items())
+
+    proto = onnx.load(setup["path"])
+    for tensor in proto.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(weights[tensor.name], tensor.name))
+    randomized = Explainer(proto, method="input_x_gradient", threads=1)
+    explain_random = lambda images, t: randomized.explain(images, t).attributions  # noqa: E731
+    ours = scores.smooth_mprt(explain_random, setup["x"], setup["a"], setup["y"], nr_samples=4,
+                              noise=noise.reshape(4, 4, -1))
+    assert noise.shape[1] == 4 and not noise[:, -1].any() and np.ptp(smooth) > 0.01
+    np.testing.assert_allclose(ours, smooth, rtol=1e-4, atol=1e-6)
+    ours = scores.efficient_mprt(explain_random, setup["x"], setup["a"], setup["y"])
+    assert np.ptp(efficient) > 0.01
+    np.testing.assert_allclose(ours, efficient, rtol=1e-4, atol=1e-6)
+
+    mine = {t.name: numpy_helper.to_array(t) for t in reset_model(setup["path"], seed=0).graph.initializer}
+    for name, fan_in in (("features.0.weight", 27), ("features.2.weight", 72), ("head.weight", 512)):
+        assert ks_2samp(mine[name].ravel(), weights[name].ravel()).pvalue > 0.01, name
+        assert np.abs(mine[name]).max() <= 1 / np.sqrt(fan_in) and not np.allclose(mine[name], weights[name])
+    for name in ("features.0.bias", "head.bias"):  # a bias is bound by its layer's fan_in
+        assert np.abs(mine[name]).max() <= 1 / np.sqrt(27 if name.startswith("features") else 512)

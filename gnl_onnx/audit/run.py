@@ -82,6 +82,9 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
     checked = scoring(curve_steps, reduce, prep.layout, batch_size, deletion_substrate, insertion_substrate,
                       prep.black(), metrics, road_fractions, road_noise, span_of(prep),
                       seed)  # fails early on bad settings
+    if checked.needs_masks:
+        raise UsageError(f"{', '.join(checked.needs_masks)} need a region mask per image, which evaluate reads "
+                         "(--masks); audit takes none")
     # read, normalized and its batch made usable once: every worker (Ray actors too) gets this
     prepared = prepare(model, input, output_name).for_rows
     model = prepared

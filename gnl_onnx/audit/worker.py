@@ -18,6 +18,7 @@ from ..evaluation import (
     RANDOM,
     attribute,
     explain_function,
+    randomized_function,
     score_curves,
     scoring,
 )
@@ -49,6 +50,8 @@ class AuditWorker:
         run = s["run"].replace(providers=providers, threads=threads)
         self.explainers = {m: None if m == RANDOM else Explainer(s["model"], settings=run.for_method(m))
                            for m in s["methods"]}
+        # each method on a randomised copy of the model (smooth and efficient MPRT): built on first use
+        self.randomized = {m: randomized_function(s["model"], e, s["seed"]) for m, e in self.explainers.items()}
 
     def _load(self, path: str) -> np.ndarray:
         from pyarrow.fs import LocalFileSystem
@@ -118,7 +121,7 @@ class AuditWorker:
                 explainer = self.explainers[method]
                 curves = score_curves(self.scorer, images[which], attributions, targets[which], self.scoring,
                                       [image_key(ids[k]) for k in which],  # ROAD's noise: seeded by the id
-                                      explain_function(explainer, s["seed"]))
+                                      explain_function(explainer, s["seed"]), randomized=self.randomized[method])
                 for k, attribution, curve in zip(which, attributions, curves):
                     rows.add(ids[k], method, int(targets[k]), float(probabilities[k, targets[k]]), curve,
                              None if explainer is None else explainer.steps, seconds, self.scorer.provider,

@@ -19,16 +19,17 @@ from ..explainer import Explainer
 from ..graph import graph_inputs
 from ..inspection import inspect_model
 from ..intake import model_sha256, prepare
+from ..measures import MEASURES
 from ..pixels import ranking, spearman
 from ..pixels import reduce_to_pixels as pixel_map
 from ..runtime import make_session
 from ..settings import Settings
 from ..targets import selected
 from ..vjp import vjp_model, vjp_report
-from .randomization import randomize_layers, weighted_layers
 from .reference import Reference, array_sha256, load_reference
 from .results import CheckReport, CheckResult, Measure, _judged, _plain, _show
-from .settings import CHECKS, FD_BATCH, FD_STEPS, JITTER, REFERENCE_FORMAT, REFERENCE_SETTINGS, Thresholds, parse_checks
+from .settings import (CHECKS, FD_BATCH, FD_STEPS, JITTER, MEASURE_CHECKS, REFERENCE_FORMAT, REFERENCE_SETTINGS,
+                       Thresholds, parse_checks)
 
 
 # -- the checks ------------------------------------------------------------------------------------
@@ -259,24 +260,29 @@ class ModelChecker:
                                                 t.conservation_max_error)], f"{method}, {described}",
                        {"sums": sums.tolist()})
 
-    def check_randomization(self) -> CheckResult:
-        t = self.thresholds
-        layers = [layer["name"] for layer in weighted_layers(self.source)][:t.randomized_layers]
-        if not layers:
-            return CheckResult("randomization", "skip", "no Conv/Gemm/MatMul with constant weights to randomize")
+    def check_measure(self, measure) -> CheckResult:
+        """A check that is a measure (one with a `threshold`, measures.py: the model randomization):
+        the measure explains what it changes with the chosen method and judges the result."""
         inputs, described = self._inputs()
-        original = self._explain(self.method, inputs)
-        randomized = self._explainer(self.method, randomize_layers(self.source, layers, self.seed))
-        after = randomized.explain(inputs, original.target).attributions
-        correlations = {"sum": [], "abs_sum": []}
-        for a, b in zip(original.attributions, after):
-            for how, values in correlations.items():
-                rho = spearman(pixel_map(a[None], self._layout(), how), pixel_map(b[None], self._layout(), how))
-                values.append(0.0 if math.isnan(rho) else rho)  # a map turned constant: it changed
-        note = f"{self.method}, randomized {', '.join(layers)}, signed maps, {described}"
-        return _judged("randomization", [Measure("worst Spearman with the original", max(correlations["sum"]),
-                                                 "<=", t.randomization_max_spearman)], note,
-                       {"layers": layers, "spearman": correlations["sum"], "spearman_abs": correlations["abs_sum"]})
+
+        def explain(model):
+            original = self._explain(self.method, inputs)
+            if model is None:
+                return original.attributions
+            return self._explainer(self.method, model).explain(inputs, original.target).attributions
+
+        found = measure.check(self.source, explain, self._layout(), self.seed, self.thresholds)
+        if isinstance(found, str):
+            return CheckResult(measure.name, "skip", found)
+        return _judged(measure.name, [Measure(found["label"], found["value"], found["op"], found["limit"])],
+                       f"{self.method}, {found['note']}, {described}", found["details"])
+
+    def __getattr__(self, name):
+        """check_<name> of a measure that is a check (check_randomization): run() asks for each check so."""
+        measure = MEASURES.get(name[len("check_"):]) if name.startswith("check_") else None
+        if measure is None or measure.name not in MEASURE_CHECKS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return lambda: self.check_measure(measure)
 
     def check_drift(self, reference: Reference) -> CheckResult:
         t = self.thresholds

@@ -9,11 +9,14 @@ from pathlib import Path
 
 
 from ..errors import InputError, UsageError
+from ..measures import MEASURES
 
 
-CHECKS = ("supported", "gradient", "completeness", "randomization", "drift")  # the default set
+# the measures with a threshold (measures.py: the model randomization) are checks of their name
+MEASURE_CHECKS = tuple(m.name for m in MEASURES.values() if getattr(m, "threshold", None))
+CHECKS = ("supported", "gradient", "completeness", *MEASURE_CHECKS, "drift")  # the default set
 OPTIONAL_CHECKS = ("conservation",)  # run when named in --checks (LRP models)
-KNOWN_CHECKS = ("supported", "gradient", "completeness", "conservation", "randomization", "drift")
+KNOWN_CHECKS = ("supported", "gradient", "completeness", "conservation", *MEASURE_CHECKS, "drift")
 CONFIG_NAME = "gnl-onnx-check.toml"
 REFERENCE_FORMAT = "gnl-onnx-check-reference/1"
 # Settings a reference must share with the check that uses it (the model itself may differ).

@@ -20,7 +20,7 @@ from ..attribution import attribution_info, attribution_model
 from ..errors import UsageError
 from ..graph import all_nodes, skeleton, subgraphs
 from ..intake import prepare
-from ..methods import get_method
+from ..methods import get_method, split_method_list
 
 METADATA_KEY = "gnl_onnx.methods"
 SEPARATOR = "."
@@ -33,8 +33,8 @@ def combined_name(method: str, name: str) -> str:
 
 
 def parse_method_list(text: str) -> list[str]:
-    """'gnl_ig,ig,gradcam' -> the methods, checked, without repeats."""
-    methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    """'gnl_ig,ig,gradcam' -> the methods, checked, without repeats (options kept: 'rise:masks=200,cells=3')."""
+    methods = list(dict.fromkeys(m for m in split_method_list(text) if m))
     if not methods:
         raise UsageError("--methods needs at least one method, e.g. --methods gnl_ig,ig,gradcam")
     for m in methods:

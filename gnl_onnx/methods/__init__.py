@@ -7,7 +7,7 @@ from __future__ import annotations
 from . import gradients, smoothgrad, cams, relevance, perturbation  # noqa: F401,I001 - they register, in this order
 from .base import INTEGRATIONS, MAX_GAUSS_LEGENDRE_STEPS, Method, PathMethod, path_points
 from .cams import CAM_METHODS, Cam
-from .registry import METHODS, get_method, register
+from .registry import METHODS, get_method, register, split_method_list
 from .relevance import DeepLift, Lrp
 from .perturbation import ForwardMethod
 from .smoothgrad import SmoothGrad
@@ -16,4 +16,5 @@ LRP_METHODS = tuple(name for name, m in METHODS.items() if isinstance(m, Lrp))
 FORWARD_METHODS = tuple(name for name, m in METHODS.items() if m.forward_only)  # run without a backward graph
 
 __all__ = ["METHODS", "CAM_METHODS", "LRP_METHODS", "FORWARD_METHODS", "Method", "PathMethod", "Cam", "Lrp", "DeepLift",
-           "SmoothGrad", "ForwardMethod", "get_method", "register", "path_points", "INTEGRATIONS", "MAX_GAUSS_LEGENDRE_STEPS"]
+           "SmoothGrad", "ForwardMethod", "get_method", "register", "split_method_list", "path_points", "INTEGRATIONS",
+           "MAX_GAUSS_LEGENDRE_STEPS"]

@@ -12,6 +12,9 @@ few runs as the memory budget holds; the method says which copies and how their 
                   shift; S = sum_m F(x * m + baseline * (1 - m)) m / (N p). Passes: N.
                   The estimator is a Monte Carlo mean of N independent terms: its variance at each
                   pixel is Var[F(x_M) M] / (p^2 N), falling as 1/N (standard error as 1/sqrt(N)).
+                  Of a detector's box (box_targets.DetectionBox): D-RISE (Petsiuk et al. 2021),
+                  F(x_M) is the largest similarity of the masked image's candidates to the box,
+                  IoU x cosine of the class scores (x objectness where the head has it).
     kernelshap    Captum's KernelShap: coalitions of features (a grid of cells, or a given feature
                   mask): all, none, then samples - 2 drawn with size k ~ (M - 1) / (k (M - k)); the
                   attribution of a feature is its coefficient in the least-squares fit (with
@@ -44,6 +47,9 @@ class ForwardMethod(Method):
     forward_only: ClassVar[bool] = True
     uses_baseline: ClassVar[bool] = True
     options: ClassVar[tuple] = ()  # the fields a name may set ("rise:masks=8000")
+    weighs_detections: ClassVar[bool] = False  # of a detector's box: a copy's score is D-RISE's similarity
+    converts: ClassVar[bool] = False  # its copies are masks fixed by the image size and seed: one ONNX graph
+    # holds it (gnl_onnx/attribution.py forward_attribution_model, with its Perturbations' graph_* parts)
 
     def layers(self, proto, x, y, names):
         """The value perturbed, when it is not the image: a CAM layer (see AblationCam)."""
@@ -120,6 +126,16 @@ class MaskedImages(Perturbations):
         images, base = values[:, None], np.broadcast_to(baselines, values.shape)[:, None]
         return base + keep * (images - base)
 
+    # -- the same in an ONNX graph (converted models); g: anything with GraphBuilder's op and const --
+    def graph_masks(self, g, index: str) -> str:
+        """The keep-masks of the copies `index` (int64 [B]) as float32 [B, H, W]."""
+        raise NotImplementedError
+
+    def graph_maps(self, g, scores: str, masked: str, clean: str) -> str:
+        """The maps, float64 [N, H * W], from the copies' scores [N, count], their sum weighted by
+        the masks (scores @ masks, [N, H * W]) and the scores at the images [N] (all float64)."""
+        raise NotImplementedError
+
 
 # -- occlusion ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -127,6 +143,7 @@ class Occlusion(ForwardMethod):
     window: int = 0  # window side in pixels (0: an eighth of the shorter side, at least 1)
     stride: int = 0  # (0: half the window, at least 1)
     options: ClassVar[tuple] = ("window", "stride")
+    converts: ClassVar[bool] = True
 
     def validate(self):
         if self.window < 0 or self.stride < 0:
@@ -180,6 +197,28 @@ class OccludedImages(MaskedImages):
     def result(self, clean):
         return (self.total / self.covered + np.asarray(clean, np.float64)[:, None, None]).astype(np.float32)
 
+    def windows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each window's occluded rows [count, H] and columns [count, W], 0/1."""
+        rows, cols = (np.zeros((self.count, side), np.float32) for side in self.shape)
+        for index in range(self.count):
+            row, col = divmod(index, self.shifts[1])
+            rows[index, row * self.stride:row * self.stride + self.window] = 1
+            cols[index, col * self.stride:col * self.stride + self.window] = 1
+        return rows, cols
+
+    def graph_masks(self, g, index):
+        rows, cols = (g.op("Gather", g.const(a), index) for a in self.windows())
+        window = g.op("Mul", g.op("Unsqueeze", rows, g.ints([2])), g.op("Unsqueeze", cols, g.ints([1])))
+        return g.op("Sub", g.const(np.float32(1)), window)
+
+    def graph_maps(self, g, scores, masked, clean):
+        """F(x) - sum over the windows covering the pixel of their scores / their count, where that sum
+        is all the scores less those of the windows keeping the pixel (masked)."""
+        rows, cols = self.windows()
+        covered = (rows.astype(np.float64)[:, :, None] * cols[:, None, :]).sum(axis=0).ravel()
+        covering = g.op("Sub", g.op("ReduceSum", scores, g.ints([1]), keepdims=1), masked)
+        return g.op("Sub", g.op("Unsqueeze", clean, g.ints([1])), g.op("Div", covering, g.const(covered, np.float64)))
+
 
 # -- RISE --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -188,6 +227,8 @@ class Rise(ForwardMethod):
     cells: int = 7     # the grid's side: the mask resolution
     p: float = 0.5     # the probability that a cell is kept
     options: ClassVar[tuple] = ("masks", "cells", "p")
+    weighs_detections: ClassVar[bool] = True  # D-RISE
+    converts: ClassVar[bool] = True  # (not D-RISE: its matching of boxes runs in numpy)
 
     def validate(self):
         if self.masks < 1 or self.cells < 1 or not 0 < self.p <= 1:
@@ -238,16 +279,23 @@ class RiseMasks(MaskedImages):
         """Masks index * MASK_BLOCK ... (the last block cut at N), drawn from their own seeded stream
         (so any chunking of the runs gives the same masks), as Petsiuk et al.: a binary grid, bilinear
         upsampling to (cells + 1) x the cell size, a crop at a random shift within one cell."""
-        n, (height, width) = self.method.cells, self.shape
-        count = min(MASK_BLOCK, self.method.masks - index * MASK_BLOCK)
-        rng = np.random.default_rng([self.seed, index])
-        grids = (rng.random((count, n, n)) < self.method.p).astype(np.float32)
-        dy, dx = (rng.integers(0, c, count) for c in self.cell)
+        height, width = self.shape
+        grids, dy, dx = self.draw(index)
+        count = len(grids)
         up = np.einsum("yi,kij,xj->kyx", self.up[0].astype(np.float32), grids, self.up[1].astype(np.float32),
                        optimize=True)
         rows = (dy[:, None] + np.arange(height))[:, :, None]
         cols = (dx[:, None] + np.arange(width))[:, None, :]
         return up[np.arange(count)[:, None, None], rows, cols]
+
+    def draw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Block `index`'s binary grids [count, cells, cells] and shifts dy, dx [count]."""
+        n = self.method.cells
+        count = min(MASK_BLOCK, self.method.masks - index * MASK_BLOCK)
+        rng = np.random.default_rng([self.seed, index])
+        grids = (rng.random((count, n, n)) < self.method.p).astype(np.float32)
+        dy, dx = (rng.integers(0, c, count) for c in self.cell)
+        return grids, dy, dx
 
     def add(self, lo, hi, scores):
         part = np.tensordot(np.asarray(scores, np.float64), self.masks(lo, hi), axes=(1, 0))
@@ -255,6 +303,22 @@ class RiseMasks(MaskedImages):
 
     def result(self, clean):
         return (self.saliency / (self.method.masks * self.method.p)).astype(np.float32)
+
+    def graph_masks(self, g, index):
+        """The grids stored, upsampled in the graph: mask = rows(dy) grid columns(dx)^T, rows(dy)
+        being the upsampling matrix's rows dy .. dy + H - 1 (the crop)."""
+        grids, dy, dx = (np.concatenate(part) for part in zip(*(self.draw(b) for b in
+                                                                range(-(-self.count // MASK_BLOCK)))))
+        picked = []
+        for shift, up, side in ((dy, self.up[0], self.shape[0]), (dx, self.up[1], self.shape[1])):
+            at = g.op("Add", g.op("Unsqueeze", g.op("Gather", g.const(shift.astype(np.int64)), index), g.ints([1])),
+                      g.ints(np.arange(side)))  # [B, side]
+            picked.append(g.op("Gather", g.const(up.astype(np.float32)), at))  # [B, side, cells]
+        grid = g.op("Gather", g.const(grids), index)
+        return g.op("MatMul", g.op("MatMul", picked[0], grid), g.op("Transpose", picked[1], perm=[0, 2, 1]))
+
+    def graph_maps(self, g, scores, masked, clean):
+        return g.op("Div", masked, g.const(self.method.masks * self.method.p, np.float64))
 
 
 # -- KernelSHAP --------------------------------------------------------------------------------------
@@ -265,6 +329,7 @@ class KernelShap(ForwardMethod):
     feature_mask: object = field(default=None, compare=False)  # [H, W] integer labels of the features
     coalitions: object = field(default=None, compare=False)    # [samples, features] 0/1 to use instead of drawing
     options: ClassVar[tuple] = ("samples", "grid")
+    converts: ClassVar[bool] = True
 
     def validate(self):
         if self.samples < 2 or self.grid < 1:
@@ -333,6 +398,23 @@ class Coalitions(MaskedImages):
         y = (self.scores.T - mean(self.scores.T)) * root
         coefficients = np.linalg.lstsq(z, y, rcond=None)[0]  # [features, N]
         return coefficients.T[:, self.labels].astype(np.float32)
+
+    def graph_masks(self, g, index):
+        return g.op("Gather", g.op("Gather", g.const(self.drawn.astype(np.float32)), index),
+                    g.const(self.labels.astype(np.int64)), axis=1)
+
+    def graph_maps(self, g, scores, masked, clean):
+        """result()'s fit with the coalitions fixed is a fixed linear map of the scores: the
+        coefficients are Q s, Q = pinv(z) diag(sqrt(w)), with the cut-off on small singular values
+        that lstsq applies (the scores' centring drops out: z's columns are orthogonal to sqrt(w));
+        stored as Q^T [count, features]."""
+        size = self.drawn.sum(axis=1)
+        weight = np.where((size == 0) | (size == self.drawn.shape[1]), 1e6, 1.0)
+        root = np.sqrt(weight)
+        z = (self.drawn - (weight @ self.drawn) / weight.sum()) * root[:, None]
+        linear = np.linalg.pinv(z, rcond=np.finfo(np.float64).eps * max(z.shape)) * root  # [features, count]
+        coefficients = g.op("MatMul", scores, g.const(linear.T, np.float64))  # [N, features]
+        return g.op("Gather", coefficients, g.const(self.labels.ravel().astype(np.int64)), axis=1)
 
 
 # -- Ablation-CAM ------------------------------------------------------------------------------------

@@ -29,3 +29,15 @@ def get_method(name) -> Method:
         return WRAPPERS[wrapper](METHODS[inner])
     raise UsageError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}, or smoothgrad:<method> "
                      "(SmoothGrad over any of them), or rise:masks=8000 (a forward-only method's options)")
+
+
+def split_method_list(text: str) -> list[str]:
+    """'gradient,rise:masks=200,cells=3,occlusion' -> ['gradient', 'rise:masks=200,cells=3',
+    'occlusion']: a piece "key=value" continues the options of the method before it."""
+    names: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if names and "=" in piece and ":" not in piece and ":" in names[-1]:
+            names[-1] += f",{piece}"
+        else:
+            names.append(piece)
+    return names

@@ -255,8 +255,9 @@ def evaluation_page(evaluation, path: PathLike, images: Sequence[ImageResult] = 
             text = _fmt(mean) + (" ± " + _fmt(se) if f"{c}_se" in d else "")
             cells.append(f'<td data-value="{_data(mean)}">{esc(text)}</td>')
         cells.append(f'<td data-value="{_data(d.get("images"))}">{esc(str(d.get("images", "")))}</td>')
-        steps = d.get("steps")
-        cells.append(f'<td data-value="{_data(steps)}">{"-" if steps is None else esc(str(steps))}</td>')
+        steps = d["points"]["mean"] if d.get("points") else d.get("steps")  # "auto": the points per image
+        shown = s.steps_text() if hasattr(s, "steps_text") else "-" if steps is None else str(steps)
+        cells.append(f'<td data-value="{_data(steps)}">{esc(shown)}</td>')
         rows.append(f'<tr data-method="{esc(method, quote=True)}">{"".join(cells)}</tr>')
     parts.append(f'<h2>Methods</h2><table id="summary"><thead><tr>{"".join(head)}</tr></thead>'
                  f'<tbody>{"".join(rows)}</tbody></table>')
@@ -274,7 +275,9 @@ def evaluation_page(evaluation, path: PathLike, images: Sequence[ImageResult] = 
                      f'over the methods:</p><table id="rank-correlations"><tbody>{pairs}</tbody></table>'
                      "<p>Max- and average sensitivity do not flag random explanations: a random map changes a lot "
                      "under noise, but so may a good method's on a model with sharp gradients, and a constant map "
-                     "scores a perfect 0 (Hedstrom et al. 2023, Quantus).</p>")
+                     "scores a perfect 0 (Hedstrom et al. 2023, Quantus). Random logit, smooth and efficient MPRT "
+                     "and randomization ask whether a map changes with the class or the model: a random map always "
+                     "does, so they can fail a method but not crown one.</p>")
     if curves is not None:
         parts.append(f'<h2>Mean curves</h2><img id="curves" src="{_source(curves, base, False)}" '
                      f'alt="mean curves per method" style="max-width:100%">')
