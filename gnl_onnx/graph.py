@@ -274,7 +274,9 @@ class GraphBuilder:
         self._names.add(name)
 
     def reshape_like(self, value: str, like: str) -> str:
-        return self.op("Reshape", value, self.runtime_shape(like))
+        # allowzero: a 0 in the shape is a dim of size 0 (a detector that kept no box), not "copy
+        # the input's dim" as Reshape reads it by default; Shape never gives the -1 that excludes
+        return self.op("Reshape", value, self.runtime_shape(like), allowzero=1)
 
     def zeros_like(self, like: str) -> str:
         return self.op("ConstantOfShape", self.runtime_shape(like),
