@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .graph import GraphBuilder, graph_inputs, rename_value, rename_values, topological_sort
+from .graph import GraphBuilder, all_nodes_of, graph_inputs, reads_of, rename_value, rename_values, topological_sort
 from .runtime import onnxruntime
 
 BATCH_SYMBOL = "N"
@@ -161,12 +161,12 @@ def run_rows_one_at_a_time(model: onnx.ModelProto, rows: list[str]) -> None:
         for node in reversed(graph.node):
             if any(o in needed for o in node.output):
                 nodes.append(node)
-                needed.update(i for i in node.input if i)
+                needed.update(reads_of(node))
         nodes.reverse()
         body = helper.make_graph(nodes, fresh(f"{output.name}_body"), [], [])
         # values computed inside get names of their own: the same name in two bodies, or in a body
         # and the outer graph, is not valid ONNX (and renaming an outer value would reach them)
-        local = {o: fresh(o) for node in body.node for o in node.output if o}
+        local = {o: fresh(o) for node in body.node for inner in all_nodes_of(node) for o in inner.output if o}
         rename_values(body, local)
         used = [inputs[name] for name in inputs if name in needed]
         prologue = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import onnx
 from onnx import helper
 
 from .errors import UsageError
@@ -242,3 +243,96 @@ def _iou(a, b) -> float:
 
 def _box_shape(shape) -> str:
     return "[" + ", ".join("?" if not isinstance(d, int) else str(d) for d in shape) + "]"
+
+
+TIE = 1e-5  # box coordinates closer than this (relative) are equal for BoxScoreMatch's IoU
+
+
+@dataclass(frozen=True, eq=False)
+class BoxScoreMatch(ClassScore):
+    """pytorch-grad-cam's FasterRCNNBoxScoreTarget on a detector's post-processed outputs (boxes
+    [N, K, 4] x0, y0, x1, y1, scores [N, K], integer labels [N, K]; K may be decided at run time):
+    for each given box and label, the output box of highest IoU with it; where that IoU is above
+    `iou` and the label is the given one, IoU + that box's score. The explained output is their
+    sum, [N, 1], built in the graph (class 0), so it follows the boxes wherever the input goes.
+    At the image, the given boxes being the model's own detections, each matches itself: IoU 1,
+    whose gradient is 0 there with torch's ties (max and min split the gradient in half, as
+    written here through Abs), so the gradient is that of the sum of the boxes' scores."""
+    boxes: tuple = ()
+    labels: tuple = ()
+    iou: float = 0.5
+    names: tuple = ("boxes", "scores", "labels")  # the outputs holding them
+
+    def __post_init__(self):
+        super().__post_init__()
+        boxes = np.asarray(self.boxes, np.float64).reshape(-1, 4) if len(self.boxes) else np.zeros((0, 4))
+        if not len(boxes) or len(boxes) != len(self.labels):
+            raise UsageError(f"a box-score target needs boxes and one label per box, got {len(boxes)} boxes and "
+                             f"{len(self.labels)} labels")
+        object.__setattr__(self, "boxes", tuple(map(tuple, boxes.tolist())))
+        object.__setattr__(self, "labels", tuple(int(v) for v in self.labels))
+
+    def describe(self) -> str:
+        return f"box score of {len(self.boxes)} given box(es) (IoU > {self.iou:g}, same label)"
+
+    def select(self, prepared: PreparedModel, in_place: bool = False) -> PreparedModel:
+        model = prepared.proto if in_place else prepared.copy()
+        outputs = {o.name for o in model.graph.output}
+        missing = [n for n in self.names if n not in outputs]
+        if missing:
+            raise UsageError(f"a box-score target reads the outputs {', '.join(self.names)}; the model has "
+                             f"{', '.join(sorted(outputs))} (name them with names=(boxes, scores, labels))")
+        g = GraphBuilder(model)
+        boxes, scores, labels = self.names
+        given = np.asarray(self.boxes, np.float32)
+
+        def coordinate(i):  # an output box coordinate [N, 1, K] and the given boxes' [1, G, 1]
+            out = g.op("Unsqueeze", g.op("Gather", boxes, g.ints(i), axis=2), g.ints([1]))
+            return out, g.const(given[:, i].reshape(1, -1, 1))
+
+        def most(a, b, sign):  # max (sign 1) or min (-1) as (a + b +- |a - b|) / 2: ties split in half
+            both, apart = g.op("Add", a, b), g.op("Sub", a, b)
+            # a tie up to float32 rounding (TIE of the coordinates): the attribution graph recomputes
+            # the boxes, and another fusion of its sums moves them by ~1e-5 px from the boxes found
+            # at the image; a one-sided derivative there would add |dIoU/dbox| ~ 1/side, not 0
+            band = g.op("Mul", g.op("Max", g.op("Abs", a), g.op("Abs", b), g.const(1.0)), g.const(TIE))
+            apart = g.op("Where", g.op("Less", g.op("Abs", apart), band), g.const(0.0), apart)
+            return g.op("Mul", g.op("Add" if sign > 0 else "Sub", both, g.op("Abs", apart)), g.const(0.5))
+
+        (x0, gx0), (y0, gy0), (x1, gx1), (y1, gy1) = (coordinate(i) for i in range(4))
+        width = g.op("Relu", g.op("Sub", most(x1, gx1, -1), most(x0, gx0, 1)))
+        height = g.op("Relu", g.op("Sub", most(y1, gy1, -1), most(y0, gy0, 1)))
+        inter = g.op("Mul", width, height)
+        area = g.op("Mul", g.op("Sub", x1, x0), g.op("Sub", y1, y0))
+        given_area = g.const(((given[:, 2] - given[:, 0]) * (given[:, 3] - given[:, 1])).reshape(1, -1, 1))
+        iou = g.op("Div", inter, g.op("Sub", g.op("Add", area, given_area), inter))  # [N, G, K]
+        # one more column that never matches (IoU -1, score 0, label -1): ArgMax needs one where K is 0
+        size = g.op("Shape", iou)
+        column = g.op("Concat", g.op("Slice", size, g.ints([0]), g.ints([2])), g.ints([1]), axis=0)
+        iou = g.op("Concat", iou, g.op("Expand", g.const(-1.0), column), axis=2)
+        best = g.op("ArgMax", iou, axis=2, keepdims=1)  # the first of equal IoUs, as torch's argmax
+
+        def at_best(values, fill):  # [N, K] -> the value at each given box's best match, [N, G, 1]
+            rows = g.op("Unsqueeze", values, g.ints([1]))
+            rows = g.op("Concat", rows, g.op("Expand", fill, g.op("Concat", g.op("Slice", g.op("Shape", rows), g.ints([0]),
+                                                                                g.ints([2])), g.ints([1]), axis=0)), axis=2)
+            return g.op("GatherElements", g.op("Expand", rows, g.op("Shape", iou)), best, axis=2)
+
+        best_iou = g.op("GatherElements", iou, best, axis=2)
+        best_score = at_best(scores, g.const(0.0))
+        best_label = at_best(labels, g.const(np.array(-1), dtype=helper.tensor_dtype_to_np_dtype(
+            g.elem_type(labels) or onnx.TensorProto.INT64)))
+        given_labels = g.const(np.array(self.labels).reshape(1, -1, 1), dtype=helper.tensor_dtype_to_np_dtype(
+            g.elem_type(labels) or onnx.TensorProto.INT64))
+        matched = g.op("And", g.op("Greater", best_iou, g.const(float(self.iou))), g.op("Equal", best_label, given_labels))
+        each = g.op("Where", matched, g.op("Add", best_iou, best_score), g.const(0.0))
+        total = g.op("ReduceSum", g.op("Reshape", each, g.ints([0, -1])), g.ints([1]), keepdims=1, name="box_score")
+        declared = next(o for o in model.graph.output if o.name == scores).type.tensor_type.elem_type
+        batch = (g.shape(scores) or ["N"])[0]
+        del model.graph.output[:]
+        model.graph.output.append(helper.make_tensor_value_info(total, declared, [batch, 1]))
+        prune(model.graph)
+        return replace(prepared, proto=model, output=total)
+
+    def classes(self, shape) -> int | None:
+        return 1

@@ -105,7 +105,10 @@ class Node:
 def subgraphs(node: onnx.NodeProto):
     """The graphs a node holds as attributes (a Scan or Loop body, If branches)."""
     for attr in node.attribute:
-        yield from ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
 
 
 def all_nodes_of(node: onnx.NodeProto):
@@ -119,6 +122,22 @@ def all_nodes(graph: onnx.GraphProto):
     """The graph's nodes and those of its subgraphs."""
     for node in graph.node:
         yield from all_nodes_of(node)
+
+
+def reads_of(node: onnx.NodeProto) -> set[str]:
+    """The values a node reads from its graph: its inputs, and the outer values its subgraphs read
+    by name (an If branch's captures), less what the subgraphs define themselves."""
+    inner = [n for sub in subgraphs(node) for n in all_nodes(sub)]
+    defined = {o for n in inner for o in n.output} | {v.name for sub in subgraphs(node) for g in _graphs_in(sub)
+                                                     for v in (*g.input, *g.initializer)}
+    return {i for i in node.input if i} | {i for n in inner for i in n.input if i and i not in defined}
+
+
+def _graphs_in(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for sub in subgraphs(node):
+            yield from _graphs_in(sub)
 
 
 class GraphBuilder:
@@ -255,7 +274,9 @@ class GraphBuilder:
         self._names.add(name)
 
     def reshape_like(self, value: str, like: str) -> str:
-        return self.op("Reshape", value, self.runtime_shape(like))
+        # allowzero: a 0 in the shape is a dim of size 0 (a detector that kept no box), not "copy
+        # the input's dim" as Reshape reads it by default; Shape never gives the -1 that excludes
+        return self.op("Reshape", value, self.runtime_shape(like), allowzero=1)
 
     def zeros_like(self, like: str) -> str:
         return self.op("ConstantOfShape", self.runtime_shape(like),
@@ -361,7 +382,7 @@ def topological_sort(graph: onnx.GraphProto) -> None:
     while pending:
         rest = []
         for node in pending:
-            if all(i in available for i in node.input):
+            if all(i in available for i in reads_of(node)):
                 ordered.append(node)
                 available.update(node.output)
             else:

@@ -12,7 +12,8 @@ from onnx import helper, numpy_helper
 
 from .dequantize import dequantize_operators, recover_rectifiers
 from .errors import ModelError, UnsupportedModelError
-from .graph import HALF_TYPES, SKELETON_KEEPS, GraphBuilder, all_nodes, drop_unused_initializers, prune, skeleton
+from .graph import (HALF_TYPES, SKELETON_KEEPS, GraphBuilder, all_nodes, all_nodes_of, drop_unused_initializers,
+                    prune, reads_of, skeleton)
 from .runtime import onnxruntime
 
 TARGET_OPSET = 18
@@ -154,16 +155,9 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     users: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
-        for name in node.input:
+        for name in {i for inner in all_nodes_of(node) for i in inner.input}:  # bodies read outer values
             users.setdefault(name, []).append(node)
     return users
-
-
-def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
 
 
 def _remove_passthrough(graph: onnx.GraphProto) -> None:
@@ -171,18 +165,22 @@ def _remove_passthrough(graph: onnx.GraphProto) -> None:
     graph output, since a graph output must be produced by some node)."""
     outputs = {o.name for o in graph.output}
     users = _consumers(graph)
-    keep = []
+    keep, renamed = [], {}
     for node in graph.node:
         passthrough = node.op_type == "Identity" or (
             node.op_type == "Dropout" and not any(users.get(o) for o in node.output[1:]))
         if passthrough and node.output[0] not in outputs:
-            _rename_uses(graph, node.output[0], node.input[0])
+            renamed[node.output[0]] = renamed.get(node.input[0], node.input[0])
             continue
         if node.op_type == "Dropout":  # a graph output: keep it as a plain Identity
             node.CopyFrom(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
         keep.append(node)
     del graph.node[:]
     graph.node.extend(keep)
+    for node in all_nodes(graph):  # the uses of what was dropped read its input (bodies too)
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
 
 
 def fold_constants(model: onnx.ModelProto) -> bool:
@@ -207,7 +205,8 @@ def fold_constants(model: onnx.ModelProto) -> bool:
     if not changed:
         return False
     # in order of first use, not set order: the model's bytes must not depend on PYTHONHASHSEED
-    used = dict.fromkeys([name for node in keep for name in node.input] + [o.name for o in graph.output])
+    used = dict.fromkeys([name for node in keep for inner in all_nodes_of(node) for name in inner.input]
+                         + [o.name for o in graph.output])
     existing = {t.name for t in graph.initializer}
     folded = known.names() - existing
     for name in (n for n in used if n in folded):
@@ -404,10 +403,30 @@ def has_unknown_dims(builder: GraphBuilder, names, batch_symbol) -> bool:
     return False
 
 
+# Ops whose output shape follows their input's values (and control flow, whose branches may
+# differ): what a detector's score threshold or NMS keeps.
+DATA_SHAPED = {"NonZero", "NonMaxSuppression", "Compress", "Unique", "If", "Loop", "Scan"}
+
+
+def data_shaped(model: onnx.ModelProto, x: str) -> set[str]:
+    """The values computed after an op of DATA_SHAPED that reads the image: their sizes may
+    change from one image to the next (the number of boxes kept), however a probe measured them."""
+    reached, tainted = {x}, set()
+    for node in model.graph.node:
+        reads = reads_of(node)
+        if reads & reached:
+            reached.update(node.output)
+            if node.op_type in DATA_SHAPED or reads & tainted:
+                tainted.update(o for o in node.output if o)
+    return tainted
+
+
 def probe_shapes(model: onnx.ModelProto, x: str, names) -> None:
     """Fill in the shapes static inference could not derive (e.g. Reshape fed by computed shapes
-    on a dynamic batch) by running the checked forward graph at batch 1 and 2: dims that change
-    with the batch get the batch's symbol, all others are static."""
+    on a dynamic batch) by running the checked forward graph at batch 1 and 2 (a batch fixed in the
+    graph: on two draws): dims that change with the batch get the batch's symbol, those that change
+    otherwise and those of values after a data-shaped op (data_shaped) stay unknown, all others
+    are static."""
     declared = next(i for i in model.graph.input if i.name == x).type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in declared.shape.dim]
     symbol = declared.shape.dim[0].dim_param if dims and dims[0] is None else None
@@ -427,7 +446,7 @@ def probe_shapes(model: onnx.ModelProto, x: str, names) -> None:
     shapes, types = [], []
     try:  # the checker passed, but only running it proves a model computes (e.g. Reshape sizes)
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        for batch in ((1, 2) if dims[0] is None else (dims[0],)):
+        for batch in ((1, 2) if dims[0] is None else (dims[0], dims[0])):
             feed = rng.standard_normal([batch] + dims[1:]).astype(np_type)
             values = session.run(wanted, {x: feed})
             shapes.append([v.shape for v in values])
@@ -437,10 +456,15 @@ def probe_shapes(model: onnx.ModelProto, x: str, names) -> None:
         raise ModelError(f"the model fails when run on an input of its declared shape ({first}); it is "
                          "broken: re-export it") from None
     infos = {v.name: v for v in model.graph.value_info}
+    builder, varying = GraphBuilder(model), data_shaped(model, x)
     for i, name in enumerate(wanted):
         observed = [s[i] for s in shapes]
         shape = [d if all(o[k] == d for o in observed) else _batch_multiple(symbol, [o[k] for o in observed])
                  for k, d in enumerate(observed[0])]
+        if name in varying:  # what inference knew stands; a measured size held for this draw only
+            known = builder.shape(name)
+            shape = [k if isinstance(k, (int, str)) else None for k in known] if known and len(known) == len(shape) \
+                else [None] * len(shape)
         info = helper.make_tensor_value_info(name, types[i], shape)
         if name in infos:
             infos[name].CopyFrom(info)

@@ -66,3 +66,27 @@ def lower_priority() -> None:
     export (on the export's lock, cache.exclusive), the core it left idle going to nobody."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         os.nice(19)
+
+
+# Background exporters started by start_child and still running: one per module and session.
+_CHILDREN: dict = {}
+
+
+def start_child(module: str, args: list[str]) -> bool:
+    """Run `python -m <this package>.<module> ARGS...` in a child at the lowest priority and return
+    at once (False when that module's child was started already). The test session starts them at
+    collection so that exporting overlaps the tests; nothing waits for them: the exports write
+    atomically and a test that gets there first exports the model itself. The child is killed
+    when this process exits, so a session that ends early leaves no exporter behind."""
+    import atexit
+    import subprocess as sp
+    import sys
+
+    if module in _CHILDREN:
+        return False
+    package = pathlib.Path(__file__).resolve().parent
+    child = sp.Popen([sys.executable, "-m", f"{package.name}.{module}", *args], cwd=package.parent,
+                     stdout=sp.DEVNULL, stderr=sp.DEVNULL, preexec_fn=lower_priority)
+    _CHILDREN[module] = child
+    atexit.register(child.kill)
+    return True

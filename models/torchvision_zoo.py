@@ -16,7 +16,7 @@ import warnings
 import torch
 import torchvision
 
-from .cache import exclusive, exports_root as cache_root, lower_priority as _lower_priority
+from .cache import exclusive, exports_root as cache_root, start_child
 
 # Per-arch input resolution: as small as the exporters allow, to keep CI fast on 2 cores.
 # alexnet / vgg*: the legacy exporter fails unless the adaptive average pool divides the feature
@@ -183,29 +183,14 @@ def _write_export(arch: str, exporter: str, size: int, seed: int, optimize: bool
             os.unlink(tmp)
 
 
-# Exports started by start_exports and still running (one child per session at most).
-_BACKGROUND: list = []
-
-
 def start_exports(cases, cache_dir: str | os.PathLike | None = None) -> bool:
     """Start one child Python that writes the missing exports of `cases` ((arch, exporter, opset
     or None), in order) and return at once (True if it started). The test session calls it at
     collection so that exporting, most of which is one core of Python, overlaps the tests on a
     2-core machine. Nothing waits for it: export() reuses a file once the child has moved it into
     place, and exports it itself otherwise (both write atomically, so a race costs time only)."""
-    import atexit
-    import subprocess as sp
-    import sys
-
     missing = [f"{a}:{e}:{o or ''}" for a, e, o in cases if not export_path(a, e, None, cache_dir, opset=o).is_file()]
-    if not missing or _BACKGROUND:
-        return False
-    package = pathlib.Path(__file__).resolve().parent
-    child = sp.Popen([sys.executable, "-m", f"{package.name}.torchvision_zoo", str(cache_root(cache_dir)), *missing],
-                     cwd=package.parent, stdout=sp.DEVNULL, stderr=sp.DEVNULL, preexec_fn=_lower_priority)
-    _BACKGROUND.append(child)
-    atexit.register(child.kill)  # a session that ends early leaves no exporter behind
-    return True
+    return bool(missing) and start_child("torchvision_zoo", [str(cache_root(cache_dir)), *missing])
 
 
 if __name__ == "__main__":  # start_exports: CACHE_DIR ARCH:EXPORTER:OPSET ..., in this process

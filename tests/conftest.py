@@ -123,6 +123,15 @@ def pytest_collection_finish(session):
                 if case not in cases:
                     cases.append(case)
         torchvision_zoo.start_exports(cases)
+        from models import torchvision_detectors
+
+        detectors = []
+        for item in session.items:  # the detectors' tests name theirs by `detector`
+            params = getattr(item, "callspec", None) and item.callspec.params
+            if params and params.get("detector") in torchvision_detectors.DETECTORS and \
+                    params["detector"] not in detectors:
+                detectors.append(params["detector"])
+        torchvision_detectors.start_exports(detectors)
     archs = [item.callspec.params["arch"] for item in session.items
              if getattr(item, "originalname", "") == "test_vjp_matches_tensorflow"]
     if archs and all(importlib.util.find_spec(m) for m in ("tensorflow", "tf2onnx")):

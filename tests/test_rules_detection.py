@@ -404,6 +404,22 @@ case("gather_int32_runtime_indices", [
     node("Gather", ["X", "am32"], axis=1)], (3, 4), draw="distinct")
 
 
+# a detector's kept boxes: Slices whose ends are counted at run time, and Slices (strided, reversed)
+# of a value whose size only the data decide
+case("slice_runtime_ends_from_a_count", [
+    node("Greater", ["X", "zero"], ["pos"]), node("NonZero", ["pos"], ["nz"]), node("Shape", ["nz"], ["sh"]),
+    node("Slice", ["sh", "one", "two"], ["count"]), node("Div", ["count", "two"], ["half"]),
+    node("Slice", ["X", "zero_i", "half", "one"], ["part"]), node("Mul", ["part", "part"])], (2, 6),
+    {"zero": np.array(0.0), "one": i64(1), "two": i64(2), "zero_i": i64(0)})
+for _id, (_s, _e, _step) in {"contiguous": (1, 2**62, 1), "reversed_strided": (-1, -100, -2)}.items():
+    case(f"slice_of_a_data_sized_value_{_id}", [
+        node("ReduceSum", ["X", "zero_i"], ["col"], keepdims=0), node("Greater", ["col", "zero"], ["pos"]),
+        node("NonZero", ["pos"], ["nz"]), node("Squeeze", ["nz", "zero_i"], ["which"]),
+        node("Gather", ["X", "which"], ["kept"], axis=1),
+        node("Slice", ["kept", "s", "e", "one", "st"], ["part"]), node("Mul", ["part", "part"])], (2, 7),
+        {"zero": np.array(0.0), "zero_i": i64(0), "one": i64(1), "s": i64(_s), "e": i64(_e), "st": i64(_step)})
+
+
 # ---------------------------------------------------------------- RoiAlign, NonMaxSuppression
 # boxes (x1, y1, x2, y2) in image coordinates: inside, crossing the border, smaller than a cell,
 # on both images of the batch; spatial_scale 0.5 maps them onto the 6x7 feature map
@@ -481,6 +497,57 @@ def test_if_decided_at_run_time_is_refused_in_one_line():
         gnl_onnx.vjp_model(model)
     assert list(e.value.unsupported) == ["If"]
     assert "decided at run time" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_if_of_indices_decided_at_run_time_carries_no_gradient():
+    """torchvision's batched_nms is an If ("no boxes?") whose branches give only indices and read
+    the boxes from the outer graph: no gradient passes through it, the gradient flows through what
+    the indices pick. The branch reads an Identity's output and a size that folds to a constant."""
+    then_branch = helper.make_graph([node("TopK", ["named", "k"], ["top", "idx"])], "then", [],
+                                    [helper.make_tensor_value_info("idx", TensorProto.INT64, None)])
+    else_branch = helper.make_graph([node("Constant", [], ["first"], value=onnx.numpy_helper.from_array(i64(0, 1), "first"))],
+                                    "else", [], [helper.make_tensor_value_info("first", TensorProto.INT64, None)])
+    nodes = [node("ReduceMax", ["X", "zero_i"], ["best"], keepdims=0), node("Identity", ["best"], ["named"]),
+             node("Shape", ["X"], ["shape"]), node("Slice", ["shape", "one", "two"], ["width"]),
+             node("Sub", ["width", "three"], ["k"]),  # 2: folds to a constant only the branch reads
+             node("ReduceSum", ["X"], ["total"], keepdims=0), node("Greater", ["total", "zero"], ["c"]),
+             node("If", ["c"], ["picked"], then_branch=then_branch, else_branch=else_branch),
+             node("Gather", ["X", "picked"], ["kept"], axis=1), node("Mul", ["kept", "kept"])]
+    inits = {"zero_i": i64(0), "one": i64(1), "two": i64(2), "three": i64(3), "zero": np.array(0.0, np.float32)}
+    model = make_model(nodes, [("X", np.float32, [2, 5])], [("Y", np.float32, [2, 2])], inits)
+    vjp = _vjp(model)
+    session = ort_session(vjp)
+    rng = np.random.default_rng(11)
+    for sign in (1, -1):  # the then branch (top two columns), the else branch (columns 0 and 1)
+        x = (sign * np.abs(distinct_values(rng, (2, 5)))).astype(np.float32)
+        seed = rng.normal(size=(2, 2)).astype(np.float32)
+        columns = np.argsort(-x.max(axis=0))[:2] if sign > 0 else np.array([0, 1])
+        want = np.zeros_like(x)
+        want[:, columns] = 2 * x[:, columns] * seed
+        y, got = session.run(["Y", "X_grad"], {"X": x, "Y_grad": seed})
+        np.testing.assert_allclose(y, x[:, columns] ** 2, rtol=1e-6)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_sizes_the_data_decide_are_not_fixed_by_the_shape_probe():
+    """The reverse pass measures shapes that inference cannot tell by running the model once; a size
+    decided by the data (how many values pass a threshold, a detector's kept boxes) must not be
+    folded into a constant from that run: here zeros of the kept values' shape, added to them."""
+    nodes = [node("Greater", ["X", "zero"], ["pos"]), node("NonZero", ["pos"], ["nz"]),
+             node("Gather", ["nz", "one"], ["cols"], axis=0), node("Gather", ["X", "cols"], ["kept"], axis=1),
+             node("Shape", ["kept"], ["shape"]), node("ConstantOfShape", ["shape"], ["zeros"]),
+             node("Mul", ["kept", "kept"], ["sq"]), node("Add", ["sq", "zeros"])]
+    model = make_model(nodes, [("X", np.float32, [1, 8])], [("Y", np.float32, [1, None])],
+                       {"zero": np.array(0.0, np.float32), "one": np.array(1, np.int64)})
+    session = ort_session(_vjp(model))
+    rng = np.random.default_rng(12)
+    for positives in (8, 3, 1):  # the probe's draws have about 4
+        x = -np.abs(rng.normal(size=(1, 8))).astype(np.float32) - 0.1
+        x[0, :positives] *= -1
+        seed = rng.normal(size=(1, positives)).astype(np.float32)
+        want = np.zeros_like(x)
+        want[0, :positives] = 2 * x[0, :positives] * seed[0]
+        np.testing.assert_allclose(session.run(["X_grad"], {"X": x, "Y_grad": seed})[0], want, rtol=1e-6)
 
 
 # ---------------------------------------------------------------- Einsum

@@ -49,7 +49,11 @@ def check_supported(builder: GraphBuilder, path: list[onnx.NodeProto], y: str) -
         if any(o in y_needs for o in node.output):
             y_needs.update(i for i in node.input if i)
             foreign = node.domain not in ("", "ai.onnx")
-            if foreign or node.op_type in CONTROL_FLOW:
+            # a subgraph reads outer values without naming them as inputs, so a control-flow node
+            # may carry gradient the path cannot see; one whose outputs are all indices or flags
+            # (NMS under torchvision's "no boxes" If) carries none
+            carries = any(builder.elem_type(o) in FLOAT_TYPES | CODE_TYPES | {None} for o in node.output if o)
+            if foreign or (node.op_type in CONTROL_FLOW and carries):
                 label = f"{node.domain}.{node.op_type}" if foreign else node.op_type
                 unsupported.setdefault(label, []).append(node.name)
     for node in path:

@@ -61,9 +61,11 @@ def _constant(g, node, index, what):
 @rule("Slice")
 def slice_(g, node, dy):
     x = node.inputs[0]
-    starts, ends = _constant(g, node, 1, "starts"), _constant(g, node, 2, "ends")
     axes, steps = _constant(g, node, 3, "axes"), _constant(g, node, 4, "steps")
     rank = g.rank(x)
+    if node.input(1) not in g.constants or node.input(2) not in g.constants:
+        return [_slice_back_runtime(g, node, dy, axes, steps, rank)]
+    starts, ends = _constant(g, node, 1, "starts"), _constant(g, node, 2, "ends")
     axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in axes]
     steps = [1] * len(axes) if steps is None else [int(s) for s in steps]
     # An axis sliced whole (0 to "the end", step 1) moves nothing and needs no size: tf2onnx turns a
@@ -71,9 +73,15 @@ def slice_(g, node, dy):
     cut = [i for i in range(len(axes)) if not (steps[i] == 1 and int(starts[i]) == 0
                                                 and int(ends[i]) >= 2**31 - 1)]
     axes, starts, ends, steps = ([v[i] for i in cut] for v in (axes, starts, ends, steps))
-    dims = g.static_dims(x, axes, node.op)
+    shape = g.shape(x)
+    if shape is None:
+        g.static_dims(x, axes, node.op)  # refuses in one line
     pads = [0] * (2 * rank)
-    for axis, dim, start, end, step in zip(axes, dims, starts, ends, steps):
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        dim = shape[axis]
+        if not isinstance(dim, int):  # a size known at run time (the boxes a detector kept)
+            dy = _scatter_along_runtime(g, dy, x, axis, g.ints([int(start)]), g.ints([int(end)]), step, rank)
+            continue
         picked = np.arange(dim)[slice(int(start), int(end), step)]  # numpy clamps as ONNX does
         if step == 1:  # a contiguous block: pad the gradient back around it
             first = picked[0] if picked.size else dim
@@ -90,6 +98,36 @@ def _scatter_along(g, grad, positions, axis, dim, rank):
     shape = [1] * rank
     shape[axis] = -1
     where = g.op("Expand", g.const(positions.reshape(shape), dtype=np.int64), grad_shape)
+    zeros = g.op("ConstantOfShape", full_shape, value=numpy_helper.from_array(np.zeros(1, g.np_float)))
+    return g.op("ScatterElements", zeros, where, grad, axis=axis)
+
+
+def _slice_back_runtime(g, node, dy, axes, steps, rank):
+    """Slice's gradient where its starts or ends are computed at run time (a detector's boxes
+    kept): axis by axis, scattered back at the positions the same starts and ends pick."""
+    if rank is None or axes is None and g.shape(node.input(1)) is None:
+        raise UnsupportedModelError({"Slice with starts or ends computed at run time, of unknown rank": [node.name]})
+    count = len(axes) if axes is not None else g.shape(node.input(1))[0]
+    axes = list(range(count)) if axes is None else [int(a) % rank for a in axes]
+    steps = [1] * count if steps is None else [int(v) for v in steps]
+    for i, (axis, step) in enumerate(zip(axes, steps)):
+        start, end = (g.op("Slice", node.input(k), g.ints([i]), g.ints([i + 1])) for k in (1, 2))
+        dy = _scatter_along_runtime(g, dy, node.inputs[0], axis, start, end, step, rank)
+    return dy
+
+
+def _scatter_along_runtime(g, grad, x, axis, start, end, step, rank):
+    """_scatter_along for an axis whose size is known at run time only: the positions picked are
+    a Slice of Range(size) by the same starts and ends (1-element tensors), so they follow ONNX's
+    own clamping."""
+    dim = g.op("Shape", x, start=axis, end=axis + 1)
+    every = g.op("Range", g.ints(0), g.op("Squeeze", dim, g.ints([0])), g.ints(1))
+    picked = g.op("Slice", every, start, end, g.ints([0]), g.ints([step]))
+    shape = [1] * rank
+    shape[axis] = -1
+    grad_shape = g.op("Shape", grad)
+    full_shape = g.op("ScatterElements", grad_shape, g.ints([axis]), dim, axis=0)
+    where = g.op("Expand", g.op("Reshape", picked, g.ints(shape)), grad_shape)
     zeros = g.op("ConstantOfShape", full_shape, value=numpy_helper.from_array(np.zeros(1, g.np_float)))
     return g.op("ScatterElements", zeros, where, grad, axis=axis)
 
