@@ -56,7 +56,8 @@ class ForwardRunner:
         classes = (builder.shape(y) or [None])[-1]
         image = next(i for i in head.graph.input if i.name == x).type.tensor_type
         self.value = self.layer.name if self.layer is not None else x
-        self.row_bytes = bytes_per_row(tail, self.value) + (bytes_per_row(head, x) if self.tail_reads_image else 0)
+        self.row_bytes = bytes_per_row(tail, self.value, any_lead_is_batch=True) + (
+            bytes_per_row(head, x, any_lead_is_batch=True) if self.tail_reads_image else 0)
         self.info = {"method": spec.name, "rule": "none (forward only)", "gate": s.gate, "output": s.output,
                      "input": x, "layers": [self.layer.name] if self.layer is not None else [], "gated": [],
                      "summary": DRISE if self.detector is not None else spec.summary,

@@ -213,3 +213,16 @@ def test_options_and_refusals():
     x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
     maps = gnl_onnx.Explainer(relu_cnn(), method=method).explain(x).attributions[0, 0]
     assert all(len(np.unique(maps[:, 4 * b:4 * b + 4])) == 1 for b in range(4))
+
+
+def test_forward_methods_count_the_activations_of_each_copy():
+    """EfficientNet-Lite0's static shapes name the batch anew after its computed Pads: counting
+    only the input's batch symbol, RISE saw a copy as its image alone (0.6 MB), ran 885 copies per
+    image in a 1 GB run and was killed for memory past 20 GB. A copy holds at least the first
+    convolution's output and its Clip at once (2 x 32 x 112 x 112 floats), and a run fits the budget."""
+    from models import registry
+
+    explainer = gnl_onnx.Explainer(str(registry.get_model("efficientnet-lite0")), method="rise", threads=1)
+    assert explainer.row_bytes >= 2 * 32 * 112 * 112 * 4
+    plan = explainer.plan(2)
+    assert plan["images_per_run"] * plan["steps_per_run"] * explainer.row_bytes <= explainer.budget
