@@ -320,10 +320,9 @@ class BoxScoreMatch(ClassScore):
 
         best_iou = g.op("GatherElements", iou, best, axis=2)
         best_score = at_best(scores, g.const(0.0))
-        best_label = at_best(labels, g.const(np.array(-1), dtype=helper.tensor_dtype_to_np_dtype(
-            g.elem_type(labels) or onnx.TensorProto.INT64)))
-        given_labels = g.const(np.array(self.labels).reshape(1, -1, 1), dtype=helper.tensor_dtype_to_np_dtype(
-            g.elem_type(labels) or onnx.TensorProto.INT64))
+        label_type = helper.tensor_dtype_to_np_dtype(g.elem_type(labels) or onnx.TensorProto.INT64)
+        best_label = at_best(labels, g.const(np.array(-1), dtype=label_type))
+        given_labels = g.const(np.array(self.labels).reshape(1, -1, 1), dtype=label_type)
         matched = g.op("And", g.op("Greater", best_iou, g.const(float(self.iou))), g.op("Equal", best_label, given_labels))
         each = g.op("Where", matched, g.op("Add", best_iou, best_score), g.const(0.0))
         total = g.op("ReduceSum", g.op("Reshape", each, g.ints([0, -1])), g.ints([1]), keepdims=1, name="box_score")

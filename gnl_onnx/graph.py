@@ -378,17 +378,17 @@ def rename_values(graph: onnx.GraphProto, names: dict[str, str]) -> None:
 def topological_sort(graph: onnx.GraphProto) -> None:
     """Reorder nodes so each comes after the producers of its inputs (stable otherwise)."""
     available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
+    pending, ordered = [(node, reads_of(node)) for node in graph.node], []  # reads found once, not per pass
     while pending:
         rest = []
-        for node in pending:
-            if all(i in available for i in reads_of(node)):
+        for node, reads in pending:
+            if all(i in available for i in reads):
                 ordered.append(node)
                 available.update(node.output)
             else:
-                rest.append(node)
+                rest.append((node, reads))
         if len(rest) == len(pending):
-            raise ValueError(f"graph has a cycle or a missing value near node '{rest[0].name}'")
+            raise ValueError(f"graph has a cycle or a missing value near node '{rest[0][0].name}'")
         pending = rest
     del graph.node[:]
     graph.node.extend(ordered)

@@ -36,7 +36,7 @@ LAYERS = [
     ("commands", ["gnl_onnx.explain", "gnl_onnx.demo", "gnl_onnx.evaluate", "gnl_onnx.check", "gnl_onnx.audit",
                   "gnl_onnx.deploy"]),
     ("models", ["models"]),  # the bundled real models (installed as gnl_onnx_models): an extra
-    ("edge", ["gnl_onnx.cli", "gnl_onnx.pipeline", "gnl_onnx"]),
+    ("edge", ["gnl_onnx.cli_commands", "gnl_onnx.cli", "gnl_onnx.pipeline", "gnl_onnx"]),
 ]
 OPTIONAL = ("models",)  # may be imported inside a function: an extra that may be missing
 COMMANDS = ["gnl_onnx.explain", "gnl_onnx.demo", "gnl_onnx.evaluate", "gnl_onnx.check", "gnl_onnx.audit",

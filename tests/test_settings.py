@@ -8,7 +8,8 @@ import pytest
 import gnl_onnx
 from gnl_onnx import Settings, UsageError
 from gnl_onnx.budget import AUTO_RUN_BYTES, Budget, planned_run_bytes
-from gnl_onnx.cli import build_parser, run_settings
+from gnl_onnx.cli import build_parser
+from gnl_onnx.cli_commands import run_settings
 from onnx_builders import relu_cnn
 
 
