@@ -12,7 +12,14 @@ to both). Measures and settings (Quantus's defaults where practical):
   pixel_flipping            features_in_step = H x W / 64 (192 steps), baseline black (softmax)
   max_sensitivity           nr_samples 10, uniform noise 0.2; Quantus re-explains with a torch
                             gradient (autograd, batch of 16), gnl-onnx with its ONNX gradient graph
-Both sides run the same number of forward passes; the ratio is Quantus's seconds / gnl-onnx's (above
+  smooth_mprt               --mprt-samples noisy copies (default 10; Quantus's default is 50), every
+                            layer randomised (skip_layers, return_last_correlation); Quantus randomises
+                            the torch module layer by layer and re-explains through quantus.explain
+                            (patched to the torch gradient), gnl-onnx randomises the ONNX file
+                            (randomize.reset_model) and builds its gradient graph: both inside the time
+Both sides run the same number of forward passes, except smooth_mprt: Quantus also smooths the
+original model's maps (its "original" scores, which return_last_correlation does not return), so it
+runs twice the explanations for the same number. The ratio is Quantus's seconds / gnl-onnx's (above
 1: gnl-onnx faster). Each pair runs once (the runs are thousands of forward passes; set-up is noise),
 Quantus first, then gnl-onnx, alternating per measure."""
 from __future__ import annotations
@@ -60,11 +67,13 @@ def torch_gradient(model, inputs, targets, **kwargs):
     return x.grad.detach().numpy()
 
 
-def bench(name: str, size: int, images_n: int, threads: int) -> list[dict]:
+def bench(name: str, size: int, images_n: int, threads: int, mprt_samples: int = 10,
+          measures=None) -> list[dict]:
     import torch
 
     from gnl_onnx import scores
     from gnl_onnx.explainer import Explainer
+    from gnl_onnx.randomize import reset_model
     from gnl_onnx.scorer import Scorer
     from models import torchvision_zoo
 
@@ -82,6 +91,14 @@ def bench(name: str, size: int, images_n: int, threads: int) -> list[dict]:
     def explain(images, targets):
         return explainer.explain(images, targets).attributions
 
+    def ours_smooth_mprt():
+        randomized = Explainer(reset_model(str(path), seed=0), method="gradient", threads=threads)
+        return scores.smooth_mprt(lambda images, t: randomized.explain(images, t).attributions, x, a, y,
+                                  nr_samples=mprt_samples)
+
+    def quantus_explain(model, inputs, targets, **kwargs):  # SmoothMPRT explains through quantus.explain
+        return torch_gradient(model, inputs, targets)
+
     plans = {
         "faithfulness_correlation": (
             lambda: quantus.FaithfulnessCorrelation(nr_runs=100, subset_size=224, disable_warnings=True,
@@ -98,11 +115,18 @@ def bench(name: str, size: int, images_n: int, threads: int) -> list[dict]:
             lambda: quantus.MaxSensitivity(nr_samples=10, disable_warnings=True),
             {"explain_func": torch_gradient},
             lambda: scores.sensitivity(explain, x, a, y, nr_samples=10)),
+        "smooth_mprt": (
+            lambda: quantus.SmoothMPRT(nr_samples=mprt_samples, skip_layers=True, return_last_correlation=True,
+                                       disable_warnings=True),
+            {"explain_func": quantus_explain},
+            ours_smooth_mprt),
     }
     rows = []
     for measure, (make, extra, ours) in plans.items():
+        if measures is not None and measure not in measures:
+            continue
         metric = make()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), mock.patch.object(quantus, "explain", quantus_explain):
             warnings.simplefilter("ignore")
             start = time.perf_counter()
             metric(model=module, x_batch=x, y_batch=y, a_batch=a.copy(), device="cpu", channel_first=True,
@@ -124,11 +148,14 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--measures", default="faithfulness_correlation,pixel_flipping,max_sensitivity,smooth_mprt")
+    p.add_argument("--mprt-samples", type=int, default=10, help="smooth_mprt's noisy copies per image")
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args(argv)
     rows = []
     for name in args.models.split(","):
-        rows += bench(name.strip(), args.size, args.images, args.threads)
+        rows += bench(name.strip(), args.size, args.images, args.threads, args.mprt_samples,
+                      args.measures.split(","))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=2))
