@@ -113,16 +113,20 @@ def pixel_flipping_curves(forward, images, attributions, targets, features_in_st
     ceil(features / features_in_step) points per image. Lower area is better."""
     images = np.asarray(images)
     a = prepare(attributions, images.shape, abs_, normalise)
-    flat = images.reshape(len(images), -1).astype(np.float64)
-    fill = _baseline(flat, baseline)
+    flat = images.reshape(len(images), -1)
+    fill = _baseline(flat.astype(np.float64), baseline).astype(images.dtype)
     curves = []
     for i in range(len(images)):
         order = np.argsort(-a[i:i + 1], axis=1)[0]  # as Quantus sorts (same call, same ties)
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
         steps = math.ceil(len(order) / features_in_step)
-        copies = np.repeat(flat[i:i + 1], steps, axis=0)
-        for k in range(steps):  # copy k has the first (k + 1) * features_in_step features flipped
-            copies[k, order[:(k + 1) * features_in_step]] = fill[i]
-        curves.append(_rows(forward, copies.astype(images.dtype), images.shape[1:], int(targets[i]), batch_size))
+        out = []
+        for lo in range(0, steps, batch_size):  # copy k has its first (k + 1) * features_in_step features flipped
+            flipped = rank[None] < (np.arange(lo, min(steps, lo + batch_size)) + 1)[:, None] * features_in_step
+            copies = np.where(flipped, fill[i], flat[i][None])  # one batch at a time: steps x features is large
+            out.append(_rows(forward, copies, images.shape[1:], int(targets[i]), batch_size))
+        curves.append(np.concatenate(out))
     return curves
 
 
