@@ -4,7 +4,8 @@ models/torchvision_detectors.py: random weights, 128 px, legacy export (the dyna
 batched_nms: see there). A kept box's score, read from the model's own "scores" output at the
 box's index (the box index is the class of a ClassScore on that output), explained by the plain
 gradient through the engine, against torch autograd of the same box's score in float64, on
-SSDlite and Faster R-CNN MobileNetV3-320 (CHECKED; the others' state is noted there). Grad-CAM and Eigen-CAM against pytorch-grad-cam 1.5.7 with its
+SSDlite, Faster R-CNN MobileNetV3-320, FCOS and RetinaNet ResNet-18 (CHECKED; the others' state is
+noted there). Grad-CAM and Eigen-CAM against pytorch-grad-cam 1.5.7 with its
 FasterRCNNBoxScoreTarget, and that target (box_targets.BoxScoreMatch) against torch away from the
 detections themselves on a small detector."""
 from __future__ import annotations
@@ -21,15 +22,19 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 from models import torchvision_detectors as zoo  # noqa: E402
 
-CHECKED = ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")
-# Not yet checked here (models.torchvision_detectors builds and exports them; open in issue 21):
-# fcos_resnet18_fpn and retinanet_resnet18_fpn: the test image sits on a kink of the box's score
-# (directional differences along ours - torch's: right 0.00217 = torch's gradient, left 0.0041 =
-# ours, for eps 1e-4 to 3e-3, in ONNX Runtime's forward and torch's alike), so each side is a
-# one-sided derivative: 2.8e-2 and 2.1e-3 apart; the tie that makes the kink is not found yet.
-# The resnet50 builders: the attribution graph's float32 score differs from the exported
-# model's by 1e-6 to 3e-5 relative (BatchNorm folded), and Faster/Mask R-CNN's float64 boxes and
-# scores from the float32 ones by more than this test's 1e-3 px and 1e-5.
+# name -> the seed of its test image (models.torchvision_detectors.image). FCOS and RetinaNet
+# ResNet-18 at seed 0 sit on a kink of the explained box's score: its directional differences
+# along (ours - torch's gradient) are 0.00217 to the right (torch's gradient) and 0.0041 to the left
+# (ours) for eps 1e-4 to 3e-3, in ONNX Runtime's forward and torch's alike, so both are one-sided
+# derivatives (2.8e-2 apart on FCOS, 2.1e-3 on RetinaNet; FCOS seed 3: 6.4e-3); which tie makes it
+# is not found (no ReLU input of the score's path changes sign between float32 and float64). At seed 1
+# the score is smooth and both agree to 1.4e-6 (FCOS) and 4.9e-7 (RetinaNet).
+CHECKED = {"ssdlite320_mobilenet_v3_large": 0, "fasterrcnn_mobilenet_v3_large_320_fpn": 0,
+           "fcos_resnet18_fpn": 1, "retinanet_resnet18_fpn": 1}
+# Not checked here (models.torchvision_detectors builds and exports them): the resnet50 builders:
+# the attribution graph's float32 score differs from the exported model's by 1e-6 to 3e-5
+# relative (BatchNorm folded), and Faster/Mask R-CNN's float64 boxes and scores from the float32
+# ones by more than this test's 1e-3 px and 1e-5 (which find the same box in torch's outputs).
 REL_TOL = 1e-4  # as tests/test_architectures.py: max |ours - float64 reference| / max |reference|
 
 
@@ -44,32 +49,38 @@ def detections(path, x):
     return boxes[0], scores[0], labels[0]
 
 
-def same_box(boxes, labels, box, label):
-    """The index of `box` (same label, nearest corners) among other detections of the image."""
-    distance = np.abs(boxes - box).max(axis=1) + 1e9 * (labels != label)
-    return int(distance.argmin()), float(distance.min())
+def same_box(boxes, labels, box, label, scores=None, score=None):
+    """The index of `box` (same label, nearest corners; with scores, the nearest score among boxes
+    equally near: boxes clipped to the image's corner can coincide) among other detections of the
+    image, and its corners' distance."""
+    corners = np.abs(boxes - box).max(axis=1)
+    distance = corners + 1e9 * (labels != label) + (0 if scores is None else np.abs(scores - score))
+    return int(distance.argmin()), float(corners[distance.argmin()])
 
 
-@pytest.mark.parametrize("detector", CHECKED)
+@pytest.mark.parametrize("detector", list(CHECKED))
 def test_box_score_gradient_matches_torch(detector):
     """Two kept boxes, explained in one run: the one scored nearest 0.5 and the next. Softmax and
     sigmoid scores have gradients p(1 - p) x ..., so near p = 1 the float32 forward's rounding of p
     reaches the gradient multiplied by p / (1 - p): Faster R-CNN ResNet-50's top box (p = 0.958)
     measured 2.2e-4 from float64, torch's own float32 gradient 1.0e-4, both moved by the 1e-5
     difference of p, not by a rule. At p near 0.5 they measure 2e-5."""
-    path, net, x = zoo.export(detector), zoo.build(detector), zoo.image().numpy()
+    path, net, x = zoo.export(detector), zoo.build(detector), zoo.image(CHECKED[detector]).numpy()
     boxes, scores, labels = detections(path, x)
     assert len(scores) >= 2 and np.all(scores > zoo.SCORE_THRESHOLD)
     first = int(np.argmin(np.abs(scores[:-1] - 0.5)))
     picks = [first, first + 1]
     result = Explainer(prepare(path, output="scores"), method="gradient", threads=1).explain(
         np.repeat(x, 2, axis=0), target=picks)
-    np.testing.assert_allclose(result.score, scores[picks], rtol=1e-6)
+    # the graph folds BatchNorm into the convolutions, so its float32 score rounds apart from the
+    # exported model's: 1.0e-6 relative on FCOS-R18, under 1e-6 on the MobileNetV3 ones
+    np.testing.assert_allclose(result.score, scores[picks], rtol=1e-5)
     net = net.double()
     for row, k in enumerate(picks):
         image = torch.from_numpy(x).double().requires_grad_()
         found_boxes, found_scores, found_labels = (v[0] for v in net(image)[:3])
-        j, distance = same_box(found_boxes.detach().numpy(), found_labels.numpy(), boxes[k], labels[k])
+        j, distance = same_box(found_boxes.detach().numpy(), found_labels.numpy(), boxes[k], labels[k],
+                               found_scores.detach().numpy(), scores[k])
         assert distance < 1e-3, "float64 torch keeps the same box"
         assert abs(float(found_scores[j]) - scores[k]) < 1e-5 * scores[k]
         found_scores[j].backward()
