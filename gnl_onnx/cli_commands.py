@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import UsageError
 from .attribution import attribution_info, attribution_model
 from .attribution_files import explain_boxes_to_folder
+from .box_targets import DetectionBox
 from .audit import audit_files
 from .check import check_files, load_thresholds, parse_checks, parse_threshold_flags
 from .demo import run_demo as demo, run_detection_demo as detection_demo
@@ -100,6 +101,10 @@ def run_convert(args) -> int:
                   f"{info['copies_per_step']} per loop step")
         else:
             print(FEEDING.format(image=info["input"], path=out))
+        if isinstance(target, DetectionBox):  # the graph holds the head, not the NMS: the box is an index
+            print(f"  (it explains a box's score on the raw head: feed 'target' the box's index, anchor x classes + "
+                  f"class over the head's anchors in order, as gnl_onnx.detection.find_boxes gives it after your NMS; "
+                  f"-1: the highest-scoring anchor and class)")
         if info.get("region"):
             print(f"  (it explains {info['output']}: 'scores' is the map, the region is read at the images, so "
                   "every run takes them: never feed score_rows [0])")

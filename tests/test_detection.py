@@ -333,3 +333,33 @@ def test_drise_map_gathers_inside_a_box_whose_detection_reads_only_its_pixels():
         assert saliency[inside].mean() - outside.mean() > 2 * outside.std()
         above = np.clip(saliency - np.median(outside), 0, None)
         assert above[inside].sum() > 0.3 * above.sum()
+
+
+def test_a_converted_detector_explains_each_box_in_bare_onnxruntime(tmp_path, capsys):
+    """`convert --target box:K` writes the head's box scores' attribution model: fed a kept box's
+    index (found here by explain_boxes, NMS outside), bare ONNX Runtime gives that box's map and
+    score; -1 takes the highest-scoring anchor and class."""
+    from gnl_onnx.cli import main
+
+    path, out = tmp_path / "tiny_yolo.onnx", tmp_path / "tiny_yolo_boxes.onnx"
+    onnx.save(_tiny_yolo(), str(path))
+    assert main(["convert", str(path), "--method", "gradient", "--target", "box:2", "-o", str(out)]) == 0
+    assert "feed 'target' the box's index" in capsys.readouterr().out
+    x = np.random.default_rng(1).uniform(0, 1, size=(2, 3, 16, 16)).astype(np.float32)
+    result = explain_boxes(str(path), x, DetectionBox(top=2), method="gradient", threads=1)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    one = np.ones(1, np.float32)
+
+    def run(image, index):
+        return session.run(["attribution", "scores", "target_used"], {
+            "image": image, "baseline": np.zeros((1, 1, 1, 1), np.float32), "target": np.array([index]),
+            "alphas": one, "weights": one, "noise": np.zeros((1, 1, 1, 1, 1), np.float32)})
+    assert len(result.boxes) == 4
+    for box, attribution, score in zip(result.boxes, result.attributions, result.scores):
+        maps, scores, used = run(x[box.image:box.image + 1], box.index)
+        assert used[0] == box.index and scores[0, box.index] == pytest.approx(score, rel=1e-6)
+        np.testing.assert_allclose(maps[0], attribution, rtol=1e-5, atol=1e-7)
+    head = ort.InferenceSession(_tiny_yolo().SerializeToString()).run(None, {"image": x[:1]})[0][0]
+    _, _, used = run(x[:1], -1)
+    anchor, label = divmod(int(used[0]), 3)
+    assert head[4 + label, anchor] == head[4:].max()
