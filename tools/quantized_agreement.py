@@ -1,10 +1,12 @@
 """How far the attributions of an int8 model are from those of the float model it was quantized
-from: Spearman rank correlation of the channel-summed maps, per method, for resnet18 and
-mobilenet_v2 (64 px, random weights as in tests/test_quantized.py) quantized by ONNX Runtime's
+from: Spearman rank correlation of the channel-summed maps, per method, for resnet18, resnet50 and
+mobilenet_v2 (64 px, random weights as in tests/test_quantized.py), or with --efficientnet for
+EfficientNet-Lite0 (224 px, its trained weights, skimage's photos), quantized by ONNX Runtime's
 quantize_static in both formats and both weight granularities. Prints the markdown table of
 docs/models.md.
 
-    OMP_NUM_THREADS=1 python tools/quantized_agreement.py [--images 4]
+    OMP_NUM_THREADS=1 python tools/quantized_agreement.py --images 4 [--arch resnet50]
+    OMP_NUM_THREADS=1 python tools/quantized_agreement.py --efficientnet --images 2
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import numpy as np
 
 METHODS = ("gradient", "guided_backprop", "gnl_ig", "gradcam", "lrp_epsilon_plus_flat")
 SIZE = 64
+RANDOM_ARCHS = ("resnet18", "resnet50", "mobilenet_v2")
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "clock")  # skimage's, for EfficientNet-Lite0
 
 
 def spearman(a, b):
@@ -28,7 +32,14 @@ def main():
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--efficientnet", action="store_true",
                         help="EfficientNet-Lite0 (trained, 224 px) on skimage's photos instead")
+    parser.add_argument("--arch", action="append", choices=RANDOM_ARCHS,
+                        help="only these random-weight models (repeatable; default all)")
     args = parser.parse_args()
+    if args.images < 1 or (args.efficientnet and args.images > len(PHOTOS)):
+        parser.error(f"--images must be 1 to {len(PHOTOS)} with --efficientnet" if args.efficientnet
+                     else "--images must be at least 1")
+    if args.efficientnet and args.arch:
+        parser.error("--arch picks random-weight models; --efficientnet runs EfficientNet-Lite0 alone")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import onnxruntime as ort
     import torch
@@ -41,21 +52,20 @@ def main():
     images = rng.standard_normal((args.images, 3, SIZE, SIZE)).astype(np.float32)
     calibration = np.concatenate([np.random.default_rng(0).standard_normal((8, 3, SIZE, SIZE)).astype(np.float32),
                                   images])
-    sources = {"resnet18": torchvision_zoo.export("resnet18", "legacy", SIZE),
-               "mobilenet_v2": quantized.export_measured_batchnorm("mobilenet_v2", SIZE)}
     variants = [(fmt, per_channel) for fmt in quantized.FORMATS for per_channel in (False, True)]
-    if args.efficientnet:  # calibrated on six photos, explained on four of them
+    if args.efficientnet:  # calibrated on six photos, explained on the first --images of them
         from gnl_onnx.presets import PRESETS
         from gnl_onnx_models.registry import get_model
         from skimage import data
 
-        photos = [getattr(data, n)() for n in ("chelsea", "coffee", "astronaut", "rocket", "camera",
-                                                 "clock")]
+        photos = [getattr(data, n)() for n in PHOTOS]
         prep = PRESETS["efficientnet-lite0"].preprocessing
         batch = np.concatenate([prep.to_input(p) for p in photos]).astype(np.float32)
         calibration, images = batch, batch[:args.images]
         sources = {"efficientnet-lite0": get_model("efficientnet-lite0")}
-        variants = [("qdq", True), ("qoperator", False)]
+    else:  # mobilenet_v2's random BatchNorm statistics leave it without a gradient (see the export)
+        sources = {arch: quantized.export_measured_batchnorm(arch, SIZE) if arch == "mobilenet_v2"
+                   else torchvision_zoo.export(arch, "legacy", SIZE) for arch in args.arch or RANDOM_ARCHS}
     rows = []
     for arch, source in sources.items():
         floats = {m: Explainer(str(source), method=m, steps=16).explain(images) for m in METHODS}
