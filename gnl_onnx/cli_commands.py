@@ -283,13 +283,14 @@ def run_check(args) -> int:
 
 def run_audit(args) -> int:
     methods = parse_methods(args.methods)  # a bad name fails before anything is loaded
-    model = prepare(args.model, args.input, args.output_name)
-    prep, _ = preprocessing_from(args, model, [args.images])
+    model, prep, _, explained, chosen = evaluated_target(args, [args.images])
+    settings = run_settings(args, prep)
     return audit_files(model, args.images, Path(args.out), prep, methods, engine=args.engine,
                        address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                        labels=args.labels, overwrite=args.overwrite, images_per_batch=args.images_per_batch,
-                       settings=run_settings(args, prep), curve_steps=args.curve_steps, reduce=args.reduce,
-                       target=class_only(args.target), deletion_substrate=args.deletion_substrate,
+                       settings=settings.replace(output=explained) if explained is not None else settings,
+                       curve_steps=args.curve_steps, reduce=args.reduce, target=chosen,
+                       deletion_substrate=args.deletion_substrate,
                        insertion_substrate=args.insertion_substrate, batch_size=args.batch_size,
                        metrics=args.metrics, road_fractions=args.road_fractions, road_noise=args.road_noise)
 

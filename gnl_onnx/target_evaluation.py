@@ -11,6 +11,7 @@ box's pixels, or the region mask at the image fitted to the input by nearest pix
 pointing_game and relevance_mass_accuracy (Quantus's, gnl_onnx/scores.py) are always taken."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -131,7 +132,8 @@ def evaluate_rows(prepared, images, target, methods, run, scored, names, chosen=
     evaluation = Evaluation({**(config or {}), "target": target.describe(), "rows": len(rows),
                              "provider": scorer.provider, **({"note": note} if note else {})})
     for method in methods if rows else ():
-        explainer = None if method == RANDOM else Explainer(prepared, settings=_settings(run, method, prepared, target))
+        explainer = None if method == RANDOM else Explainer(prepared,
+                                                            settings=row_settings(run, method, prepared, target))
         per = {name: [] for m in scored.measures for name in m.curve_names}
         for lo in range(0, len(rows), BATCH):
             part = rows[lo:lo + BATCH]
@@ -184,7 +186,7 @@ def row_record(row: Row, names, method: str, numbers: dict) -> dict:
     return {**record, **numbers}
 
 
-def _settings(run, method: str, prepared, target):
+def row_settings(run, method: str, prepared, target):
     """The run's settings for one method on the target; a CAM method on a detector defaults to its
     feature pyramid's layers (detection.pyramid_layers), as explain takes them."""
     settings = run.for_method(method).replace(output=target)
@@ -193,5 +195,18 @@ def _settings(run, method: str, prepared, target):
     return settings
 
 
-__all__ = ["LOCALISATION", "TARGET_METRICS", "Row", "evaluate_rows", "find_rows", "is_row_target", "prepared_for",
-           "row_record", "score_row", "target_metrics"]
+ROW_ID = re.compile(r"(.*)#(box\d+|region|boxes)")  # an audit's row id: "<image id>#box0", "<image id>#region"
+
+
+def row_id(image_id: str, row: Row) -> str:
+    return f"{image_id}#{row.name}"
+
+
+def image_of(key: str) -> str:
+    """The image id of an audit's row id (an image id is its own)."""
+    found = ROW_ID.fullmatch(str(key))
+    return found[1] if found else str(key)
+
+
+__all__ = ["LOCALISATION", "TARGET_METRICS", "Row", "evaluate_rows", "find_rows", "image_of", "is_row_target",
+           "prepared_for", "row_id", "row_record", "row_settings", "score_row", "target_metrics"]

@@ -245,3 +245,38 @@ def test_cli_evaluates_a_region_with_its_outline_drawn(segmenter, tmp_path, capf
     assert record["row"].endswith(" region") and record["target"] == 1 and 0 <= record["pointing_game"] <= 1
     picture = np.asarray(Image.open(out / "overlays" / "image.region.gradient.png").convert("RGB"))
     assert (picture == (0, 255, 255)).all(axis=2).any()  # the region's outline
+
+
+def test_audit_carries_each_boxs_metrics(tmp_path):
+    """audit with a box target: one result per kept box and method, keyed "<image id>#box<k>",
+    with the same numbers as evaluate gives that box; a second run finds them done."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from PIL import Image
+
+    from gnl_onnx.audit import audit
+    from gnl_onnx.audit.layout import RESULTS
+    from gnl_onnx.images import Preprocessing, load_image
+
+    model = tmp_path / "detector.onnx"
+    onnx.save(_tiny_detector("yolov8"), model)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(2):
+        Image.fromarray(np.random.default_rng(k).integers(0, 255, size=(16, 16, 3), dtype=np.uint8)).save(
+            folder / f"p{k}.png")
+    prep = Preprocessing(size=(16, 16), fit="exact")
+    options = dict(output=DetectionBox(top=2), curve_steps=STEPS, threads=1, progress=False, steps=8)
+    result = audit(str(model), str(folder), tmp_path / "out", prep, ["gradient", "random"], **options)
+    table = {(r["image"], r["method"]): r for r in pq.read_table(tmp_path / "out" / RESULTS).to_pylist()}
+    assert sorted(i for i, m in table if m == "gradient") == ["p0.png#box0", "p0.png#box1", "p1.png#box0",
+                                                              "p1.png#box1"]
+    x = np.concatenate([load_image(str(folder / f"p{k}.png"), prep) for k in range(2)])
+    want = evaluate(str(model), x, ["gradient"], output=DetectionBox(top=2), curve_steps=STEPS, threads=1, steps=8)
+    for record in want.records:
+        got = table[(f"p{record['image']}.png#{record['row'].split()[-1]}", "gradient")]
+        for name in ("deletion_auc", "insertion_auc", "pointing_game", "relevance_mass_accuracy"):
+            assert got[name] == pytest.approx(record[name], rel=1e-6, nan_ok=True), name
+        assert got["target"] == record["target"] and got["score"] == pytest.approx(record["score"], rel=1e-6)
+    assert result.evaluation.summaries["gradient"].images == 4 and result.accuracy is None
+    again = audit(str(model), str(folder), tmp_path / "out", prep, ["gradient", "random"], **options)
+    assert again.computed == 0 and again.reused == 4

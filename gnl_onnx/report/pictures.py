@@ -251,5 +251,5 @@ def image_png(pixels_uint8: np.ndarray, path: PathLike) -> pathlib.Path:
 
 
 __all__ = ["ABS_CMAP", "BOX_COLOUR", "OUTLIERS", "PERCENTILE", "REGION_COLOUR", "SIGNED_CMAP", "atomic_write",
-           "colorize", "gaussian_smooth", "heatmap_png", "image_png", "marked", "mass_clip", "overlay", "overlay_png", "png_bytes", "reduce_channels",
-           "roughness", "smoothing_sigma"]
+           "colorize", "gaussian_smooth", "heatmap_png", "image_png", "marked", "mass_clip", "overlay", "overlay_png",
+           "png_bytes", "reduce_channels", "roughness", "smoothing_sigma"]
