@@ -231,6 +231,7 @@ def test_cli_evaluates_each_box_with_the_box_drawn(tmp_path, capfd):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.quick
 def test_cli_evaluates_a_region_with_its_outline_drawn(segmenter, tmp_path, capfd):
     from PIL import Image
     from onnx_builders import run_cli
@@ -278,5 +279,11 @@ def test_audit_carries_each_boxs_metrics(tmp_path):
             assert got[name] == pytest.approx(record[name], rel=1e-6, nan_ok=True), name
         assert got["target"] == record["target"] and got["score"] == pytest.approx(record["score"], rel=1e-6)
     assert result.evaluation.summaries["gradient"].images == 4 and result.accuracy is None
+    np.testing.assert_allclose(table[("p0.png#box0", "gradient")]["box"], want.records[0]["box"], atol=0.01)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "p1.png#box1" in page and "score = " in page
+    pictures = sorted((tmp_path / "out" / "overlays").glob("*gradient.png"))
+    assert len(pictures) == 4 and all((np.asarray(Image.open(p).convert("RGB")) == (0, 255, 0)).all(axis=2).any()
+                                      for p in pictures)  # each box drawn
     again = audit(str(model), str(folder), tmp_path / "out", prep, ["gradient", "random"], **options)
     assert again.computed == 0 and again.reused == 4

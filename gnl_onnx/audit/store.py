@@ -97,7 +97,10 @@ class _Store:
             "provider": pa.array([str(batch["provider"][i]) for i in keep], pa.string()),
             "attribution": pa.array(paths, pa.string()),
             **{f"{c}_curve": pa.array([batch[f"{c}_curve"][i].tolist() for i in keep], pa.list_(pa.float64()))
-               for m in measures for c in m.curve_names}})
+               for m in measures for c in m.curve_names},
+            # a detector's boxes (a box target's rows; every part of such an audit has them)
+            **({"box": pa.array([batch["box"][i].tolist() for i in keep], pa.list_(pa.float64()))}
+               if "box" in batch and np.isfinite(batch["box"][keep]).all() else {})})
         atomic_write(self.parts / f"part-{uuid.uuid4().hex}.parquet", lambda tmp: pa.parquet.write_table(table, tmp))
         self.written += len(keep)
         return len(keep)
@@ -198,7 +201,13 @@ def write_report(out: Path, evaluation: Evaluation, table, found, prep, source) 
     data = {k: table.column(k).to_pylist() for k in ("image", "method", "attribution", *columns)}
     records = [{k: data[k][i] for k in ("image", "method", *columns)} for i in range(len(table))]
     for r in records:
-        r["probability"] = r.pop("score", None)
+        if image_of(r["image"]) != r["image"]:  # a box's or region's row: its score, not a probability
+            r["row"] = r["image"]
+        else:
+            r["probability"] = r.pop("score", None)
+    boxes = dict(zip(data["image"], table.column("box").to_pylist())) if "box" in table.column_names else {}
+    scores = dict(zip(data["image"], data.get("score", [])))
+    classes = dict(zip(data["image"], data.get("target", [])))
     files: dict[str, dict[str, str]] = {}
     for image, method, relative in zip(data["image"], data["method"], data["attribution"]):
         files.setdefault(image, {})[method] = relative
@@ -217,7 +226,10 @@ def write_report(out: Path, evaluation: Evaluation, table, found, prep, source) 
     paths = dict(found)
     for image in ranked[:REPORT_IMAGES]:
         maps(image)
-        shown.image(stems[image], image, prep.to_pixels(_load_local(fs, paths[image_of(image)], prep, load_image)))
+        pixels = prep.to_pixels(_load_local(fs, paths[image_of(image)], prep, load_image))
+        box = boxes.get(image)
+        shown.image(stems[image], image, pixels, boxes=[box] if box else (),
+                    caption=f"{classes.get(image)} {scores.get(image, float('nan')):.2f}" if box else "")
     shown.write()
     return evaluation_page(evaluation, out / FILES["report"], shown.results(), curves=out / FILES["curves"],
                            records=records, total_images=len(files),

@@ -162,7 +162,7 @@ class AuditWorker:
             for k, (key, row) in enumerate(zip(keys, part)):
                 curves = score_row(self.scorer, x[k:k + 1], attributions[k:k + 1], row, self.scoring, image_key(key))
                 rows.add(key, method, row.label, row.score, curves, None if explainer is None else explainer.steps,
-                         seconds, self.scorer.provider, attributions[k])
+                         seconds, self.scorer.provider, attributions[k], row.box)
 
     def _maybe_crash(self, ids):
         marker = self.settings.get("crash_marker")
@@ -185,9 +185,11 @@ class _Rows:
     def __init__(self, lengths: dict[str, int]):
         self.lengths = lengths  # curve name -> points per curve (a one-number measure: 1)
         self.data = {k: [] for k in ("image", "method", "target", "score", "steps", "attribution_seconds",
-                                     "provider", *(f"{c}_curve" for c in lengths), "npy", "error")}
+                                     "provider", *(f"{c}_curve" for c in lengths), "npy", "error", "box")}
 
-    def add(self, image, method, target, score, curves, steps, seconds, provider, attribution):
+    def add(self, image, method, target, score, curves, steps, seconds, provider, attribution, box=None):
+        """One result; box: a detector's box (x0, y0, x1, y1) where the row is one."""
+        self.data["box"].append([math.nan] * 4 if box is None else [float(v) for v in box])
         buffer = BytesIO()
         np.save(buffer, attribution[None])  # [1, ...]: the model's input layout, as `explain` saves it
         for k, v in (("image", image), ("method", method), ("target", target), ("score", score),
@@ -206,7 +208,8 @@ class _Rows:
         out = {k: np.array(d[k], dtype=object) for k in ("image", "method", "provider", "npy", "error")}
         out.update(target=np.array(d["target"], np.int64), score=np.array(d["score"], np.float64),
                    steps=np.array(d["steps"], np.int64),
-                   attribution_seconds=np.array(d["attribution_seconds"], np.float64))
+                   attribution_seconds=np.array(d["attribution_seconds"], np.float64),
+                   box=np.array(d["box"], np.float64).reshape(len(d["box"]), 4))
         for c, n in self.lengths.items():
             out[f"{c}_curve"] = np.array(d[f"{c}_curve"], np.float64).reshape(len(d[f"{c}_curve"]), n)
         return out
