@@ -287,3 +287,72 @@ def test_audit_carries_each_boxs_metrics(tmp_path):
                                       for p in pictures)  # each box drawn
     again = audit(str(model), str(folder), tmp_path / "out", prep, ["gradient", "random"], **options)
     assert again.computed == 0 and again.reused == 4
+
+
+def _post_processed(seed=0):
+    """_tiny_detector's head with its post-processing in the graph: boxes [N, 64, 4] (x0, y0, x1, y1),
+    best_scores [N, 64] (the best class's) and labels [N, 64] (int64), as exported detectors give them."""
+    from onnx import helper
+
+    model = _tiny_detector("yolov8", seed)
+    g = model.graph
+    g.initializer.extend([onnx.numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+                          (("s0", [0]), ("s2", [2]), ("s4", [4]), ("s7", [7]), ("ax2", [2]))])
+    g.initializer.append(onnx.numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+    g.node.extend([helper.make_node("Transpose", ["head"], ["rows"], perm=[0, 2, 1]),
+                   helper.make_node("Slice", ["rows", "s0", "s2", "ax2"], ["centre"]),
+                   helper.make_node("Slice", ["rows", "s2", "s4", "ax2"], ["size"]),
+                   helper.make_node("Slice", ["rows", "s4", "s7", "ax2"], ["classes"]),
+                   helper.make_node("Mul", ["size", "half"], ["half_size"]),
+                   helper.make_node("Sub", ["centre", "half_size"], ["low"]),
+                   helper.make_node("Add", ["centre", "half_size"], ["high"]),
+                   helper.make_node("Concat", ["low", "high"], ["boxes"], axis=2),
+                   helper.make_node("ReduceMax", ["classes", "ax2"], ["best_scores"], keepdims=0),
+                   helper.make_node("ArgMax", ["classes"], ["labels"], axis=2, keepdims=0)])
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info("boxes", onnx.TensorProto.FLOAT, ["N", 64, 4]),
+                     helper.make_tensor_value_info("best_scores", onnx.TensorProto.FLOAT, ["N", 64]),
+                     helper.make_tensor_value_info("labels", onnx.TensorProto.INT64, ["N", 64])])
+    return model
+
+
+def _match_score(boxes, scores, labels, given, label, threshold=0.5) -> float:
+    """FasterRCNNBoxScoreTarget written from pytorch-grad-cam: the best-IoU output box; IoU + its
+    score where the IoU is above the threshold and the label is the given one, else 0."""
+    low, high = np.maximum(boxes[:, :2], given[:2]), np.minimum(boxes[:, 2:], given[2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=1)
+    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    iou = inter / (area + np.prod(given[2:] - given[:2]) - inter)
+    best = int(np.argmax(iou))
+    return float(iou[best] + scores[best]) if iou[best] > threshold and labels[best] == label else 0.0
+
+
+@pytest.mark.quick
+def test_post_processed_box_tracks_its_best_match_and_zero_once_lost():
+    """BoxScoreMatch (post-processing inside the graph): the deletion curve is, per perturbed image,
+    IoU + score of the best-IoU output box where it matches (IoU > 0.5, same label), else 0 (the box
+    lost), computed in numpy from a bare ONNX Runtime run; the region is the given box."""
+    from gnl_onnx.box_targets import BoxScoreMatch
+
+    model = _post_processed()
+    x = np.random.default_rng(6).uniform(0, 1, size=(1, 3, 16, 16)).astype(np.float32)
+    session = _session(model)
+    boxes, scores, labels = session.run(None, {"image": x})
+    best = int(np.argmax(scores[0]))
+    target = BoxScoreMatch(boxes=[boxes[0, best]], labels=[int(labels[0, best])],
+                           names=("boxes", "best_scores", "labels"))
+    evaluation, maps = _kept(lambda **k: evaluate(model, x, ["gradient", "random"], output=target, curve_steps=64,
+                                                  threads=1, **k))
+    given = boxes[0, best].astype(np.float64)
+    points = []
+    for record in evaluation.records:
+        assert record["score"] == pytest.approx(1 + scores[0, best], rel=1e-5)  # IoU 1 with itself
+        images = _perturbed(x[0], maps[(record["method"], record["row"])].sum(axis=0), 64, "deletion")
+        outputs = session.run(None, {"image": images})
+        want = [_match_score(*(np.asarray(o[k], np.float64) for o in outputs), given, labels[0, best])
+                for k in range(65)]
+        np.testing.assert_allclose(record["deletion_curve"], want, rtol=1e-5, atol=1e-6)
+        points += want
+    # both cases are met: a moved match (IoU below 1) and the box lost (0)
+    assert any(1 < p < 1 + scores[0, best] - 1e-3 for p in points) and 0 in points
+    assert record["region_pixels"] == int(box_region(given, (16, 16)).sum())
