@@ -58,7 +58,7 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
     A box or region target as the output (settings.output or `output`: a DetectionBox, SegmentRegion,
     DenseRegion or BoxScoreMatch; `target` then names a region's class, None: the one whose region
     scores highest) makes every kept box, or every image's region, one row: the curves track that
-    row's score (scorer.TargetScorer), pointing_game and relevance_mass_accuracy read its region
+    row's score (scorer.TargetScorer), pointing_game and relevance_mass read its region
     (gnl_onnx/target_evaluation.py); no box above the threshold: no rows, and config["note"] says why."""
     methods = parse_methods(methods)
     if settings is None:
@@ -156,7 +156,7 @@ def _mask_usage(wanted: tuple, given: bool):
                          "per image, named as the image)")
     if given and not wanted:
         raise UsageError("--masks is read by the localisation measures only: add pointing_game, "
-                         "relevance_mass_accuracy or relevance_rank_accuracy to --metrics")
+                         "relevance_mass(_accuracy) or relevance_rank_accuracy to --metrics")
 
 
 def _checked_masks(masks, scored, shape, layout):

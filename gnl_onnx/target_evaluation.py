@@ -8,7 +8,9 @@ same score on the perturbed images through scorer.TargetScorer, the target's own
 (its docstring says what a perturbed image's score is when its box may no longer be kept). The
 localisation measures need no --masks: each row brings its region on the input's pixels (the
 box's pixels, or the region mask at the image fitted to the input by nearest pixel), and
-pointing_game and relevance_mass_accuracy (Quantus's, gnl_onnx/scores.py) are always taken."""
+pointing_game (Quantus's, gnl_onnx/scores.py) and relevance_mass (the positive part's share inside,
+0..1, gnl_onnx/localisation.py, as explain reports it) are always taken; Quantus's signed
+relevance_mass_accuracy, which leaves 0..1 where the map has both signs, when asked."""
 from __future__ import annotations
 
 import re
@@ -32,9 +34,9 @@ from .targets import MapRegion, Target
 
 # the measures a target's scalar score allows: those that read the score (not class probabilities),
 # the region, or the map alone; the localisation measures are always taken (the region is known)
-TARGET_METRICS = ("deletion", "insertion", "road", "pointing_game", "relevance_mass_accuracy",
+TARGET_METRICS = ("deletion", "insertion", "road", "pointing_game", "relevance_mass", "relevance_mass_accuracy",
                   "relevance_rank_accuracy", "sparseness", "complexity")
-LOCALISATION = ("pointing_game", "relevance_mass_accuracy")
+LOCALISATION = ("pointing_game", "relevance_mass")  # as explain --target reports them
 BATCH = 8  # rows per Explainer call
 
 

@@ -18,7 +18,7 @@ from test_detection import _tiny_detector, picodet  # noqa: F401 - picodet: the 
 from gnl_onnx.box_targets import DetectionBox
 from gnl_onnx.errors import UsageError
 from gnl_onnx.evaluate import evaluate
-from gnl_onnx.localisation import box_region, pointing_game
+from gnl_onnx.localisation import box_region, pointing_game, relevance_mass
 from gnl_onnx.targets import SegmentRegion
 
 STEPS = 4
@@ -83,8 +83,9 @@ def test_box_curves_track_the_boxs_class_score_in_the_raw_head():
         region = box_region(record["box"], (16, 16))
         assert record["region_pixels"] == int(region.sum()) > 0
         assert bool(record["pointing_game"]) == pointing_game(per_pixel, region)
-        share = (per_pixel * region).sum() / per_pixel.sum()  # Quantus's: the signed map's share inside
-        assert record["relevance_mass_accuracy"] == pytest.approx(share, rel=1e-6)
+        positive = np.maximum(per_pixel, 0)
+        assert record["relevance_mass"] == pytest.approx((positive * region).sum() / positive.sum(), rel=1e-6)
+        assert record["relevance_mass"] == pytest.approx(relevance_mass(per_pixel, region), rel=1e-6)
 
 
 @pytest.mark.quick
@@ -121,7 +122,7 @@ def test_box_road_scores_the_imputed_images_by_the_boxs_score():
             want = road.road_curve(Recorded(anchor, label), x, order, road.FRACTIONS, which, road.NOISE, 1.0, 0, key,
                                    label)
             np.testing.assert_allclose(record[f"road_{which}_curve"], want, rtol=1e-5, atol=1e-6)
-        assert {"pointing_game", "relevance_mass_accuracy"} <= set(record)
+        assert {"pointing_game", "relevance_mass"} <= set(record)
 
 
 @pytest.fixture(scope="module")
@@ -142,11 +143,12 @@ def segmenter(tmp_path_factory):
 def test_region_curves_sum_the_class_over_the_region_held_fixed(segmenter):
     """segment:1: each image's row sums class 1's logits over its predicted mask at the image; the
     deletion curve is that sum, the mask held, over the perturbed images' logits; pointing game and
-    relevance mass are Quantus's on the mask."""
+    relevance mass (its positive part's share, and Quantus's signed one when asked) are Quantus's on the mask."""
     quantus = pytest.importorskip("quantus")
     path, x = segmenter
     evaluation, maps = _kept(lambda **k: evaluate(path, x, ["gradient"], output=SegmentRegion(), target=1,
-                                                  curve_steps=STEPS, threads=1, **k))
+                                                  curve_steps=STEPS, metrics="deletion,relevance_mass_accuracy",
+                                                  threads=1, **k))
     session = _session(path)
     logits = session.run(None, {"image": x})[0]
     assert [r["row"] for r in evaluation.records] == ["0 region", "1 region"]
@@ -161,8 +163,11 @@ def test_region_curves_sum_the_class_over_the_region_held_fixed(segmenter):
         np.testing.assert_allclose(record["deletion_curve"], want, rtol=1e-5, atol=1e-5)
         a, s = per_pixel[None, None], region[None, None]
         mass = quantus.RelevanceMassAccuracy(disable_warnings=True).evaluate_batch(a_batch=a, s_batch=s)
+        positive = quantus.RelevanceMassAccuracy(abs=False, normalise=False, disable_warnings=True).evaluate_batch(
+            a_batch=np.maximum(a, 0), s_batch=s)
         hit = quantus.PointingGame(disable_warnings=True).evaluate_batch(a_batch=a, s_batch=s)
         assert record["relevance_mass_accuracy"] == pytest.approx(float(mass[0]), rel=1e-6)
+        assert record["relevance_mass"] == pytest.approx(float(positive[0]), rel=1e-6)
         assert bool(record["pointing_game"]) == bool(hit[0])
 
 
@@ -212,7 +217,7 @@ def test_cli_evaluates_each_box_with_the_box_drawn(tmp_path, capfd):
     summary = {s["method"]: s for s in found["summary"]}
     assert found["config"]["target"] == "box:2" and "pointing_game_mean" in summary["gradient"]
     header = (out / "evaluation.csv").read_text().splitlines()[0].split(",")
-    assert header[:6] == ["image", "row", "method", "target", "score", "box"] and "relevance_mass_accuracy" in header
+    assert header[:6] == ["image", "row", "method", "target", "score", "box"] and "relevance_mass" in header
     page = (out / "report.html").read_text()
     assert "photo.png box1" in page and "pointing_game" in page and "score = " in page
     for name in ("photo.box0.png", "photo.box0.gradient.png", "photo.box1.random.png"):
@@ -275,7 +280,7 @@ def test_audit_carries_each_boxs_metrics(tmp_path):
     want = evaluate(str(model), x, ["gradient"], output=DetectionBox(top=2), curve_steps=STEPS, threads=1, steps=8)
     for record in want.records:
         got = table[(f"p{record['image']}.png#{record['row'].split()[-1]}", "gradient")]
-        for name in ("deletion_auc", "insertion_auc", "pointing_game", "relevance_mass_accuracy"):
+        for name in ("deletion_auc", "insertion_auc", "pointing_game", "relevance_mass"):
             assert got[name] == pytest.approx(record[name], rel=1e-6, nan_ok=True), name
         assert got["target"] == record["target"] and got["score"] == pytest.approx(record["score"], rel=1e-6)
     assert result.evaluation.summaries["gradient"].images == 4 and result.accuracy is None
