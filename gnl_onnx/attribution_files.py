@@ -15,7 +15,7 @@ from .intake import at_image_size, prepare
 from .images import load_all
 from .output import atomic_write, prepare_folder, progress, unique_stems
 from .presets import class_names
-from .localisation import fitted_region, pointing_game, region_outline, relevance_mass
+from .localisation import box_region, fitted_region, pointing_game, region_outline, relevance_mass
 from .report import heatmap_png, overlay, overlay_png, png_bytes, reduce_channels
 from .report.pictures import box_overlay_png
 from .settings import Settings
@@ -148,10 +148,7 @@ def explain_boxes_to_folder(model, images, out: Path, prep, preset, settings: Se
         heatmap_png(per_pixel, files["heatmap"])
         box_overlay_png(prep.to_pixels(arrays[box.image]), per_pixel, files["overlay"], box.xyxy,
                         f"{label} {box.score:.2f}")
-        height, width = per_pixel.shape
-        (x0, x1), (y0, y1) = sorted(box.xyxy[0::2]), sorted(box.xyxy[1::2])  # a raw head's box may be inverted
-        rows, cols = np.arange(height)[:, None] + 0.5, np.arange(width)[None, :] + 0.5
-        inside = (rows >= y0) & (rows <= y1) & (cols >= x0) & (cols <= x1)
+        inside = box_region(box.xyxy, per_pixel.shape)
         positive = np.maximum(per_pixel, 0)
         records.append({"image": names[box.image], "box": [round(float(v), 2) for v in box.xyxy],
                         "label": label, "class": box.label, "score": box.score, "explained_score": float(score),

@@ -293,7 +293,8 @@ def metric_args(p):
                         "pixel_flipping, region_perturbation, irof, monotonicity_correlation, sufficiency, "
                         "max_sensitivity, avg_sensitivity, local_lipschitz_estimate, random_logit, smooth_mprt, "
                         "efficient_mprt, sparseness, complexity, with evaluate --masks pointing_game, "
-                        "relevance_mass_accuracy, relevance_rank_accuracy, and randomization (the top 2 weighted "
+                        "relevance_mass_accuracy, relevance_rank_accuracy, relevance_mass (with --target box or "
+                        "segment: the box or region, no --masks), and randomization (the top 2 weighted "
                         "layers redrawn, as check does); their cost: inspect --cost. The recommendation rests on the "
                         "first of this list measured that a random map does not pass")
     p.add_argument("--road-fractions", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",

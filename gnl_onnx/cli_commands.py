@@ -32,6 +32,7 @@ from .planning import plan_cost
 from .presets import class_names, get_preset
 from .report import image_png
 from .settings import Settings
+from .target_evaluation import is_row_target
 from .target_text import class_only, parse_target
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -221,19 +222,39 @@ def run_explain(args) -> int:
 def run_evaluate(args) -> int:
     methods = parse_methods(args.methods)  # bad names fail before anything is loaded or written
     metrics = parse_metrics(args.metrics)
-    model = prepare(args.model, args.input, args.output_name)
-    prep, _ = preprocessing_from(args, model, args.images)
+    model, prep, preset, explained, chosen = evaluated_target(args, args.images)
     named = list(args.images)
     if args.dataset:
         named += save_dataset(args.dataset, args.limit, args.seed, Path(args.out) / "dataset", args.overwrite)
     elif args.limit is not None:
         raise UsageError("--limit applies to --dataset only")
     images = find_images(named, args.image_dir)
+    settings = run_settings(args, prep)
+    labels = {"labels": class_names(preset)} if explained is not None and preset else {}
     return evaluate_files(model, images, Path(args.out), prep, methods, overwrite=args.overwrite,
-                          settings=run_settings(args, prep), curve_steps=args.curve_steps, reduce=args.reduce,
-                          target=class_only(args.target), deletion_substrate=args.deletion_substrate,
+                          settings=settings.replace(output=explained) if explained is not None else settings,
+                          curve_steps=args.curve_steps, reduce=args.reduce, **labels,
+                          target=chosen, deletion_substrate=args.deletion_substrate,
                           insertion_substrate=args.insertion_substrate, batch_size=args.batch_size, metrics=metrics,
                           road_fractions=args.road_fractions, road_noise=args.road_noise, masks=args.masks)
+
+
+def evaluated_target(args, images):
+    """(model, preprocessing, preset, the box or region target or None, the class or None) of
+    evaluate's --target: a class, box[...] (the detector prepared to read all its outputs),
+    segment[...] or dense[...] (their mask files read as the images are)."""
+    text = (args.target or "").strip()
+    if text.startswith("box"):
+        model, explained = prepare_detector(args.model, parse_target(text)[0], args.input)
+        prep, preset = preprocessing_from(args, model, images)
+        return model, prep, preset, explained, None
+    model = prepare(args.model, args.input, args.output_name)
+    prep, preset = preprocessing_from(args, model, images)
+    explained, chosen = parse_target(text, lambda path: read_mask(path, prep)) if text else (None, None)
+    if explained is not None and not is_row_target(explained):
+        raise UsageError(f"--target {text}: evaluate scores a class, a detector's boxes (box...) or a region "
+                         "(segment..., dense...); explain and convert take output targets")
+    return model, prep, preset, explained, chosen
 
 
 def save_dataset(name: str, limit, seed: int, folder: Path, overwrite: bool) -> list[str]:
@@ -267,13 +288,14 @@ def run_check(args) -> int:
 
 def run_audit(args) -> int:
     methods = parse_methods(args.methods)  # a bad name fails before anything is loaded
-    model = prepare(args.model, args.input, args.output_name)
-    prep, _ = preprocessing_from(args, model, [args.images])
+    model, prep, _, explained, chosen = evaluated_target(args, [args.images])
+    settings = run_settings(args, prep)
     return audit_files(model, args.images, Path(args.out), prep, methods, engine=args.engine,
                        address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                        labels=args.labels, overwrite=args.overwrite, images_per_batch=args.images_per_batch,
-                       settings=run_settings(args, prep), curve_steps=args.curve_steps, reduce=args.reduce,
-                       target=class_only(args.target), deletion_substrate=args.deletion_substrate,
+                       settings=settings.replace(output=explained) if explained is not None else settings,
+                       curve_steps=args.curve_steps, reduce=args.reduce, target=chosen,
+                       deletion_substrate=args.deletion_substrate,
                        insertion_substrate=args.insertion_substrate, batch_size=args.batch_size,
                        metrics=args.metrics, road_fractions=args.road_fractions, road_noise=args.road_noise)
 

@@ -27,6 +27,7 @@ from .metrics import BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBS
 from .output import atomic_write, prepare_folder, progress, unique_stems
 from .report import ReportImages, evaluation_page
 from .settings import Settings
+from .target_evaluation import evaluate_rows, is_row_target, prepared_for, target_metrics
 
 
 BATCH = 8  # images per Explainer call; the Explainer still splits steps to the memory budget
@@ -53,7 +54,12 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
     layer: the CAM methods' target layer(s) (value names; None: the default layer).
     masks: [N, H, W] region masks on the input's pixels, for the localisation measures (and only them).
     settings: the run's Settings (gnl_onnx/settings.py; its method is not read): with it, the
-    keywords it holds (steps ... memory_budget) are not read."""
+    keywords it holds (steps ... memory_budget) are not read.
+    A box or region target as the output (settings.output or `output`: a DetectionBox, SegmentRegion,
+    DenseRegion or BoxScoreMatch; `target` then names a region's class, None: the one whose region
+    scores highest) makes every kept box, or every image's region, one row: the curves track that
+    row's score (scorer.TargetScorer), pointing_game and relevance_mass read its region
+    (gnl_onnx/target_evaluation.py); no box above the threshold: no rows, and config["note"] says why."""
     methods = parse_methods(methods)
     if settings is None:
         settings = Settings(steps=steps, baseline=baseline, integration=integration, gate=gate, output=output,
@@ -61,6 +67,12 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
                             layout=layout, seed=seed, threads=threads, providers=providers,
                             memory_budget=memory_budget)
     run = settings
+    explained = run.output if is_row_target(run.output) else None  # a box or region: one row per box or region
+    if explained is not None:
+        if masks is not None:
+            raise UsageError("--masks: a box or region target brings its own region; the localisation measures "
+                             "read it")
+        metrics = target_metrics(metrics)
     scored = scoring(curve_steps, reduce, run.layout, batch_size, deletion_substrate, insertion_substrate, run.black,
                        metrics, road_fractions, road_noise, road_span, run.seed)
     images = np.ascontiguousarray(images, dtype=np.float32)
@@ -68,6 +80,13 @@ def evaluate(model, images, methods=ALL_METHODS, steps: int = 32, curve_steps: i
         raise UsageError(f"expected a batch of images [N, C, H, W] or [N, H, W, C], got shape {images.shape}")
     n = len(images)
     names = list(names) if names is not None else [str(i) for i in range(n)]
+    if explained is not None:
+        prepared, explained = prepared_for(model, explained, run.input, run.output_name)
+        config = {"model": str(prepared), "methods": methods, "steps": run.steps, **scored.config(),
+                  "baseline": run.baseline if isinstance(run.baseline, str) else "array",
+                  "integration": run.integration, "gate": run.gate, "seed": run.seed}
+        return evaluate_rows(prepared, images, explained, methods, run.replace(output=explained), scored, names,
+                             target, progress, keep, config)[0]
     masks = _checked_masks(masks, scored, images.shape, run.layout)
     model = prepare(model, run.input, run.output_name)  # read and normalized once for the scorer and every method
     scorer = Scorer(model, input=run.input, output_name=run.output_name, providers=run.providers, threads=run.threads)
@@ -137,7 +156,7 @@ def _mask_usage(wanted: tuple, given: bool):
                          "per image, named as the image)")
     if given and not wanted:
         raise UsageError("--masks is read by the localisation measures only: add pointing_game, "
-                         "relevance_mass_accuracy or relevance_rank_accuracy to --metrics")
+                         "relevance_mass(_accuracy) or relevance_rank_accuracy to --metrics")
 
 
 def _checked_masks(masks, scored, shape, layout):
@@ -198,16 +217,27 @@ def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, over
     if len(shapes) > 1:
         raise UsageError(f"the images came out in different shapes {sorted(shapes)}; give --crop or --size H W "
                          "so that every image fits the model")
-    _mask_usage(scoring(metrics=options.get("metrics", DEFAULT_METRICS)).needs_masks, bool(masks))
+    settings = options.get("settings")
+    rows = is_row_target(settings.output if settings is not None else options.get("output"))
+    if not rows:  # a box or region target brings its own regions (evaluate refuses --masks there)
+        _mask_usage(scoring(metrics=options.get("metrics", DEFAULT_METRICS)).needs_masks, bool(masks))
     regions = find_masks(masks, names, prep, _height_width(loaded[0].shape, prep.layout)) if masks else None
     # (read and checked before anything is written)
     stems = unique_stems(names)  # the report: OUT/overlays/<stem>.png and <stem>.<method>.png, then report.html
     shown = ReportImages(out, prep.layout, options.get("reduce", "sum"))
-    taken = [p for p in shown.planned(stems, methods) if p.exists()]
+    taken = [p for p in shown.planned(stems, methods) if p.exists()] if not rows else []
     if taken and not overwrite:
         raise UsageError(f"{taken[0]} exists (and {len(taken) - 1} more); pass --overwrite to replace")
-    for stem, name, array in zip(stems, names, loaded):
-        shown.image(stem, name, prep.to_pixels(array))
+    if rows:  # one entry per box or region (<stem>.box0, <stem>.region), known once they are found
+        explained = settings.output if settings is not None else options["output"]
+        ask = settings if settings is not None else Settings()
+        prepared, explained = prepared_for(model, explained, ask.input, ask.output_name)
+        explained.select(prepared)  # outputs that cannot hold the target: refused before anything is written
+        keep = shown.row_keeper(names, [prep.to_pixels(array) for array in loaded], options.pop("labels", None))
+    else:
+        for stem, name, array in zip(stems, names, loaded):
+            shown.image(stem, name, prep.to_pixels(array))
+        keep = shown.keeper(stems)
     prepare_folder(out)
     bar = progress(len(methods) * len(loaded), "evaluate")
     options.setdefault("road_span", road.span_of(prep))  # ROAD's noise: a fraction of the pixel range
@@ -215,10 +245,13 @@ def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, over
         evaluation = evaluate(model, np.concatenate(loaded), methods, black=prep.black(), layout=prep.layout,
                               bounds=prep.bounds(),
                               names=names, progress=bar.update if bar is not None else None,
-                              keep=shown.keeper(stems), masks=regions, **options)
+                              keep=keep, masks=regions, **options)
     finally:
         if bar is not None:
             bar.close()
+    taken = [p for p in shown.planned(list(shown.names), methods) if p.exists()] if rows else []
+    if taken and not overwrite:  # the rows' overlays, named once the boxes were found: still before any write
+        raise UsageError(f"{taken[0]} exists (and {len(taken) - 1} more); pass --overwrite to replace")
     evaluation.config["skipped"] = bad
     write_csv(evaluation, planned["csv"])
     atomic_write(planned["json"], json.dumps(evaluation.as_dict(), indent=2))
@@ -234,6 +267,8 @@ def evaluate_files(model, images, out: Path, prep, methods, overwrite=False, **o
     """The `gnl-onnx evaluate` command: evaluate, print the table and the recommendation; 0 done,
     1 some images could not be read."""
     evaluation, bad, files = evaluate_to_folder(model, images, out, prep, methods, overwrite, **options)
+    if evaluation.config.get("note"):  # no box above the threshold, or images whose region is empty
+        print(evaluation.config["note"])
     print(evaluation.table())
     for b in bad:
         print(f"skipped {b['image']}: {b['error']}")

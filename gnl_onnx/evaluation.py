@@ -224,6 +224,8 @@ class Evaluation:
         floor = self.summaries.get(RANDOM)
         methods = [s for s in self.summaries.values() if s.method != RANDOM]
         lead = self.lead()
+        if not self.summaries and self.config.get("note"):  # a box target with no box kept
+            return f"recommendation: none: {self.config['note']}"
         if not methods:
             return "recommendation: none: only the random floor was evaluated"
         ranked = [] if lead is None else self.ranked(lead, methods)
@@ -510,7 +512,9 @@ def write_csv(evaluation: Evaluation, path: Path) -> Path:
     chosen = evaluation.config.get("metrics", DEFAULT_METRICS)  # the columns of an evaluation without records
     numbers = [c for m in MEASURES.values() if (all(c in first for c in m.columns) if first else m.name in chosen)
                for c in m.columns]
-    columns = ["image", "method", "target", "probability", *numbers, "steps", "attribution_seconds"]
+    described = [k for k in ("image", "row", "method", "target", "probability", "score", "box") if k in first]
+    columns = [*(described or ["image", "method", "target", "probability"]), *numbers, "steps",
+               "attribution_seconds"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns + ["curve_steps", "reduce", "baseline", "deletion_substrate", "insertion_substrate"])

@@ -50,6 +50,15 @@ def pointing_game(attribution, region) -> np.ndarray | bool:
     return bool(hit[0]) if single else hit
 
 
+def box_region(box, shape) -> np.ndarray:
+    """A box (x0, y0, x1, y1 in pixels, either corner first: a raw head's box may be inverted) as
+    an [H, W] region: the pixels whose centre lies inside it or on its edge."""
+    height, width = shape[-2:]
+    (x0, x1), (y0, y1) = sorted(float(v) for v in box[0::2]), sorted(float(v) for v in box[1::2])
+    rows, cols = np.arange(height)[:, None] + 0.5, np.arange(width)[None, :] + 0.5
+    return (rows >= y0) & (rows <= y1) & (cols >= x0) & (cols <= x1)
+
+
 def region_outline(region) -> np.ndarray:
     """The region's border pixels [H, W]: inside, with a 4-neighbour outside (or at the edge)."""
     inside = np.asarray(region) != 0
@@ -58,4 +67,4 @@ def region_outline(region) -> np.ndarray:
     return inside & ~interior
 
 
-__all__ = ["fitted_region", "pointing_game", "region_outline", "relevance_mass"]
+__all__ = ["box_region", "fitted_region", "pointing_game", "region_outline", "relevance_mass"]

@@ -13,7 +13,8 @@ faithfulness_correlation, pixel_flipping, region_perturbation, irof, monotonicit
 sufficiency (over the images scored together), max_sensitivity, avg_sensitivity,
 local_lipschitz_estimate, random_logit, smooth_mprt, efficient_mprt (the method again on a copy of
 the model with every layer randomised), sparseness, complexity, and where a region mask is given per
-image pointing_game, relevance_mass_accuracy, relevance_rank_accuracy; and the model randomization
+image pointing_game, relevance_mass_accuracy, relevance_rank_accuracy (and relevance_mass, the
+positive part's share, as explain reports it); and the model randomization
 of Adebayo et al. (`randomization`: the map against the method's on the model with its top weighted
 layers redrawn), which `check` also runs, as the check of that name.
 
@@ -44,6 +45,7 @@ import gnl_onnx.scores as scores
 from .errors import UsageError
 from .metrics import CURVE_STEPS, auc, perturbation_curve
 from .pixels import image_layout, reduce_to_pixels, spearman
+from .localisation import relevance_mass
 from .randomize import randomize_layers, weighted_layers
 
 RANDOM = "random"  # the random floor's method name: its series are drawn dashed, in grey
@@ -456,6 +458,10 @@ QUANTUS = [
           "Quantus PointingGame: the per-pixel map's maximum inside the mask", needs=("mask",), quality="localised"),
     Score("relevance_mass_accuracy", "higher", _localised(scores.relevance_mass_accuracy), lambda s, k, f: 0,
           "Quantus RelevanceMassAccuracy: the per-pixel map's share inside the mask", needs=("mask",),
+          quality="localised"),
+    Score("relevance_mass", "higher", _localised(lambda a, s: np.atleast_1d(relevance_mass(a[:, 0], s[:, 0]))),
+          lambda s, k, f: 0, "the positive part of the per-pixel map: its share inside the mask, 0..1 (Arras et "
+          "al.'s relevance mass on the positive attribution, as explain reports it)", needs=("mask",),
           quality="localised"),
     Score("relevance_rank_accuracy", "higher", _localised(scores.relevance_rank_accuracy), lambda s, k, f: 0,
           "Quantus RelevanceRankAccuracy: of the mask's size in top pixels, the share inside it", needs=("mask",),

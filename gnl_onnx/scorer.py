@@ -1,5 +1,7 @@
 """The model, scored: one ONNX Runtime session of the model that gives softmax probabilities of
-images, which every faithfulness measure (deletion, insertion, ROAD) reads."""
+images, which every faithfulness measure (deletion, insertion, ROAD) reads; or, for a box or region
+target, one session of the model cut to that target's explained output (TargetScorer), whose
+scalar score the same measures track."""
 from __future__ import annotations
 
 import numpy as np
@@ -72,6 +74,69 @@ class Scorer:
         if not 0 <= int(target) < p.shape[1]:
             raise UsageError(f"target {target} is out of range: the model has {p.shape[1]} classes")
         return p[:, int(target)]
+
+
+class TargetScorer(Scorer):
+    """A target's scalar score of images, for the faithfulness measures of a box or a region: one
+    session of the model cut to the target's own explained output (target.select: the graph every
+    method explains), read by the target's own score(). Called as a Scorer, scorer(images, chosen)
+    -> [N] float64, chosen being the output's column (DetectionBox: anchor * classes + label) or
+    channel (a MapRegion's class). What a perturbed image's score is, is what the target defines:
+
+    - DetectionBox: the same candidate's class score in the raw head (the same anchor and label),
+      whether or not NMS would still keep a box there: a raw head has a score for every candidate,
+      so the curve never loses its box (the anchor stays put; its box may shrink or move).
+    - a MapRegion (segment, dense): the channel summed over the region read at the unperturbed
+      image (at(reference)), held fixed as the explanation held it, as pytorch-grad-cam's
+      SemanticSegmentationTarget holds its mask.
+    - BoxScoreMatch (post-processing in the graph): pytorch-grad-cam's FasterRCNNBoxScoreTarget as
+      the graph computes it: for each given box, IoU + score of the best-IoU output box of the same
+      label where that IoU is above the threshold, else 0; a box the perturbed image no longer
+      detects adds 0.
+    """
+
+    def __init__(self, prepared, target, providers=None, threads: int | None = None, reference=None):
+        source = target.select(prepared.for_rows)  # names the outputs in one line where they cannot hold it
+        self.target, self.reference, self.softmax_here = target, reference, False
+        self.input_name = source.input
+        others = [i.name for i in graph_inputs(source.proto.graph) if i.name != self.input_name]
+        if others:
+            raise UsageError(f"the model needs inputs besides the image ({', '.join(others)}); the metrics "
+                             "feed only the image")
+        dims = next(i for i in source.proto.graph.input if i.name == self.input_name).type.tensor_type.shape.dim
+        self.image_shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        self.max_batch = 1 if self.image_shape and self.image_shape[0] == 1 else None
+        self.session, self.provider = make_session(source.proto, providers, threads)
+        kind = next(i.type for i in self.session.get_inputs() if i.name == self.input_name)
+        self.dtype = _NUMPY_OF_ORT.get(kind, np.float32)
+
+    def explained(self, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """The target's explained output of N images (float64, e.g. [N, anchors * classes] or a map)."""
+        images = np.asarray(images)
+        step = max(1, int(batch_size) if self.max_batch is None else self.max_batch)
+        return np.concatenate([np.asarray(self.session.run(None, {self.input_name: images[lo:lo + step].astype(
+            self.dtype, copy=False)})[0], np.float64) for lo in range(0, len(images), step)])
+
+    def at(self, reference) -> "TargetScorer":
+        """This scorer with the explained output at the unperturbed image (without the batch dim),
+        where a region target reads its region; the session is shared."""
+        bound = object.__new__(TargetScorer)
+        bound.__dict__.update(self.__dict__, reference=reference)
+        return bound
+
+    def probabilities(self, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        raise UsageError("a box or region target has a score, not class probabilities: these measures "
+                         "take class targets only")
+
+    def outputs(self, images, softmax: bool, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        return self.probabilities(images, batch_size)
+
+    def __call__(self, images, target, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """[N] the target's score of each image for column or channel `target`."""
+        values = self.explained(images, batch_size)
+        at = None if self.reference is None else np.asarray(self.reference, np.float64)[None]
+        chosen = np.full(len(values), int(target), np.int64)
+        return np.asarray(self.target.score(values, chosen, at=at), np.float64)
 
 
 def as_scorer(model_or_scorer) -> Scorer:

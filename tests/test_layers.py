@@ -32,7 +32,7 @@ LAYERS = [
                  "gnl_onnx.adaptive"]),
     ("measures", ["gnl_onnx.pixels", "gnl_onnx.scorer", "gnl_onnx.road", "gnl_onnx.metrics", "gnl_onnx.scores",
                   "gnl_onnx.measures", "gnl_onnx.localisation",
-                  "gnl_onnx.evaluation", "gnl_onnx.report", "gnl_onnx.attribution_files"]),
+                  "gnl_onnx.evaluation", "gnl_onnx.target_evaluation", "gnl_onnx.report", "gnl_onnx.attribution_files"]),
     ("commands", ["gnl_onnx.explain", "gnl_onnx.demo", "gnl_onnx.evaluate", "gnl_onnx.check", "gnl_onnx.audit",
                   "gnl_onnx.deploy"]),
     ("models", ["models"]),  # the bundled real models (installed as gnl_onnx_models): an extra

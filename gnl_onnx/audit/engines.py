@@ -83,7 +83,8 @@ def row_bytes(model, settings) -> int | None:
     method = next((m for m in settings["methods"] if m != RANDOM and not get_method(m).forward_only), None)
     if method is None:
         return None
-    return attribution_info(attribution_model(model, method=method, gate=settings["gate"], output=settings["output"],
+    output = settings["run"].output if "run" in settings else settings["output"]  # a box or region: its Target
+    return attribution_info(attribution_model(model, method=method, gate=settings["gate"], output=output,
                                               input=settings["input"], output_name=settings["output_name"]))[
         "bytes_per_row"]
 

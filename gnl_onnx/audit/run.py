@@ -18,6 +18,7 @@ from ..road import FRACTIONS as ROAD_FRACTIONS
 from ..road import NOISE as ROAD_NOISE
 from ..road import span_of
 from ..settings import Settings
+from ..target_evaluation import is_row_target, prepared_for, target_metrics
 from .engines import _run_local, _run_ray_started
 from .layout import CRASH_ENV, RESULTS, SUMMARY
 from .sources import list_images, need_pyarrow, need_ray, read_labels
@@ -79,14 +80,22 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
     for name, value in (("workers", workers), ("images per batch", images_per_batch)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise UsageError(f"{name} must be a positive integer (got {value!r})")
+    explained = run.output if is_row_target(run.output) else None  # a box or region target: one row each
+    if explained is not None:
+        metrics = target_metrics(metrics)
     checked = scoring(curve_steps, reduce, prep.layout, batch_size, deletion_substrate, insertion_substrate,
                       prep.black(), metrics, road_fractions, road_noise, span_of(prep),
                       seed)  # fails early on bad settings
-    if checked.needs_masks:
+    if checked.needs_masks and explained is None:
         raise UsageError(f"{', '.join(checked.needs_masks)} need a region mask per image, which evaluate reads "
                          "(--masks); audit takes none")
     # read, normalized and its batch made usable once: every worker (Ray actors too) gets this
-    prepared = prepare(model, input, output_name).for_rows
+    if explained is not None:  # the target reads the outputs it needs; the prepared model is every worker's
+        prepared, explained = prepared_for(model, explained, input, output_name)
+        explained.select(prepared)  # outputs that cannot hold the target: refused before anything is written
+        run, output = run.replace(output=explained), explained.describe()
+    else:
+        prepared = prepare(model, input, output_name).for_rows
     model = prepared
     true_labels = read_labels(labels) if labels else {}
     root, found = list_images(images)

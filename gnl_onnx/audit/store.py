@@ -19,6 +19,7 @@ from ..evaluation import (
 )
 from ..measures import MEASURES
 from ..report import OVERLAYS
+from ..target_evaluation import image_of
 from ..road import FRACTIONS as ROAD_FRACTIONS
 from .layout import ATTRIBUTIONS, IDENTITY, PARTS, RESULTS, SETTINGS, SUMMARY
 import gnl_onnx.audit.sources as sources
@@ -51,6 +52,8 @@ class _Store:
         table = self.read()
         if table is not None:
             self.done = set(zip(table.column("image").to_pylist(), table.column("method").to_pylist()))
+            # a box's or region's row done: its image is done for that method (the audit asks by image)
+            self.done |= {(image_of(i), m) for i, m in self.done}
 
     def write(self, batch: dict):
         """One finished batch: its attributions, then its part file (so a part never names a
@@ -63,7 +66,7 @@ class _Store:
             if error:
                 self.errors[key] = str(error)
             elif key not in self.done:
-                self.done.add(key)
+                self.done.update({key, (image_of(key[0]), key[1])})
                 self.errors.pop(key, None)
                 keep.append(i)
         if not keep:
@@ -94,7 +97,10 @@ class _Store:
             "provider": pa.array([str(batch["provider"][i]) for i in keep], pa.string()),
             "attribution": pa.array(paths, pa.string()),
             **{f"{c}_curve": pa.array([batch[f"{c}_curve"][i].tolist() for i in keep], pa.list_(pa.float64()))
-               for m in measures for c in m.curve_names}})
+               for m in measures for c in m.curve_names},
+            # a detector's boxes (a box target's rows; every part of such an audit has them)
+            **({"box": pa.array([batch["box"][i].tolist() for i in keep], pa.list_(pa.float64()))}
+               if "box" in batch and np.isfinite(batch["box"][keep]).all() else {})})
         atomic_write(self.parts / f"part-{uuid.uuid4().hex}.parquet", lambda tmp: pa.parquet.write_table(table, tmp))
         self.written += len(keep)
         return len(keep)
@@ -142,12 +148,12 @@ def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _St
     wanted = {(i, m) for i in ids for m in methods}
     first: dict[tuple[str, str], int] = {}
     for row, key in enumerate(zip(table.column("image").to_pylist(), table.column("method").to_pylist())):
-        if key in wanted:
+        if (image_of(key[0]), key[1]) in wanted:  # a box's or region's row: its image
             first.setdefault(key, row)
     order = {m: k for k, m in enumerate(methods)}
     chosen = sorted(first, key=lambda key: (order[key[1]], key[0]))
     table = table.take(pa.array([first[key] for key in chosen], pa.int64()))
-    true = [_label(labels, i) for i in table.column("image").to_pylist()]
+    true = [_label(labels, image_of(i)) for i in table.column("image").to_pylist()]
     table = table.add_column(1, "label", pa.array(true, pa.int64()))
     atomic_write(out / RESULTS, lambda tmp: pa.parquet.write_table(table, tmp))
     if not len(table):
@@ -167,10 +173,13 @@ def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _St
     per_image = dict(zip(table.column("image").to_pylist(), zip(table.column("target").to_pylist(), true)))
     labelled = [t == y for t, y in per_image.values() if y is not None]
     # with --target the target is the forced class, not the model's top-1: no accuracy to report
-    accuracy = float(np.mean(labelled)) if labelled and identity.get("target") is None else None
+    # (and a box's or region's class is not the image's label)
+    rows = any(image_of(i) != i for i in per_image)
+    accuracy = float(np.mean(labelled)) if labelled and identity.get("target") is None and not rows else None
     summary = {"config": config, "summary": [s.as_dict() for s in evaluation.summaries.values()],
                "recommendation": evaluation.recommendation(), "images": len(ids), "results": len(table),
-               "complete": len(table) == len(wanted), "labelled": len(labelled), "accuracy": accuracy,
+               "complete": len({(image_of(i), m) for i, m in first}) == len(wanted), "labelled": len(labelled),
+               "accuracy": accuracy,
                "failed": [{"image": i, "method": m, "error": e} for (i, m), e in sorted(store.errors.items())],
                **({"agreement": evaluation.agreement()} if evaluation.agreement_lines() else {})}
     atomic_write(out / SUMMARY, json.dumps(summary, indent=2))
@@ -192,7 +201,13 @@ def write_report(out: Path, evaluation: Evaluation, table, found, prep, source) 
     data = {k: table.column(k).to_pylist() for k in ("image", "method", "attribution", *columns)}
     records = [{k: data[k][i] for k in ("image", "method", *columns)} for i in range(len(table))]
     for r in records:
-        r["probability"] = r.pop("score", None)
+        if image_of(r["image"]) != r["image"]:  # a box's or region's row: its score, not a probability
+            r["row"] = r["image"]
+        else:
+            r["probability"] = r.pop("score", None)
+    boxes = dict(zip(data["image"], table.column("box").to_pylist())) if "box" in table.column_names else {}
+    scores = dict(zip(data["image"], data.get("score", [])))
+    classes = dict(zip(data["image"], data.get("target", [])))
     files: dict[str, dict[str, str]] = {}
     for image, method, relative in zip(data["image"], data["method"], data["attribution"]):
         files.setdefault(image, {})[method] = relative
@@ -211,7 +226,10 @@ def write_report(out: Path, evaluation: Evaluation, table, found, prep, source) 
     paths = dict(found)
     for image in ranked[:REPORT_IMAGES]:
         maps(image)
-        shown.image(stems[image], image, prep.to_pixels(_load_local(fs, paths[image], prep, load_image)))
+        pixels = prep.to_pixels(_load_local(fs, paths[image_of(image)], prep, load_image))
+        box = boxes.get(image)
+        shown.image(stems[image], image, pixels, boxes=[box] if box else (),
+                    caption=f"{classes.get(image)} {scores.get(image, float('nan')):.2f}" if box else "")
     shown.write()
     return evaluation_page(evaluation, out / FILES["report"], shown.results(), curves=out / FILES["curves"],
                            records=records, total_images=len(files),

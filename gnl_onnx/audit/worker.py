@@ -30,6 +30,8 @@ from .sources import image_key
 from ..explainer import Explainer
 from ..images import load_image
 from ..metrics import Scorer
+from ..scorer import TargetScorer
+from ..target_evaluation import find_rows, is_row_target, row_id, row_settings, score_row
 
 
 # -- the worker --------------------------------------------------------------------------------
@@ -45,11 +47,18 @@ class AuditWorker:
                                s["deletion_substrate"], s["insertion_substrate"], s["prep"].black(),
                                s.get("metrics", DEFAULT_METRICS), s.get("road_fractions", ROAD_FRACTIONS),
                                s.get("road_noise", ROAD_NOISE), span_of(s["prep"]), s["seed"])
-        self.scorer = Scorer(s["model"], input=s["input"], output_name=s["output_name"], providers=providers,
-                             threads=threads)
         run = s["run"].replace(providers=providers, threads=threads)
-        self.explainers = {m: None if m == RANDOM else Explainer(s["model"], settings=run.for_method(m))
-                           for m in s["methods"]}
+        self.session_options = (providers, threads)
+        self.explained = run.output if is_row_target(run.output) else None  # a box or region: one row each
+        if self.explained is not None:
+            self.scorer = TargetScorer(s["model"], self.explained, providers, threads)
+            self.explainers = {m: None if m == RANDOM else Explainer(s["model"], settings=row_settings(
+                run, m, s["model"], self.explained)) for m in s["methods"]}
+        else:
+            self.scorer = Scorer(s["model"], input=s["input"], output_name=s["output_name"], providers=providers,
+                                 threads=threads)
+            self.explainers = {m: None if m == RANDOM else Explainer(s["model"], settings=run.for_method(m))
+                               for m in s["methods"]}
         # each method on a randomised copy of the model (smooth and efficient MPRT): built on first use
         self.randomized = {m: randomized_function(s["model"], e, s["seed"]) for m, e in self.explainers.items()}
 
@@ -105,6 +114,10 @@ class AuditWorker:
                 raise UsageError(f"the images came out in different shapes {sorted(shapes)}; give --crop or "
                                  "--size H W so that every image fits the model")
             images = np.concatenate(loaded)
+            if self.explained is not None:
+                self._rows(images, ids, todo, rows)
+                self._maybe_crash(list(map(str, batch["image"])))
+                return rows.columns()
             probabilities = self.scorer.probabilities(images, s["batch_size"])
             targets = (probabilities.argmax(axis=1) if s["target"] is None
                        else np.full(len(images), s["target"], np.int64))
@@ -129,6 +142,28 @@ class AuditWorker:
         self._maybe_crash(list(map(str, batch["image"])))
         return rows.columns()
 
+    def _rows(self, images, ids, todo, rows):
+        """A box or region target: every kept box (or region) of the images is one row, its id
+        "<image id>#box0" (target_evaluation.row_id), scored as evaluate scores it; an image
+        without one adds no row (a resumed audit looks at it again)."""
+        s = self.settings
+        found, _ = find_rows(self.scorer, s["model"], images, self.explained, s["target"], s["prep"].layout,
+                             *self.session_options)
+        for method in s["methods"]:
+            part = [r for r in found if method in todo[r.image]]
+            if not part:
+                continue
+            keys = [row_id(ids[r.image], r) for r in part]
+            x = images[[r.image for r in part]]
+            start = time.perf_counter()
+            attributions = self._attributions(method, x, np.array([r.chosen for r in part], np.int64), keys)
+            seconds = (time.perf_counter() - start) / len(part)
+            explainer = self.explainers[method]
+            for k, (key, row) in enumerate(zip(keys, part)):
+                curves = score_row(self.scorer, x[k:k + 1], attributions[k:k + 1], row, self.scoring, image_key(key))
+                rows.add(key, method, row.label, row.score, curves, None if explainer is None else explainer.steps,
+                         seconds, self.scorer.provider, attributions[k], row.box)
+
     def _maybe_crash(self, ids):
         marker = self.settings.get("crash_marker")
         if not marker:
@@ -150,9 +185,11 @@ class _Rows:
     def __init__(self, lengths: dict[str, int]):
         self.lengths = lengths  # curve name -> points per curve (a one-number measure: 1)
         self.data = {k: [] for k in ("image", "method", "target", "score", "steps", "attribution_seconds",
-                                     "provider", *(f"{c}_curve" for c in lengths), "npy", "error")}
+                                     "provider", *(f"{c}_curve" for c in lengths), "npy", "error", "box")}
 
-    def add(self, image, method, target, score, curves, steps, seconds, provider, attribution):
+    def add(self, image, method, target, score, curves, steps, seconds, provider, attribution, box=None):
+        """One result; box: a detector's box (x0, y0, x1, y1) where the row is one."""
+        self.data["box"].append([math.nan] * 4 if box is None else [float(v) for v in box])
         buffer = BytesIO()
         np.save(buffer, attribution[None])  # [1, ...]: the model's input layout, as `explain` saves it
         for k, v in (("image", image), ("method", method), ("target", target), ("score", score),
@@ -171,7 +208,8 @@ class _Rows:
         out = {k: np.array(d[k], dtype=object) for k in ("image", "method", "provider", "npy", "error")}
         out.update(target=np.array(d["target"], np.int64), score=np.array(d["score"], np.float64),
                    steps=np.array(d["steps"], np.int64),
-                   attribution_seconds=np.array(d["attribution_seconds"], np.float64))
+                   attribution_seconds=np.array(d["attribution_seconds"], np.float64),
+                   box=np.array(d["box"], np.float64).reshape(len(d["box"]), 4))
         for c, n in self.lengths.items():
             out[f"{c}_curve"] = np.array(d[f"{c}_curve"], np.float64).reshape(len(d[f"{c}_curve"]), n)
         return out

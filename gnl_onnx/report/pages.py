@@ -106,7 +106,7 @@ class ImageResult:
 
 
 # Record fields that describe a result rather than score it: not sortable metrics.
-NOT_METRICS = frozenset({"target", "probability", "score", "steps", "attribution_seconds", "label"})
+NOT_METRICS = frozenset({"target", "probability", "score", "steps", "attribution_seconds", "label", "region_pixels"})
 
 
 def metric_names(records: Sequence[Mapping]) -> list[str]:
@@ -234,7 +234,7 @@ def evaluation_page(evaluation, path: PathLike, images: Sequence[ImageResult] = 
     methods = list(summaries) or list(dict.fromkeys(r["method"] for r in records))
     columns = summary_columns(summaries)
     metrics = metric_names(records)
-    by_key = {(str(r["image"]), r["method"]): r for r in records}
+    by_key = {(str(r.get("row", r["image"])), r["method"]): r for r in records}  # a box's or region's row
 
     parts = [f"<h1>{esc(title)}</h1>"]
     parts.append(f'<p class="rec" id="recommendation">{esc(evaluation.recommendation())}</p>')
@@ -309,8 +309,8 @@ def evaluation_page(evaluation, path: PathLike, images: Sequence[ImageResult] = 
             if target is not None:
                 caption.append(esc(f"class {item.label} ({target})" if item.label else f"class {target}"))
             probability = first.get("probability", first.get("score"))
-            if _number(probability) is not None:
-                caption.append(esc(f"p = {float(probability):.3f}"))
+            if _number(probability) is not None:  # a box's or region's row: its score, not a probability
+                caption.append(esc(f"{'score' if 'row' in first else 'p'} = {float(probability):.3f}"))
             caption.append(f'<span class="agree">agreement ρ = {esc(_fmt(item.agreement, 3))}</span>')
             photo = (f'<img src="{_source(item.photo, base, False)}" alt="{esc(name, quote=True)}">'
                      if item.photo else "")

@@ -213,16 +213,36 @@ def box_overlay_png(pixels_uint8: np.ndarray, attribution_2d: np.ndarray, path: 
                     mode: str = "abs") -> pathlib.Path:
     """overlay(...) with a detector's box (x0, y0, x1, y1 in the image's pixels) outlined and its
     caption (label and score) written above it, as a PNG (atomically)."""
+    return atomic_write(path, png_bytes(marked(overlay(pixels_uint8, attribution_2d, mode), [box], caption)))
+
+
+BOX_COLOUR = (0, 255, 0)  # a detector's box and its caption (green)
+REGION_COLOUR = (0, 255, 255)  # an explained region's outline (cyan: apart from the heat colours)
+
+
+def marked(rgb: np.ndarray, boxes=(), caption: str = "", region=None) -> np.ndarray:
+    """A copy of a picture (HxWx3 uint8) with boxes (x0, y0, x1, y1, either corner first) outlined,
+    the caption written above the first, and a region's border pixels ([H, W] booleans) coloured."""
+    picture = _photo(rgb).copy()
+    if region is not None:
+        inside = np.asarray(region) != 0
+        padded = np.pad(inside, 1, constant_values=False)
+        interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        picture[inside & ~interior] = REGION_COLOUR
+    if not len(boxes):
+        return picture
     from PIL import ImageDraw
 
-    picture = _pil_image().fromarray(overlay(pixels_uint8, attribution_2d, mode))
-    draw = ImageDraw.Draw(picture)
-    (x0, x1), (y0, y1) = sorted(float(v) for v in box[0::2]), sorted(float(v) for v in box[1::2])
-    draw.rectangle([x0, y0, x1, y1], outline=(0, 255, 0), width=2)
-    left, top, right, bottom = draw.textbbox((x0 + 2, max(y0 - 12, 0)), caption)
-    draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=(0, 0, 0))
-    draw.text((x0 + 2, max(y0 - 12, 0)), caption, fill=(0, 255, 0))
-    return atomic_write(path, png_bytes(np.asarray(picture)))
+    image = _pil_image().fromarray(picture)
+    draw = ImageDraw.Draw(image)
+    for k, box in enumerate(boxes):
+        (x0, x1), (y0, y1) = sorted(float(v) for v in box[0::2]), sorted(float(v) for v in box[1::2])
+        draw.rectangle([x0, y0, x1, y1], outline=BOX_COLOUR, width=2)
+        if k == 0 and caption:
+            left, top, right, bottom = draw.textbbox((x0 + 2, max(y0 - 12, 0)), caption)
+            draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=(0, 0, 0))
+            draw.text((x0 + 2, max(y0 - 12, 0)), caption, fill=BOX_COLOUR)
+    return np.asarray(image)
 
 
 def image_png(pixels_uint8: np.ndarray, path: PathLike) -> pathlib.Path:
@@ -230,6 +250,6 @@ def image_png(pixels_uint8: np.ndarray, path: PathLike) -> pathlib.Path:
     return atomic_write(path, png_bytes(np.asarray(pixels_uint8, dtype=np.uint8)))
 
 
-__all__ = ["ABS_CMAP", "OUTLIERS", "PERCENTILE", "SIGNED_CMAP", "atomic_write", "colorize", "gaussian_smooth",
-           "heatmap_png", "image_png", "mass_clip", "overlay", "overlay_png", "png_bytes", "reduce_channels",
-           "roughness", "smoothing_sigma"]
+__all__ = ["ABS_CMAP", "BOX_COLOUR", "OUTLIERS", "PERCENTILE", "REGION_COLOUR", "SIGNED_CMAP", "atomic_write",
+           "colorize", "gaussian_smooth", "heatmap_png", "image_png", "marked", "mass_clip", "overlay", "overlay_png",
+           "png_bytes", "reduce_channels", "roughness", "smoothing_sigma"]

@@ -11,7 +11,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .pages import ImageResult
-from .pictures import PathLike, image_png, overlay_png, reduce_channels
+from .pictures import PathLike, image_png, marked, overlay, png_bytes, reduce_channels
+from ..output import atomic_write, unique_stems
 from ..pixels import rankdata
 
 OVERLAYS = "overlays"  # OUT/overlays/<stem>.png (the image) and <stem>.<method>.png (each overlay)
@@ -56,10 +57,15 @@ class ReportImages:
         self.pixels: dict[str, np.ndarray] = {}
         self.files: dict[str, dict[str, pathlib.Path]] = {}
         self.maps: dict[str, dict[str, np.ndarray]] = {}
+        self.marks: dict[str, dict] = {}  # stem -> what is drawn on its pictures (boxes, caption, region)
 
-    def image(self, stem: str, name: str, pixels: np.ndarray, label: str | None = None):
-        """An image as the model sees it (uint8 HxWx3, e.g. Preprocessing.to_pixels)."""
+    def image(self, stem: str, name: str, pixels: np.ndarray, label: str | None = None, boxes=(),
+              caption: str = "", region=None):
+        """An image as the model sees it (uint8 HxWx3, e.g. Preprocessing.to_pixels); boxes (x0, y0,
+        x1, y1), their caption and a region ([H, W] booleans) are drawn on its photo and overlays."""
         self.names[stem], self.labels[stem], self.pixels[stem] = str(name), label, np.asarray(pixels)
+        if len(boxes) or region is not None:
+            self.marks[stem] = {"boxes": list(boxes), "caption": caption, "region": region}
 
     def add(self, stem: str, method: str, attribution: np.ndarray) -> np.ndarray:
         """One method's attribution of one image (the model's layout, [1, ...] or not); returns
@@ -77,6 +83,25 @@ class ReportImages:
                 self.add(stems[i], method, attributions[k])
         return keep
 
+    def row_keeper(self, names: Sequence[str], pixels: Sequence[np.ndarray], labels=None):
+        """A callback keep(method, rows, attributions) for a box or region target's evaluation
+        (target_evaluation.Row: the image's position, its name, box, region): each row is one
+        entry, named "<image> <row>", its box or region drawn. labels: the class names, if known."""
+        stems = unique_stems([str(n) for n in names])
+
+        def keep(method, rows, attributions):
+            for row, attribution in zip(rows, attributions):
+                stem = f"{stems[row.image]}.{row.name}"
+                if stem not in self.names:
+                    label = (labels[row.label] if labels is not None and 0 <= row.label < len(labels)
+                             else str(row.label))
+                    boxes = [row.box] if row.box is not None else list(row.boxes)
+                    self.image(stem, f"{names[row.image]} {row.name}", pixels[row.image], label, boxes,
+                               f"{label} {row.score:.2f}" if row.box is not None else "",
+                               None if boxes else row.region)
+                self.add(stem, method, attribution)
+        return keep
+
     def planned(self, stems: Sequence[str], methods: Sequence[str]) -> list[pathlib.Path]:
         """Every file write() may write for these images and methods."""
         return [p for stem in stems for p in overlay_paths(self.out, stem, methods).values()]
@@ -87,9 +112,12 @@ class ReportImages:
         for stem in self.names if stems is None else stems:
             paths = overlay_paths(self.out, stem, list(self.maps.get(stem, {})))
             files = self.files.setdefault(stem, {})
-            files[""] = image_png(self.pixels[stem], paths[""])
+            marks = self.marks.get(stem)
+            files[""] = image_png(self.pixels[stem] if marks is None else marked(self.pixels[stem], **marks), paths[""])
             for method, per_pixel in self.maps.get(stem, {}).items():
-                files[method] = overlay_png(self.pixels[stem], per_pixel, paths[method], mode=self.mode)
+                picture = overlay(self.pixels[stem], per_pixel, mode=self.mode)
+                files[method] = atomic_write(paths[method], png_bytes(picture if marks is None else
+                                                                      marked(picture, **marks)))
             written += files.values()
         return written
 
