@@ -50,6 +50,16 @@ def _baseline(flat: np.ndarray, name) -> np.ndarray:
     return np.full(len(flat), float(name))
 
 
+def _perturbed_setup(images, attributions, abs_: bool, normalise: bool, rng):
+    """What the measures that perturb each image start from, as Quantus does: the images, the
+    prepared attributions [N, features], the images flat in float64, and the generator (Quantus's
+    RandomState(0) unless given)."""
+    images = np.asarray(images)
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    return images, prepare(attributions, images.shape, abs_, normalise), flat, \
+        np.random.RandomState(0) if rng is None else rng
+
+
 def _rows(forward, batch: np.ndarray, shape, target: int, batch_size: int) -> np.ndarray:
     """The target's output for each perturbed copy ([K, features] -> [K]), batch_size at a time."""
     out = [np.asarray(forward(batch[lo:lo + batch_size].reshape(-1, *shape)), np.float64)[:, target]
@@ -199,10 +209,7 @@ def monotonicity_correlation(forward, images, attributions, targets, nr_samples:
     the mean squared change of the target's output (probabilities) over nr_samples fillings of
     that group alone, scaled by 1/y(x)^2. The "uniform" baseline fills a group with one value
     drawn in [0, 1); fills: [N, groups, nr_samples] (else from rng). Higher is better."""
-    images = np.asarray(images)
-    a = prepare(attributions, images.shape, abs_, normalise)
-    flat = images.reshape(len(images), -1).astype(np.float64)
-    rng = np.random.RandomState(0) if rng is None else rng
+    images, a, flat, rng = _perturbed_setup(images, attributions, abs_, normalise, rng)
     scores = np.empty(len(images))
     for i in range(len(images)):
         order = np.argsort(a[i:i + 1], axis=1)[0]
@@ -315,10 +322,7 @@ def sensitivity(explain, images, attributions, targets, nr_samples: int = 200, l
     not flag a random explanation: its relative change is large, but so is that of a good method
     on a model with sharp gradients, and a constant map scores a perfect 0 (Hedstrom et al. 2023).
     noise: [N, nr_samples, features] (else drawn from rng)."""
-    images = np.asarray(images)
-    a = prepare(attributions, images.shape, abs_, normalise)
-    flat = images.reshape(len(images), -1).astype(np.float64)
-    rng = np.random.RandomState(0) if rng is None else rng
+    images, a, flat, rng = _perturbed_setup(images, attributions, abs_, normalise, rng)
     low, high = (-lower_bound, lower_bound) if upper_bound is None else (lower_bound, upper_bound)
     scores = np.empty(len(images))
     for i in range(len(images)):
@@ -337,10 +341,7 @@ def local_lipschitz_estimate(explain, images, attributions, targets, nr_samples:
     input with Gaussian noise (perturb_mean, perturb_std) on every feature, the largest ratio of the
     Euclidean distance of the explanations to that of the inputs (+ 1e-10). Lower is better.
     noise: [N, nr_samples, features] (else drawn from rng)."""
-    images = np.asarray(images)
-    a = prepare(attributions, images.shape, abs_, normalise)
-    flat = images.reshape(len(images), -1).astype(np.float64)
-    rng = np.random.RandomState(0) if rng is None else rng
+    images, a, flat, rng = _perturbed_setup(images, attributions, abs_, normalise, rng)
     estimates = np.empty(len(images))
     for i in range(len(images)):
         delta = (rng.normal(perturb_mean, perturb_std, size=(nr_samples, flat.shape[1])) if noise is None
@@ -404,10 +405,7 @@ def smooth_mprt(explain_random, images, attributions, targets, nr_samples: int =
     that survive the randomisation of the model do not explain it. Quantus divides the maps by
     their second moment; a rank correlation does not see a positive factor (here: the maximum).
     noise: [N, nr_samples, features] (else drawn from rng, the last row zeros)."""
-    images = np.asarray(images)
-    a = prepare(attributions, images.shape, abs_, normalise)
-    flat = images.reshape(len(images), -1).astype(np.float64)
-    rng = np.random.RandomState(0) if rng is None else rng
+    images, a, flat, rng = _perturbed_setup(images, attributions, abs_, normalise, rng)
     scores = np.empty(len(images))
     for i in range(len(images)):
         if noise is None:
