@@ -22,6 +22,7 @@ that disagree (Evaluation.agreement, the same code as `evaluate --metrics ...`).
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import fnmatch
 import json
@@ -45,6 +46,7 @@ METHODS = ("gradient", "ig", "gnl_ig", "smoothgrad", "gradcam", "eigencam", "lrp
 MEASURES = ("deletion", "insertion", "road", "faithfulness_correlation", "pixel_flipping", "region_perturbation",
             "monotonicity_correlation", "irof", "sufficiency", "max_sensitivity", "avg_sensitivity",
             "local_lipschitz_estimate", "random_logit", "smooth_mprt", "efficient_mprt", "sparseness", "complexity")
+FAITHFULNESS = MEASURES[:9]  # deletion ... sufficiency; then robustness, randomisation, complexity
 ABBREVIATIONS = {"deletion": "del", "insertion": "ins", "road": "ROAD", "faithfulness_correlation": "FC",
                  "pixel_flipping": "PF", "region_perturbation": "RP", "monotonicity_correlation": "MC", "irof": "IROF",
                  "sufficiency": "Suf", "max_sensitivity": "MaxS", "avg_sensitivity": "AvgS",
@@ -193,7 +195,18 @@ def network_tables(network: str, info: dict, saved: dict) -> tuple[str, dict]:
     for label, result in done.items():
         evaluation.summaries[label] = result["summary"]
     measures = evaluation.measures()
-    agreement = evaluation.agreement() if done else {"ranks": {}, "correlations": {}, "disagree": []}
+    # A one-number measure that gives every method the same mean (sufficiency over 2 images of
+    # different classes: 0 for all) cannot rank them: agreement() would order the tie by the run's
+    # method order, so it is left out of the ranks and correlations (and said so).
+    constant = [m.name for m in measures if m.name in _score_names(evaluation)
+                and len({round(s.scores[m.name][0], 12) for s in evaluation.summaries.values()
+                         if m.name in s.scores and math.isfinite(s.scores[m.name][0])}) == 1
+                and sum(m.name in s.scores for s in evaluation.summaries.values()) > 1]
+    ranked = Evaluation(config={})
+    for label, s in evaluation.summaries.items():
+        ranked.summaries[label] = copy.copy(s)
+        ranked.summaries[label].scores = {k: v for k, v in s.scores.items() if k not in constant}
+    agreement = ranked.agreement() if done else {"ranks": {}, "correlations": {}, "disagree": []}
     n = len(info["images"])
     correct = [c for c in info["correct"] if c is not None]
     lines = [f"### {network}", "",
@@ -233,16 +246,27 @@ def network_tables(network: str, info: dict, saved: dict) -> tuple[str, dict]:
     ranks = agreement["ranks"]
     names = list(ranks)
     if names:
-        mean_rank = {label: np.mean([ranks[m][label] for m in names if label in ranks[m]])
+        # mean ranks over the measures that rank every method (the forward-only methods skip the
+        # costly re-explaining measures on the larger networks): over the faithfulness measures, and
+        # over all of them (robustness, randomisation and complexity included)
+        common = [m for m in names if len(ranks[m]) == len(evaluation.summaries)]
+        faithful = [m for m in common if m in FAITHFULNESS]
+        mean_rank = {label: np.mean([ranks[m][label] for m in faithful]) if faithful else math.nan
                      for label in evaluation.summaries}
+        mean_all = {label: np.mean([ranks[m][label] for m in common]) if common else math.nan
+                    for label in evaluation.summaries}
         firsts = {label: sum(ranks[m].get(label) == 1 for m in names) for label in evaluation.summaries}
-        lines.append("Rank of each method by each measure (1 best; ROAD ranks by LeRF - MoRF):")
+        lines.append("Rank of each method by each measure (1 best; ROAD ranks by LeRF - MoRF"
+                     + (f"; not ranked, the same mean for every method: {', '.join(constant)}" if constant else "")
+                     + f"). Mean ranks over the measures that rank every method: faithfulness "
+                     f"({', '.join(ABBREVIATIONS[m] for m in faithful)}) and all ({len(common)}):")
         lines.append("")
-        lines.append("| method | " + " | ".join(ABBREVIATIONS.get(m, m) for m in names) + " | mean rank | firsts |")
-        lines.append("|---" * (len(names) + 3) + "|")
-        for label in sorted(evaluation.summaries, key=lambda k: mean_rank[k]):
+        lines.append("| method | " + " | ".join(ABBREVIATIONS.get(m, m) for m in names)
+                     + " | mean rank, faithfulness | mean rank, all | firsts |")
+        lines.append("|---" * (len(names) + 4) + "|")
+        for label in sorted(evaluation.summaries, key=lambda k: (mean_rank[k], mean_all[k])):
             lines.append(f"| {label} | " + " | ".join(str(ranks[m].get(label, "-")) for m in names)
-                         + f" | {mean_rank[label]:.1f} | {firsts[label]} |")
+                         + f" | {mean_rank[label]:.1f} | {mean_all[label]:.1f} | {firsts[label]} |")
         lines.append("")
         lines.append("First by each measure: " + "; ".join(
             f"{m}: {min(ranks[m], key=ranks[m].get)}" for m in names) + ".")
@@ -264,16 +288,24 @@ def network_tables(network: str, info: dict, saved: dict) -> tuple[str, dict]:
             lines.append(f"| {ABBREVIATIONS.get(a, a)} | " + " | ".join(row) + " |")
         lines.append("")
         pairs_ = agreement["disagree"]
-        lines.append("Measures that disagree (rank correlation < 0): " + (", ".join(
-            f"{a} vs {b} ({correlations[f'{a} ~ {b}']:+.2f})" for a, b in pairs_) if pairs_ else "none") + ".")
+        strong = sorted(([a, b] for a, b in pairs_ if correlations[f"{a} ~ {b}"] <= -0.5),
+                        key=lambda ab: correlations[f"{ab[0]} ~ {ab[1]}"])
+        lines.append(f"Measures that disagree (rank correlation < 0): {len(pairs_)} of {len(correlations)} pairs"
+                     + ("; the strongest (ρ ≤ -0.5): " + ", ".join(
+                         f"{a} vs {b} ({correlations[f'{a} ~ {b}']:+.2f})" for a, b in strong) if strong else "")
+                     + ".")
         lines.append("")
-    data = {"info": info, "failed": failed, "seconds": seconds, "agreement": agreement,
+    data = {"info": info, "failed": failed, "constant": constant, "seconds": seconds, "agreement": agreement,
             "summary": {label: s.as_dict() for label, s in evaluation.summaries.items()},
             "settings": {label: r["settings"] for label, r in saved.items()}}
     for row in data["summary"].values():
         for key in [k for k in row if k.endswith("_curve_mean")]:
             row.pop(key)
     return "\n".join(lines), data
+
+
+def _score_names(evaluation) -> set:
+    return {k for s in evaluation.summaries.values() for k in s.scores}
 
 
 def _lower(measure, k: int) -> bool:
