@@ -78,10 +78,16 @@ def reference_gradients(images: np.ndarray, indices, seed: int = SEED) -> tuple[
             return out["values"], out["gradients"]
 
 
+CHILD_SECONDS = 600  # an export takes seconds; a hung one must not stall the caller
+
+
 def _child(*args: str) -> None:
     package = pathlib.Path(__file__).resolve().parent
-    done = subprocess.run([sys.executable, "-m", f"{package.name}.{pathlib.Path(__file__).stem}", *args],
-                          cwd=package.parent, capture_output=True, text=True)
+    try:
+        done = subprocess.run([sys.executable, "-m", f"{package.name}.{pathlib.Path(__file__).stem}", *args],
+                              cwd=package.parent, capture_output=True, text=True, timeout=CHILD_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"the Ultralytics child ({args[0]}) did not finish in {CHILD_SECONDS} s") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"the Ultralytics child ({args[0]}) failed: {last}")
@@ -94,7 +100,9 @@ def _child(*args: str) -> None:
 def _offline_in(folder: str):
     """Ultralytics writes its settings under YOLO_CONFIG_DIR and its export into the working
     directory, and checks for updates unless offline: all kept inside `folder`."""
-    os.environ.update(YOLO_CONFIG_DIR=folder, YOLO_OFFLINE="1", YOLO_VERBOSE="False")
+    # without YOLO_AUTOINSTALL=False its export's requirement checks may pip-install its own pins
+    # (onnx, onnxslim) into the venv where a network is reachable
+    os.environ.update(YOLO_CONFIG_DIR=folder, YOLO_OFFLINE="True", YOLO_AUTOINSTALL="False", YOLO_VERBOSE="False")
     cwd = os.getcwd()
     os.chdir(folder)
     try:

@@ -34,6 +34,9 @@ NOT_QUICK = (
     "tests/test_audit.py::test_killed_run_resumes_where_it_stopped",
     "tests/test_fuzz.py::",
     "tests/test_segmentation.py::test_segment_region_gradient_matches_torch[dynamo]",  # torch.export: 30-80 s
+    "tests/test_torchvision_detectors.py::test_box_score_gradient_matches_torch[fcos_resnet50_fpn]",
+    "tests/test_torchvision_detectors.py::test_box_score_gradient_matches_torch[retinanet_resnet50_fpn]",
+    "tests/test_ultralytics_yolo.py::test_box_score_gradient_matches_torch",  # a child process with torch
     "tests/test_keras_exports.py::",
     "tests/test_intake.py::test_torch_exports_without_dynamic_axes_match_autograd[False-dynamo]",
     "tests/test_intake.py::test_torch_exports_without_dynamic_axes_match_autograd[True-dynamo]",

@@ -54,11 +54,14 @@ def picodet(boxes: int, threads: int):
 
 def torchvision_detector(name: str, boxes: int):
     """(prepared model explaining the `scores` output, None, the zoo's image, the top `boxes` rows)."""
+    import onnxruntime as ort
+
     from gnl_onnx.intake import prepare
     from models import torchvision_detectors as zoo
 
     path, x = zoo.export(name), zoo.image().numpy()
-    return prepare(path, output="scores"), None, x, list(range(boxes))
+    kept = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["scores"], {"image": x})[0]
+    return prepare(path, output="scores"), None, x, list(range(min(boxes, kept.shape[1])))
 
 
 def explain_each_box(args) -> int:
