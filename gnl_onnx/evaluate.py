@@ -22,7 +22,7 @@ from .explainer import Explainer
 from .images import find_images, is_array_file, load_all, read_mask  # noqa: F401 - find_images: imported from
 # here by callers
 from .intake import prepare
-from .pixels import image_layout
+from .pixels import height_width
 from .metrics import BATCH_SIZE, CURVE_STEPS, DELETION_SUBSTRATE, INSERTION_SUBSTRATE, Scorer
 from .output import atomic_write, prepare_folder, progress, unique_stems
 from .report import ReportImages, evaluation_page
@@ -164,16 +164,12 @@ def _checked_masks(masks, scored, shape, layout):
     _mask_usage(scored.needs_masks, masks is not None)
     if masks is None:
         return None
-    hw = _height_width(shape, layout)
+    hw = height_width(shape, layout)
     masks = np.asarray(masks) != 0
     if masks.shape != (shape[0], *hw):
         raise UsageError(f"the masks are shaped {list(masks.shape)}; give one [H, W] mask per image at the model "
                          f"input's size {hw[0]} x {hw[1]}")
     return masks
-
-
-def _height_width(shape, layout) -> tuple:
-    return tuple(shape[2:4]) if image_layout(shape, layout) == "NCHW" else tuple(shape[1:3])
 
 
 def find_masks(given, names, prep, hw) -> np.ndarray:
@@ -221,7 +217,7 @@ def evaluate_to_folder(model, images, out: Path, prep, methods=ALL_METHODS, over
     rows = is_row_target(settings.output if settings is not None else options.get("output"))
     if not rows:  # a box or region target brings its own regions (evaluate refuses --masks there)
         _mask_usage(scoring(metrics=options.get("metrics", DEFAULT_METRICS)).needs_masks, bool(masks))
-    regions = find_masks(masks, names, prep, _height_width(loaded[0].shape, prep.layout)) if masks else None
+    regions = find_masks(masks, names, prep, height_width(loaded[0].shape, prep.layout)) if masks else None
     # (read and checked before anything is written)
     stems = unique_stems(names)  # the report: OUT/overlays/<stem>.png and <stem>.<method>.png, then report.html
     shown = ReportImages(out, prep.layout, options.get("reduce", "sum"))

@@ -43,6 +43,11 @@ def image_layout(shape, layout: str | None) -> str:
     return "NHWC" if spatial_axes(shape) == (1, 2) and len(shape) == 4 else "NCHW"
 
 
+def height_width(shape, layout: str | None) -> tuple:
+    """(H, W) of a batch of images [N, C, H, W] or [N, H, W, C] (layout None: guessed)."""
+    return tuple(shape[2:4]) if image_layout(shape, layout) == "NCHW" else tuple(shape[1:3])
+
+
 def one_image_hw(shape, layout: str) -> tuple[int, int, tuple[int, int]]:
     if len(shape) != 4 or shape[0] != 1:
         raise UsageError(f"expected one image shaped [1, C, H, W] or [1, H, W, C], got {tuple(shape)}")

@@ -30,27 +30,36 @@ class Scorer:
         self.input_name, y = source.input, source.output
         ending = next((n.op_type for n in source.proto.graph.node if y in n.output), None)
         self.softmax_here = ending not in ("Softmax", "LogSoftmax")
-        prob = selected(source, "logit" if self.softmax_here else "prob").proto
-        others = [i.name for i in graph_inputs(prob.graph) if i.name != self.input_name]
+        self._open(selected(source, "logit" if self.softmax_here else "prob").proto, providers, threads)
+
+    def _open(self, proto, providers, threads) -> None:
+        """The session of `proto`, whose only input is the image (self.input_name)."""
+        others = [i.name for i in graph_inputs(proto.graph) if i.name != self.input_name]
         if others:
             raise UsageError(f"the model needs inputs besides the image ({', '.join(others)}); the metrics "
                              "feed only the image")
-        dims = next(i for i in prob.graph.input if i.name == self.input_name).type.tensor_type.shape.dim
+        dims = next(i for i in proto.graph.input if i.name == self.input_name).type.tensor_type.shape.dim
         self.image_shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
         # a model exported with batch 1 fixed runs one image at a time
         self.max_batch = 1 if self.image_shape and self.image_shape[0] == 1 else None
-        self.session, self.provider = make_session(prob, providers, threads)
+        self.session, self.provider = make_session(proto, providers, threads)
         kind = next(i.type for i in self.session.get_inputs() if i.name == self.input_name)
         self.dtype = _NUMPY_OF_ORT.get(kind, np.float32)
 
-    def probabilities(self, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
-        """[N, classes] float64 probabilities of N images, run batch_size at a time."""
+    def _runs(self, images, batch_size: int):
+        """The session's output for the images, batch_size at a time (one where the batch is fixed at
+        1), each part as float64."""
         images = np.asarray(images)
         step = max(1, int(batch_size) if self.max_batch is None else self.max_batch)
-        parts = []
         for lo in range(0, len(images), step):
-            (out,) = self.session.run(None, {self.input_name: images[lo:lo + step].astype(self.dtype, copy=False)})
-            out = np.asarray(out, np.float64).reshape(len(out), -1)
+            yield np.asarray(self.session.run(None, {self.input_name: images[lo:lo + step].astype(
+                self.dtype, copy=False)})[0], np.float64)
+
+    def probabilities(self, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """[N, classes] float64 probabilities of N images, run batch_size at a time."""
+        parts = []
+        for out in self._runs(images, batch_size):
+            out = out.reshape(len(out), -1)
             if self.softmax_here:
                 out = np.exp(out - out.max(axis=1, keepdims=True))
                 out /= out.sum(axis=1, keepdims=True)
@@ -62,11 +71,7 @@ class Scorer:
         measure with softmax=False reads it (logits; probabilities when the graph ends in Softmax)."""
         if softmax or not self.softmax_here:
             return self.probabilities(images, batch_size)
-        images = np.asarray(images)
-        step = max(1, int(batch_size) if self.max_batch is None else self.max_batch)
-        return np.concatenate([np.asarray(self.session.run(None, {self.input_name: images[lo:lo + step].astype(
-            self.dtype, copy=False)})[0], np.float64).reshape(len(images[lo:lo + step]), -1)
-            for lo in range(0, len(images), step)])
+        return np.concatenate([out.reshape(len(out), -1) for out in self._runs(images, batch_size)])
 
     def __call__(self, images, target, batch_size: int = BATCH_SIZE) -> np.ndarray:
         """[N] probability of class `target` for each image."""
@@ -99,23 +104,11 @@ class TargetScorer(Scorer):
         source = target.select(prepared.for_rows)  # names the outputs in one line where they cannot hold it
         self.target, self.reference, self.softmax_here = target, reference, False
         self.input_name = source.input
-        others = [i.name for i in graph_inputs(source.proto.graph) if i.name != self.input_name]
-        if others:
-            raise UsageError(f"the model needs inputs besides the image ({', '.join(others)}); the metrics "
-                             "feed only the image")
-        dims = next(i for i in source.proto.graph.input if i.name == self.input_name).type.tensor_type.shape.dim
-        self.image_shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-        self.max_batch = 1 if self.image_shape and self.image_shape[0] == 1 else None
-        self.session, self.provider = make_session(source.proto, providers, threads)
-        kind = next(i.type for i in self.session.get_inputs() if i.name == self.input_name)
-        self.dtype = _NUMPY_OF_ORT.get(kind, np.float32)
+        self._open(source.proto, providers, threads)
 
     def explained(self, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
         """The target's explained output of N images (float64, e.g. [N, anchors * classes] or a map)."""
-        images = np.asarray(images)
-        step = max(1, int(batch_size) if self.max_batch is None else self.max_batch)
-        return np.concatenate([np.asarray(self.session.run(None, {self.input_name: images[lo:lo + step].astype(
-            self.dtype, copy=False)})[0], np.float64) for lo in range(0, len(images), step)])
+        return np.concatenate(list(self._runs(images, batch_size)))
 
     def at(self, reference) -> "TargetScorer":
         """This scorer with the explained output at the unperturbed image (without the batch dim),

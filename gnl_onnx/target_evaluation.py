@@ -28,7 +28,7 @@ from .intake import prepare, read_model
 from .localisation import box_region, fitted_region
 from .measures import RANDOM
 from .methods import get_method
-from .pixels import image_layout, ranking, reduce_to_pixels
+from .pixels import height_width, ranking, reduce_to_pixels
 from .scorer import TargetScorer
 from .targets import MapRegion, Target
 
@@ -86,7 +86,7 @@ def find_rows(scorer: TargetScorer, prepared, images, target, chosen=None, layou
     """The rows of every image (image order, then score) and a note on what was left out (no box
     above the threshold, an empty region). chosen: a region's class (None: the one whose region
     scores highest, as explain takes it)."""
-    hw = _height_width(images.shape, layout)
+    hw = height_width(images.shape, layout)
     if isinstance(target, DetectionBox):
         boxes, note = find_boxes(prepared, images, target, providers, threads)
         counts: dict[int, int] = {}
@@ -117,10 +117,6 @@ def find_rows(scorer: TargetScorer, prepared, images, target, chosen=None, layou
         rows.append(Row(i, c, c, score, np.array(pixels), "region", reference=explained[i]))
     note = f"{len(empty)} image(s) have an empty region: nothing to evaluate there" if empty else ""
     return rows, note
-
-
-def _height_width(shape, layout) -> tuple:
-    return tuple(shape[2:4]) if image_layout(shape, layout) == "NCHW" else tuple(shape[1:3])
 
 
 def evaluate_rows(prepared, images, target, methods, run, scored, names, chosen=None, progress=None, keep=None,
