@@ -156,12 +156,21 @@ def test_triton_config_agrees_with_the_model(converted, images):
 
 
 def test_convert_refuses_in_one_line(mnist, tmp_path, capfd):
+    from gnl_onnx.deploy.web import RUNTIME_FILES
+
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep.txt").write_text("mine")
+    # the runtime is checked before the folder: a stand-in dist folder, so that this case does not
+    # depend on `npm ci --prefix web` having run (the refusal comes before anything is copied)
+    runtime = tmp_path / "dist"
+    runtime.mkdir()
+    for name in RUNTIME_FILES:
+        (runtime / name).write_bytes(b"")
     cases = [(["convert", mnist, "--methods", "ig"], "say where to write"),
              (["convert", mnist, "--methods", "ig,smoothgrad", "-o", str(tmp_path / "a.onnx")], "draws new noise"),
-             (["convert", mnist, "--web", str(full), "--preset", "mnist"], "not empty; pass --overwrite"),
+             (["convert", mnist, "--web", str(full), "--preset", "mnist", "--ort-web", str(runtime)],
+              "not empty; pass --overwrite"),
              (["convert", mnist, "--web", str(tmp_path / "w"), "--ort-web", str(tmp_path / "nowhere")],
               "npm ci --prefix web"),
              (["convert", mnist, "--triton", str(tmp_path / "r"), "--triton-name", "a/b"], "Triton model name")]
