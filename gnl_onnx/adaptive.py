@@ -1,27 +1,26 @@
 """Adaptive steps (`steps="auto"`): per image, as many path points as a stated tolerance needs,
 placed where the score changes, for the path methods (ig, gnl_ig).
 
-The path [0, 1] from the baseline to the image is cut into panels, each integrated by a few
-Gauss-Legendre nodes. A panel [a, b] runs through the method's own graph as the image
-baseline + b (image - baseline) with the baseline baseline + a (image - baseline): its factor is
-then (b - a)(image - baseline) and the graph's points are the panel's, so every panel of every
-image is one row of one batch, and the attribution is the sum of the panels' maps.
+The path [0, 1] from the baseline to the image is cut into panels. A panel starts with the NODES
+Gauss-Legendre nodes; its first refinement adds the NODES + 1 Kronrod nodes, which with the Gauss
+nodes make a 2 NODES + 1 point rule exact to degree 3 NODES + 1 (Gauss-Kronrod: the refinement
+reuses every gradient the panel has, where halving would drop them); its next refinement halves
+it into two Gauss panels. Each gradient point is one row of one batch of the method's own graph,
+at any point of any image's path (explain_points), so all the refinements of all images of a
+round run together.
 
-1. Forward passes only (a third of a gradient point each) probe the score F at PROBES + 1 points
-   of the path; the first panels are cut at probes so that each holds an equal share of the
-   score's change (a flat stretch becomes one wide panel, a steep one several narrow ones).
-2. IG is complete: a panel's map sums to F(b) - F(a) when it is integrated exactly, and both are
+1. IG is complete: a panel's map sums to F(b) - F(a) when it is integrated exactly, and both are
    known from forward passes, so each panel's error is measured, not estimated. Until the
    completeness gap |sum(attribution) - (F(image) - F(baseline))| / |F(image) - F(baseline)| is
-   within the tolerance, the panels with the largest errors are halved (a forward pass at the
-   middle decides the halves' errors), so points gather where the score changes.
-3. GNL-IG is not complete: a panel's error is the change of its map when it is halved,
-   d = map(a, b) - map(a, m) - map(m, b) (each half inherits d / 2). Every first panel is halved
-   once, then the panels whose last halving changed most (||d||_1), until the map's change
-   ||sum of d||_1 / ||attribution||_1 is within the tolerance: the signed change of the whole map,
-   as the fixed rule's doubling test ||A_s - A_2s||_1 / ||A_2s||_1 measures it (summing the panels'
-   ||d||_1 instead counted changes that cancel in the map, and ran 3-8x the points the doubling
-   test needs for the same stability).
+   within the tolerance, the panels with the largest errors are refined (a forward pass at the
+   middle of a panel that is halved gives its halves' errors), so points gather where the score
+   changes.
+2. GNL-IG is not complete: a panel's error is the change of its map at its last refinement,
+   d = new map - old map (the halves of a halved panel each inherit d / 2). Every first panel is
+   refined once, then the panels whose last refinement changed most (||d||_1), until the map's
+   change ||sum of d||_1 / ||attribution||_1 is within the tolerance: the signed change of the
+   whole map, as the fixed rule's doubling test ||A_s - A_2s||_1 / ||A_2s||_1 measures it. No
+   forward pass is needed.
 Images stop separately; each stops at MAX_POINTS gradient points whatever it has reached.
 """
 from __future__ import annotations
@@ -29,7 +28,6 @@ from __future__ import annotations
 import numpy as np
 
 from .intake import prepare
-from .methods import path_points
 from .runtime import make_session
 from .targets import OUTPUT_KINDS, selected
 
@@ -49,6 +47,47 @@ def adapts(spec, settings) -> bool:
         and not spec.noisy_copies and settings.output in OUTPUT_KINDS
 
 
+def gauss_kronrod(nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """On [0, 1]: the Gauss-Legendre nodes and weights, and the Kronrod extension's weights at
+    those nodes, its added nodes (nodes + 1) and their weights. The added nodes are the zeros of
+    the Stieltjes polynomial (monic, degree nodes + 1, orthogonal to P_nodes x^k for k <= nodes);
+    the weights make the combined rule exact to degree 2 nodes, which makes it exact to 3 nodes + 1."""
+    from numpy.polynomial import legendre, polynomial
+
+    def integral(coefficients):  # over [-1, 1]
+        antiderivative = polynomial.polyint(coefficients)
+        return polynomial.polyval(1.0, antiderivative) - polynomial.polyval(-1.0, antiderivative)
+
+    gauss, gauss_weights = legendre.leggauss(nodes)
+    p_n = legendre.leg2poly([0] * nodes + [1])
+    moments = np.array([[integral(polynomial.polymul(p_n, [0] * (k + j) + [1])) for j in range(nodes + 2)]
+                        for k in range(nodes + 1)])
+    # half the conditions are 0 = 0 by parity: least squares leaves those coefficients at zero
+    coefficients = np.linalg.lstsq(moments[:, :-1], -moments[:, -1], rcond=None)[0]
+    added = np.sort(np.roots(np.concatenate([coefficients, [1.0]])[::-1]).real)
+    every = np.concatenate([gauss, added])
+    weights = np.linalg.solve(np.vander(every, 2 * nodes + 1, increasing=True).T,
+                              [integral([0] * k + [1]) for k in range(2 * nodes + 1)])
+    return (gauss + 1) / 2, gauss_weights / 2, weights[:nodes] / 2, (added + 1) / 2, weights[nodes:] / 2
+
+
+class Panel:
+    """One stretch [a, b] of one image's path, F at its ends (IG), and its current estimate."""
+    __slots__ = ("a", "b", "fa", "fb", "kronrod", "map", "units", "error", "change")
+
+    def __init__(self, a, b, fa, fb):
+        self.a, self.b, self.fa, self.fb = float(a), float(b), float(fa), float(fb)
+        self.kronrod = False   # the 2 NODES + 1 point rule (else the NODES Gauss nodes)
+        self.map = None        # this panel's share of the attribution
+        self.units = None      # Gauss stage: each node's (image - baseline) * gradient, for the extension
+        self.error = np.inf    # IG: |sum(map) - (fb - fa)|; GNL-IG: ||change||_1 (unknown before a refinement)
+        self.change = None     # GNL-IG: the signed change of its map at its last refinement
+
+    @property
+    def refine_points(self) -> int:
+        return 2 * NODES if self.kronrod else NODES + 1
+
+
 class AdaptiveSteps:
     """The forward session and the refinement loop of one Explainer (see the module docstring)."""
 
@@ -58,7 +97,7 @@ class AdaptiveSteps:
         forward = selected(prepare(model, settings.input, settings.output_name).for_rows, settings.output)
         self.input_name = forward.input
         self.session, _ = make_session(forward.proto, settings.providers, settings.threads)
-        self.nodes, self.node_weights = (a.astype(np.float64) for a in path_points(NODES, "gausslegendre"))
+        self.gauss, self.gauss_weights, self.kronrod_at_gauss, self.added, self.added_weights = gauss_kronrod(NODES)
 
     # -- the two kinds of passes ----------------------------------------------------------------
     def _forward(self, explainer, points) -> np.ndarray:
@@ -68,19 +107,20 @@ class AdaptiveSteps:
                  for lo in range(0, len(points), rows)]
         return np.concatenate(parts).reshape(len(points), -1).astype(np.float64)
 
-    def _panels(self, explainer, images, baselines, targets, which, starts, ends) -> np.ndarray:
-        """The maps of the panels [starts[k], ends[k]] of the paths of images[which[k]]."""
-        delta = images[which] - baselines[which]
+    def _along(self, images, baselines, which, alphas) -> np.ndarray:
         shape = (-1,) + (1,) * (images.ndim - 1)
-        lows = baselines[which] + starts.reshape(shape).astype(np.float32) * delta
-        highs = baselines[which] + ends.reshape(shape).astype(np.float32) * delta
-        return explainer.path_integral(highs, lows, targets[which], self.nodes.astype(np.float32),
-                                       self.node_weights.astype(np.float32))
+        return baselines[which] + alphas.reshape(shape).astype(np.float32) * (images[which] - baselines[which])
+
+    def _units(self, explainer, images, baselines, targets, which, alphas) -> np.ndarray:
+        """(image - baseline) * the method's gradient at each point baseline + alpha (image - baseline)
+        of images[which[k]]: its graph's one-point rule at weight 1 on a path from point - delta to
+        the point, one row each."""
+        points = self._along(images, baselines, which, alphas)
+        return explainer.path_integral(points, points - (images[which] - baselines[which]), targets[which],
+                                       np.ones(1, np.float32), np.ones(1, np.float32))
 
     def _scores_at(self, explainer, images, baselines, which, alphas) -> np.ndarray:
-        shape = (-1,) + (1,) * (images.ndim - 1)
-        points = baselines[which] + alphas.reshape(shape).astype(np.float32) * (images[which] - baselines[which])
-        return self._forward(explainer, points)
+        return self._forward(explainer, self._along(images, baselines, which, alphas))
 
     # -- the loop ----------------------------------------------------------------------------------
     def explain(self, explainer, images, targets, baselines):
@@ -95,107 +135,126 @@ class AdaptiveSteps:
         scores = along[:, -1]
         targets = np.where(targets < 0, scores.argmax(axis=1), targets)
         f = along[np.arange(n), :, targets]  # [N, PROBES + 1]: the explained score along each path
-        leaves = [self._first_panels(probes, f[i]) for i in range(n)]  # per image: [a, b, F(a), F(b)] rows
-        maps = [None] * n          # per image: the map of each leaf
-        errors = [None] * n        # per image: each leaf's error
-        changes = [None] * n       # gnl_ig, per image: each leaf's signed map change d (module docstring)
+        panels = [self._first_panels(probes, f[i]) for i in range(n)]
         change = np.abs(f[:, -1] - f[:, 0])
         # IG's |F(x) - F(b)|, at least 1e-4 of the score's size: below that the float32 sums are noise
         # (a random-weight mobilenet_v2 scores every photo alike; its gap could never be met)
         scale = np.maximum(change, 1e-4 * np.abs(f).max(axis=1) + 1e-30)
         reached = np.full(n, np.inf)
         points = np.zeros(n, int)
+        self._refine(explainer, images, baselines, targets, {i: panels[i] for i in range(n)}, points, first=True)
         pending = list(range(n))
-        first = [True] * n         # gnl_ig: its first panels are all halved once, to get their errors
-        self._integrate(explainer, images, baselines, targets, leaves, maps, pending)
-        points += [len(leaves[i]) * NODES for i in range(n)]
         while pending:
-            split = {}
+            chosen = {}
             for i in pending:
+                size = np.abs(sum(p.map for p in panels[i])).sum(dtype=np.float64)
                 if self.complete:
-                    signed = maps[i].reshape(len(leaves[i]), -1).sum(axis=1, dtype=np.float64) \
-                        - (leaves[i][:, 3] - leaves[i][:, 2])
-                    errors[i] = np.abs(signed)
-                    reached[i] = abs(signed.sum()) / scale[i]  # the completeness gap itself
-                elif not first[i]:
-                    reached[i] = np.abs(changes[i].sum(axis=0, dtype=np.float64)).sum() \
-                        / max(np.abs(maps[i].sum(axis=0)).sum(dtype=np.float64), 1e-30)
-                if first[i] and not self.complete:
-                    split[i] = np.arange(len(leaves[i]))
-                    first[i] = False
-                elif reached[i] > self.tolerance and points[i] < MAX_POINTS:
-                    split[i] = self._worst(errors[i], self.tolerance * (scale[i] if self.complete else
-                                           np.abs(maps[i].sum(axis=0)).sum(dtype=np.float64)), MAX_POINTS - points[i])
-            pending = [i for i in pending if i in split]
-            if not pending:
-                break
-            self._halve(explainer, images, baselines, targets, leaves, maps, errors, changes, split)
-            for i in pending:
-                points[i] += len(split[i]) * 2 * NODES
-        attributions = np.stack([m.sum(axis=0) for m in maps]).astype(np.float32)
-        quadrature = [self._rule(leaves[i]) for i in range(n)]
+                    signed = [p.map.sum(dtype=np.float64) - (p.fb - p.fa) for p in panels[i]]
+                    for p, e in zip(panels[i], signed):
+                        p.error = abs(e)
+                    reached[i] = abs(sum(signed)) / scale[i]  # the completeness gap itself
+                    allowed = self.tolerance * scale[i]
+                elif any(p.change is None for p in panels[i]):  # the first panels: refine each once
+                    chosen[i] = list(panels[i])
+                    continue
+                else:
+                    reached[i] = np.abs(sum(p.change for p in panels[i])).sum(dtype=np.float64) / max(size, 1e-30)
+                    allowed = self.tolerance * size
+                if reached[i] > self.tolerance and points[i] < MAX_POINTS:
+                    chosen[i] = self._worst(panels[i], allowed, MAX_POINTS - points[i])
+            pending = list(chosen)
+            if pending:
+                self._refine(explainer, images, baselines, targets, chosen, points, panels=panels)
+        attributions = np.stack([sum(p.map for p in panels[i]) for i in range(n)]).astype(np.float32)
+        quadrature = [self._rule(panels[i]) for i in range(n)]
         return attributions, scores.astype(np.float32), targets.astype(np.int64), f[:, 0].astype(np.float32), \
             points, reached, quadrature
 
-    def _first_panels(self, probes, f) -> np.ndarray:
+    def _first_panels(self, probes, f) -> list:
         """FIRST_PANELS panels cut at probes, each holding an equal share of the score's change."""
         steps = np.abs(np.diff(f))
         steps = steps + 0.1 * steps.mean() + 1e-12  # a flat stretch still counts a little
         share = np.concatenate([[0.0], np.cumsum(steps)]) / steps.sum()
         cuts = sorted({0, PROBES, *np.searchsorted(share, np.arange(1, FIRST_PANELS) / FIRST_PANELS).tolist()})
-        return np.array([[probes[a], probes[b], f[a], f[b]] for a, b in zip(cuts[:-1], cuts[1:])])
+        return [Panel(probes[a], probes[b], f[a], f[b]) for a, b in zip(cuts[:-1], cuts[1:])]
 
-    def _integrate(self, explainer, images, baselines, targets, leaves, maps, which_images):
-        which = np.concatenate([np.full(len(leaves[i]), i) for i in which_images])
-        rows = np.concatenate([leaves[i] for i in which_images])
-        out = self._panels(explainer, images, baselines, targets, which, rows[:, 0], rows[:, 1])
+    @staticmethod
+    def _worst(panels, allowed, points_left) -> list:
+        """The panels to refine: the largest errors, until what is left unrefined is within half the
+        allowed error (so that the refined ones have the other half), within the points left."""
+        order = sorted(panels, key=lambda p: -p.error)
+        left = sum(p.error for p in order) - np.cumsum([p.error for p in order])
+        count = max(1, int(np.searchsorted(-left, -0.5 * allowed)) + 1)
+        chosen, cost = [], 0
+        for p in order[:count]:
+            if chosen and cost + p.refine_points > points_left:
+                break
+            chosen.append(p)
+            cost += p.refine_points
+        return chosen
+
+    def _refine(self, explainer, images, baselines, targets, chosen, points, first=False, panels=None):
+        """One round for every image: a new panel gets its Gauss nodes (first), a Gauss panel its
+        Kronrod nodes, a Kronrod panel is halved into two Gauss panels (IG: F at the middle)."""
+        jobs = []  # (image, panel, kind, its alphas)
+        for i, todo in chosen.items():
+            for p in todo:
+                if first:
+                    jobs.append((i, p, "gauss", p.a + (p.b - p.a) * self.gauss))
+                elif not p.kronrod:
+                    jobs.append((i, p, "kronrod", p.a + (p.b - p.a) * self.added))
+                else:
+                    middle = (p.a + p.b) / 2
+                    jobs.append((i, p, "halve", np.concatenate([p.a + (middle - p.a) * self.gauss,
+                                                                middle + (p.b - middle) * self.gauss])))
+        halved = [(i, p) for i, p, kind, _ in jobs if kind == "halve"]
+        f_mid = {}
+        if halved and self.complete:
+            which = np.array([i for i, _ in halved])
+            middles = np.array([(p.a + p.b) / 2 for _, p in halved])
+            values = self._scores_at(explainer, images, baselines, which, middles)[np.arange(len(which)), targets[which]]
+            f_mid = {id(p): v for (_, p), v in zip(halved, values)}
+        which = np.concatenate([np.full(len(alphas), i) for i, _, _, alphas in jobs])
+        units = self._units(explainer, images, baselines, targets, which, np.concatenate([a for *_, a in jobs]))
         at = 0
-        for i in which_images:
-            maps[i] = out[at:at + len(leaves[i])]
-            at += len(leaves[i])
+        for i, p, kind, alphas in jobs:
+            got = units[at:at + len(alphas)]
+            at += len(alphas)
+            points[i] += len(alphas)
+            width = p.b - p.a
+            if kind == "gauss":
+                p.units, p.map = got, width * np.tensordot(self.gauss_weights, got, axes=1)
+            elif kind == "kronrod":
+                new = width * (np.tensordot(self.kronrod_at_gauss, p.units, axes=1)
+                               + np.tensordot(self.added_weights, got, axes=1))
+                p.change, p.map, p.units, p.kronrod = new - p.map, new, None, True
+                p.error = np.abs(p.change).sum(dtype=np.float64)
+            else:
+                middle = (p.a + p.b) / 2
+                fm = f_mid.get(id(p), np.nan)
+                halves = [Panel(p.a, middle, p.fa, fm), Panel(middle, p.b, fm, p.fb)]
+                for h, part in zip(halves, (got[:NODES], got[NODES:])):
+                    h.units, h.map = part, (width / 2) * np.tensordot(self.gauss_weights, part, axes=1)
+                d = halves[0].map + halves[1].map - p.map
+                for h in halves:  # each half inherits half the change (module docstring)
+                    h.change, h.error = d / 2, np.abs(d).sum(dtype=np.float64) / 2
+                own = panels[i]
+                own[own.index(p):own.index(p) + 1] = halves
 
-    def _worst(self, errors, allowed, points_left) -> np.ndarray:
-        """The panels to halve: the largest errors, until what is left unhalved is within half the
-        allowed error (so that the halved ones have the other half), within the points left."""
-        order = np.argsort(-errors)
-        left = errors.sum() - np.cumsum(errors[order])
-        count = int(np.searchsorted(-left, -0.5 * allowed)) + 1
-        count = max(1, min(count, len(order), points_left // (2 * NODES)))
-        return order[:count]
-
-    def _halve(self, explainer, images, baselines, targets, leaves, maps, errors, changes, split):
-        """Halve the chosen panels: a forward pass at each middle, the halves' maps, their errors."""
-        which = np.concatenate([np.full(len(split[i]), i) for i in split])
-        parents = np.concatenate([leaves[i][split[i]] for i in split])
-        middles = (parents[:, 0] + parents[:, 1]) / 2
-        f_mid = self._scores_at(explainer, images, baselines, which, middles)[np.arange(len(which)), targets[which]]
-        halves = np.empty((2 * len(parents), 4))
-        halves[0::2] = np.stack([parents[:, 0], middles, parents[:, 2], f_mid], axis=1)
-        halves[1::2] = np.stack([middles, parents[:, 1], f_mid, parents[:, 3]], axis=1)
-        out = self._panels(explainer, images, baselines, targets, np.repeat(which, 2), halves[:, 0], halves[:, 1])
-        at = 0
-        for i in split:
-            count = len(split[i])
-            new_maps = out[2 * at:2 * (at + count)]
-            keep = np.setdiff1d(np.arange(len(leaves[i])), split[i])
-            if not self.complete:  # the change of each halved panel's map, shared by its halves
-                d = maps[i][split[i]] - new_maps[0::2] - new_maps[1::2]
-                moved = np.abs(d).reshape(count, -1).sum(axis=1, dtype=np.float64)
-                previous = errors[i][keep] if errors[i] is not None else np.zeros(len(keep))
-                errors[i] = np.concatenate([previous, np.repeat(moved / 2, 2)])
-                kept = changes[i][keep] if changes[i] is not None else np.zeros((len(keep),) + d.shape[1:], d.dtype)
-                changes[i] = np.concatenate([kept, np.repeat(d / 2, 2, axis=0)])
-            leaves[i] = np.concatenate([leaves[i][keep], halves[2 * at:2 * (at + count)]])
-            maps[i] = np.concatenate([maps[i][keep], new_maps])
-            at += count
-
-    def _rule(self, leaves) -> tuple[np.ndarray, np.ndarray]:
+    def _rule(self, panels) -> tuple[np.ndarray, np.ndarray]:
         """(alphas, weights) on [0, 1] of the panels' nodes: the same attribution as a fixed rule
         with these points."""
-        order = np.argsort(leaves[:, 0])
-        a, b = leaves[order, 0:1], leaves[order, 1:2]
-        return ((a + (b - a) * self.nodes).ravel().astype(np.float32),
-                ((b - a) * self.node_weights).ravel().astype(np.float32))
+        alphas, weights = [], []
+        for p in sorted(panels, key=lambda p: p.a):
+            width = p.b - p.a
+            nodes, node_weights = (np.concatenate([self.gauss, self.added]),
+                                   np.concatenate([self.kronrod_at_gauss, self.added_weights])) if p.kronrod \
+                else (self.gauss, self.gauss_weights)
+            alphas.append(p.a + width * nodes)
+            weights.append(width * node_weights)
+        alphas, weights = np.concatenate(alphas), np.concatenate(weights)
+        order = np.argsort(alphas)
+        return alphas[order].astype(np.float32), weights[order].astype(np.float32)
 
 
-__all__ = ["AdaptiveSteps", "adapts", "FIXED_STEPS", "MAX_POINTS"]
+__all__ = ["AdaptiveSteps", "adapts", "gauss_kronrod", "FIXED_STEPS", "MAX_POINTS"]
