@@ -21,7 +21,7 @@ round run together.
    change ||sum of d||_1 / ||attribution||_1 is within the tolerance: the signed change of the
    whole map, as the fixed rule's doubling test ||A_s - A_2s||_1 / ||A_2s||_1 measures it. No
    forward pass is needed.
-Images stop separately; each stops at MAX_POINTS gradient points whatever it has reached.
+Images stop separately; none runs more than MAX_POINTS gradient points, whatever it has reached.
 """
 from __future__ import annotations
 
@@ -160,9 +160,9 @@ class AdaptiveSteps:
                 else:
                     reached[i] = np.abs(sum(p.change for p in panels[i])).sum(dtype=np.float64) / max(size, 1e-30)
                     allowed = self.tolerance * size
-                if reached[i] > self.tolerance and points[i] < MAX_POINTS:
+                if reached[i] > self.tolerance:
                     chosen[i] = self._worst(panels[i], allowed, MAX_POINTS - points[i])
-            pending = list(chosen)
+            pending = [i for i in chosen if chosen[i]]  # (none: the next refinement would pass MAX_POINTS)
             if pending:
                 self._refine(explainer, images, baselines, targets, chosen, points, panels=panels)
         attributions = np.stack([sum(p.map for p in panels[i]) for i in range(n)]).astype(np.float32)
@@ -187,7 +187,7 @@ class AdaptiveSteps:
         count = max(1, int(np.searchsorted(-left, -0.5 * allowed)) + 1)
         chosen, cost = [], 0
         for p in order[:count]:
-            if chosen and cost + p.refine_points > points_left:
+            if cost + p.refine_points > points_left:
                 break
             chosen.append(p)
             cost += p.refine_points

@@ -156,6 +156,18 @@ def test_gnl_ig_map_is_within_the_tolerance_of_a_converged_one(small_cnn, cnn_im
     assert result.delta is None and np.all(result.reached <= 0.01)
 
 
+def test_no_image_runs_more_than_max_points(small_cnn, cnn_images, monkeypatch):
+    """A tolerance out of reach stops at MAX_POINTS (never past it) and reports the gap it reached."""
+    import gnl_onnx.adaptive as adaptive
+
+    monkeypatch.setattr(adaptive, "MAX_POINTS", 21)
+    result = Explainer(small_cnn, settings=Settings(method="ig", steps="auto", tolerance=1e-9)).explain(cnn_images)
+    change = score_change(small_cnn, cnn_images, result.target)
+    assert np.all(result.points <= 21) and np.all(result.points >= 17)  # 4 + 5 + 8: a next halving would pass 21
+    assert np.all(result.reached > 1e-9)
+    np.testing.assert_allclose(result.reached, gap(result, change), rtol=1e-2, atol=1e-5)
+
+
 def test_settings_refuse_bad_steps_and_tolerances():
     Settings(steps="auto", tolerance=0.05)
     for bad in ({"steps": "many"}, {"steps": "auto", "tolerance": 0}, {"tolerance": 1.5}, {"tolerance": "small"}):
