@@ -129,9 +129,13 @@ class AdaptiveSteps:
         (alphas, weights))."""
         n = len(images)
         probes = np.linspace(0.0, 1.0, PROBES + 1)
-        which = np.repeat(np.arange(n), PROBES + 1)
-        along = self._scores_at(explainer, images, baselines, which, np.tile(probes, n)).reshape(n, PROBES + 1, -1)
-        along[:, -1] = self._forward(explainer, images)  # the image itself, not baseline + 1 * (image - baseline)
+        ends = self._forward(explainer, np.concatenate([baselines, images]))  # the image itself, not b + 1 (x - b)
+        along = np.empty((n, PROBES + 1, ends.shape[1]))
+        along[:, 0], along[:, -1] = ends[:n], ends[n:]
+        if PROBES > 1:
+            inner = np.tile(probes[1:-1], n)
+            along[:, 1:-1] = self._scores_at(explainer, images, baselines, np.repeat(np.arange(n), PROBES - 1),
+                                             inner).reshape(n, PROBES - 1, -1)
         scores = along[:, -1]
         targets = np.where(targets < 0, scores.argmax(axis=1), targets)
         f = along[np.arange(n), :, targets]  # [N, PROBES + 1]: the explained score along each path
