@@ -38,6 +38,7 @@ PROBES = 1             # forward intervals along the path that place the first p
 FIRST_PANELS = 1       # panels before any refinement
 NODES = 4              # Gauss-Legendre nodes per panel
 MAX_POINTS = 512       # gradient points per image, at most
+IMAGES_AT_ONCE = 8     # images refined together (their rows share the runs)
 FIXED_STEPS = 32       # what a method that cannot adapt (smoothgrad:ig) runs under steps="auto"
 
 
@@ -47,7 +48,7 @@ def adapts(spec, settings) -> bool:
         and not spec.noisy_copies and settings.output in OUTPUT_KINDS
 
 
-def gauss_kronrod(nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def gauss_kronrod(nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """On [0, 1]: the Gauss-Legendre nodes and weights, and the Kronrod extension's weights at
     those nodes, its added nodes (nodes + 1) and their weights. The added nodes are the zeros of
     the Stieltjes polynomial (monic, degree nodes + 1, orthogonal to P_nodes x^k for k <= nodes);
@@ -62,7 +63,7 @@ def gauss_kronrod(nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     p_n = legendre.leg2poly([0] * nodes + [1])
     moments = np.array([[integral(polynomial.polymul(p_n, [0] * (k + j) + [1])) for j in range(nodes + 2)]
                         for k in range(nodes + 1)])
-    # half the conditions are 0 = 0 by parity: least squares leaves those coefficients at zero
+    # a square system; by parity the coefficients of the wrong parity come out zero
     coefficients = np.linalg.lstsq(moments[:, :-1], -moments[:, -1], rcond=None)[0]
     added = np.sort(np.roots(np.concatenate([coefficients, [1.0]])[::-1]).real)
     every = np.concatenate([gauss, added])
@@ -115,9 +116,14 @@ class AdaptiveSteps:
         """(image - baseline) * the method's gradient at each point baseline + alpha (image - baseline)
         of images[which[k]]: its graph's one-point rule at weight 1 on a path from point - delta to
         the point, one row each."""
-        points = self._along(images, baselines, which, alphas)
-        return explainer.path_integral(points, points - (images[which] - baselines[which]), targets[which],
-                                       np.ones(1, np.float32), np.ones(1, np.float32))
+        rows = max(1, explainer.budget // explainer.row_bytes)  # points built a slice at a time, not all at once
+        parts = []
+        for lo in range(0, len(which), rows):
+            part = slice(lo, lo + rows)
+            points = self._along(images, baselines, which[part], alphas[part])
+            parts.append(explainer.path_integral(points, points - (images[which[part]] - baselines[which[part]]),
+                                                 targets[which[part]], np.ones(1, np.float32), np.ones(1, np.float32)))
+        return np.concatenate(parts)
 
     def _scores_at(self, explainer, images, baselines, which, alphas) -> np.ndarray:
         return self._forward(explainer, self._along(images, baselines, which, alphas))
@@ -126,7 +132,14 @@ class AdaptiveSteps:
     def explain(self, explainer, images, targets, baselines):
         """(attributions, scores [N, classes] at the images, targets used, F at the baselines,
         gradient points per image, the tolerance measure reached per image, each image's
-        (alphas, weights))."""
+        (alphas, weights)), IMAGES_AT_ONCE images at a time: each keeps its panels' maps until
+        it stops (up to MAX_POINTS / NODES panels), so a folder's worth at once could fill the memory."""
+        groups = [self._explain(explainer, images[lo:lo + IMAGES_AT_ONCE], targets[lo:lo + IMAGES_AT_ONCE],
+                                baselines[lo:lo + IMAGES_AT_ONCE]) for lo in range(0, len(images), IMAGES_AT_ONCE)]
+        joined = [np.concatenate([g[k] for g in groups]) for k in range(6)]
+        return (*joined, [rule for g in groups for rule in g[6]])
+
+    def _explain(self, explainer, images, targets, baselines):
         n = len(images)
         probes = np.linspace(0.0, 1.0, PROBES + 1)
         ends = self._forward(explainer, np.concatenate([baselines, images]))  # the image itself, not b + 1 (x - b)
@@ -192,7 +205,7 @@ class AdaptiveSteps:
         chosen, cost = [], 0
         for p in order[:count]:
             if cost + p.refine_points > points_left:
-                break
+                continue  # a cheaper refinement further down may still fit
             chosen.append(p)
             cost += p.refine_points
         return chosen
@@ -227,10 +240,9 @@ class AdaptiveSteps:
             points[i] += len(alphas)
             width = p.b - p.a
             if kind == "gauss":
-                p.units, p.map = got, width * np.tensordot(self.gauss_weights, got, axes=1)
+                p.units, p.map = got, self._weighted(width, self.gauss_weights, got)
             elif kind == "kronrod":
-                new = width * (np.tensordot(self.kronrod_at_gauss, p.units, axes=1)
-                               + np.tensordot(self.added_weights, got, axes=1))
+                new = self._weighted(width, self.kronrod_at_gauss, p.units) + self._weighted(width, self.added_weights, got)
                 p.change, p.map, p.units, p.kronrod = new - p.map, new, None, True
                 p.error = np.abs(p.change).sum(dtype=np.float64)
             else:
@@ -238,12 +250,18 @@ class AdaptiveSteps:
                 fm = f_mid.get(id(p), np.nan)
                 halves = [Panel(p.a, middle, p.fa, fm), Panel(middle, p.b, fm, p.fb)]
                 for h, part in zip(halves, (got[:NODES], got[NODES:])):
-                    h.units, h.map = part, (width / 2) * np.tensordot(self.gauss_weights, part, axes=1)
+                    h.units, h.map = part, self._weighted(width / 2, self.gauss_weights, part)
                 d = halves[0].map + halves[1].map - p.map
-                for h in halves:  # each half inherits half the change (module docstring)
-                    h.change, h.error = d / 2, np.abs(d).sum(dtype=np.float64) / 2
+                shared = d / 2  # each half inherits half the change (module docstring): one array for both
+                for h in halves:
+                    h.change, h.error = shared, np.abs(d).sum(dtype=np.float64) / 2
                 own = panels[i]
                 own[own.index(p):own.index(p) + 1] = halves
+
+    @staticmethod
+    def _weighted(width, weights, units) -> np.ndarray:
+        """width * sum_k weights[k] units[k], in float32 like the fixed rule's sums (a panel keeps it)."""
+        return np.tensordot((width * weights).astype(np.float32), units, axes=1)
 
     def _rule(self, panels) -> tuple[np.ndarray, np.ndarray]:
         """(alphas, weights) on [0, 1] of the panels' nodes: the same attribution as a fixed rule

@@ -130,7 +130,8 @@ def test_fewer_points_than_fixed_steps_where_the_score_changes_in_a_narrow_stret
 def test_the_attribution_is_fixed_step_ig_at_its_own_points(small_cnn, cnn_images):
     settings = Settings(method="ig", steps="auto", tolerance=0.002)
     result = Explainer(small_cnn, settings=settings).explain(cnn_images)
-    assert result.points.max() > NODES  # it refined
+    # every kind of panel is in some image's rule: Gauss (4), Kronrod (9) and halved ones
+    assert any(len(alphas) not in (NODES, 2 * NODES + 1) for alphas, _ in result.quadrature), result.points
     fixed = Explainer(small_cnn, method="ig", steps=NODES)
     for i, (alphas, weights) in enumerate(result.quadrature):
         assert len(alphas) <= result.points[i] and abs(weights.sum() - 1) < 1e-5 and np.all((0 < alphas) & (alphas < 1))
@@ -156,16 +157,37 @@ def test_gnl_ig_map_is_within_the_tolerance_of_a_converged_one(small_cnn, cnn_im
     assert result.delta is None and np.all(result.reached <= 0.01)
 
 
-def test_no_image_runs_more_than_max_points(small_cnn, cnn_images, monkeypatch):
-    """A tolerance out of reach stops at MAX_POINTS (never past it) and reports the gap it reached."""
+@pytest.mark.parametrize("method", ["ig", "gnl_ig"])
+def test_no_image_runs_more_than_max_points(small_cnn, cnn_images, monkeypatch, method):
+    """A tolerance out of reach stops at MAX_POINTS (never past it) and reports what it reached."""
     import gnl_onnx.adaptive as adaptive
 
-    monkeypatch.setattr(adaptive, "MAX_POINTS", 21)
-    result = Explainer(small_cnn, settings=Settings(method="ig", steps="auto", tolerance=1e-9)).explain(cnn_images)
-    change = score_change(small_cnn, cnn_images, result.target)
-    assert np.all(result.points <= 21) and np.all(result.points >= 17)  # 4 + 5 + 8: a next halving would pass 21
-    assert np.all(result.reached > 1e-9)
-    np.testing.assert_allclose(result.reached, gap(result, change), rtol=1e-2, atol=1e-5)
+    monkeypatch.setattr(adaptive, "MAX_POINTS", 30)
+    result = Explainer(small_cnn, settings=Settings(method=method, steps="auto", tolerance=1e-9)).explain(cnn_images)
+    # 4 + 5 + 8 + 5 + 5 (the halves' Kronrod extensions) = 27; one more refinement would pass 30
+    assert np.all(result.points <= 30) and np.all(result.points >= 22), result.points
+    assert np.all(result.reached > 1e-9) and np.all(np.isfinite(result.reached))
+    if method == "ig":
+        change = score_change(small_cnn, cnn_images, result.target)
+        np.testing.assert_allclose(result.reached, gap(result, change), rtol=1e-2, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["ig", "gnl_ig"])
+def test_each_image_refines_on_its_own(small_cnn, cnn_images, monkeypatch, method):
+    """Images explained together (in groups of 2 here, stopping in different rounds) get the points,
+    maps and measures they get alone."""
+    import gnl_onnx.adaptive as adaptive
+
+    monkeypatch.setattr(adaptive, "IMAGES_AT_ONCE", 2)
+    explainer = Explainer(small_cnn, settings=Settings(method=method, steps="auto", tolerance=0.005))
+    together = explainer.explain(cnn_images)
+    assert len(set(together.points.tolist())) > 1, together.points  # they stopped in different rounds
+    for i in range(len(cnn_images)):
+        alone = explainer.explain(cnn_images[i:i + 1])
+        assert alone.points[0] == together.points[i] and alone.target[0] == together.target[i]
+        np.testing.assert_allclose(alone.attributions[0], together.attributions[i], rtol=0,
+                                   atol=1e-5 * np.abs(alone.attributions).max())
+        np.testing.assert_allclose(alone.reached[0], together.reached[i], rtol=1e-4)
 
 
 def test_settings_refuse_bad_steps_and_tolerances():
