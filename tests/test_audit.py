@@ -209,6 +209,37 @@ def test_rerun_skips_finished_work(model, digits, local, tmp_path):
     assert len(got) == 2 * N_DIGITS
 
 
+def test_adaptive_steps_store_each_images_points(model, digits, tmp_path):
+    """audit --steps auto: each row keeps the points its image took (those of explaining it alone),
+    the summary gives their range, and an OUT audited at another tolerance is not resumed."""
+    from gnl_onnx import Explainer, Settings
+
+    root, csv, _ = digits
+    out = tmp_path / "audit"
+    chosen = Settings(steps="auto", tolerance=0.01)
+    first = audit(model, str(root), out, PREP, ["ig", "gnl_ig", "random"], labels=csv, progress=False, settings=chosen)
+    assert first.computed == 3 * N_DIGITS
+    got = rows(out)
+    for method in ("ig", "gnl_ig"):
+        explainer = Explainer(model, settings=chosen.replace(method=method))
+        taken = {}
+        for (image, m), row in got.items():
+            if m == method and len(taken) < 4:  # four digits, each explained alone
+                alone = explainer.explain(load_image(root / image, PREP), target=row["target"])
+                assert row["steps"] == alone.points[0], (image, method)
+                taken[image] = row["steps"]
+        every = [row["steps"] for (_, m), row in got.items() if m == method]
+        summary = next(s for s in json.loads((out / "summary.json").read_text())["summary"] if s["method"] == method)
+        assert summary["steps"] == "auto" and summary["points"] == {
+            "min": min(every), "mean": round(float(np.mean(every)), 2), "max": max(every)}
+        assert min(every) < max(every)  # the digits took different counts
+    assert all(row["steps"] is None for (_, m), row in got.items() if m == "random")
+    with pytest.raises(UsageError, match="tolerance"):
+        audit(model, str(root), out, PREP, ["ig"], labels=csv, progress=False, settings=chosen.replace(tolerance=0.05))
+    again = audit(model, str(root), out, PREP, ["ig"], labels=csv, progress=False, settings=chosen)
+    assert (again.computed, again.reused) == (0, N_DIGITS)
+
+
 def test_killed_run_resumes_where_it_stopped(model, digits, local, tmp_path):
     """The whole local process dies mid-run (the crash hook): what it finished is kept, and a rerun
     computes exactly the rest."""

@@ -11,4 +11,5 @@ CRASH_ENV = "GNL_ONNX_AUDIT_CRASH_ON"
 # What changes results: an OUT audited with other values cannot be resumed.
 IDENTITY = ("model_sha256", "preprocessing", "steps", "baseline", "integration", "gate", "output", "target",
             "seed", "input", "output_name", "curve_steps", "reduce", "deletion_substrate", "insertion_substrate",
-            "metrics", "road_fractions", "road_noise")  # the last three only with ROAD: older OUTs resume
+            "metrics", "road_fractions", "road_noise",  # these three only with ROAD: older OUTs resume
+            "tolerance")  # only with steps "auto"

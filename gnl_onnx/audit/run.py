@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..adaptive import FIXED_STEPS
 from ..errors import UsageError
 from ..evaluation import DEFAULT_METRICS, FILES, Evaluation, parse_methods, scoring
 from ..intake import model_sha256, prepare
@@ -74,9 +75,6 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
     steps, baseline, integration, gate, output = run.steps, run.baseline, run.integration, run.gate, run.output
     input, output_name, layer, seed, threads = run.input, run.output_name, run.layer, run.seed, run.threads
     providers, memory_budget = run.providers, run.memory_budget
-    if steps == "auto":  # its batches are sized and its rows stored by one step count
-        raise UsageError("audit runs one step count for every image; give --steps N (explain and evaluate take "
-                         "--steps auto)")
     for name, value in (("workers", workers), ("images per batch", images_per_batch)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise UsageError(f"{name} must be a positive integer (got {value!r})")
@@ -101,9 +99,10 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
     root, found = list_images(images)
     identity = {"model": str(model), "model_sha256": model_sha256(model), "images": str(images),
                 "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(prep).items()},
-                "steps": int(steps), "baseline": baseline, "integration": integration, "gate": gate,
-                "output": output, "target": target, "seed": int(seed), "input": input, "output_name": output_name,
-                **checked.config(), **({"layer": list(layer)} if layer else {})}  # no key without: old runs resume
+                "steps": steps if steps == "auto" else int(steps), "baseline": baseline, "integration": integration,
+                "gate": gate, "output": output, "target": target, "seed": int(seed), "input": input,
+                "output_name": output_name, **checked.config(), **({"layer": list(layer)} if layer else {}),
+                **({"tolerance": run.tolerance} if steps == "auto" else {})}  # no key without: old runs resume
     out = Path(out)
     _prepare_out(out, identity, overwrite)
     store = _Store(out, checked.road_fractions if checked.road else None)
@@ -115,7 +114,9 @@ def audit(model, images: str, out, prep, methods, engine: str = "local", address
             rows.append({"image": image_id, "path": path, "methods": ",".join(missing)})
     keys = len(found) * len(methods)
     pending = sum(r["methods"].count(",") + 1 for r in rows)
-    settings = {"model": prepared, "prep": prep, "methods": methods, "steps": int(steps), "baseline": baseline,
+    # steps="auto": each image's points are its own (stored per row); batches are sized for FIXED_STEPS
+    settings = {"model": prepared, "prep": prep, "methods": methods,
+                "steps": FIXED_STEPS if steps == "auto" else int(steps), "baseline": baseline,
                 "integration": integration, "gate": gate, "output": output, "target": target, "seed": int(seed),
                 "input": input, "output_name": output_name, "memory_budget": memory_budget,
                 "providers": providers, "batch_size": int(batch_size), **checked.config(),

@@ -167,8 +167,11 @@ def finalize(out: Path, found, methods, labels: dict, identity: dict, store: _St
         rows = [k for k, m in enumerate(columns["method"]) if m == method]
         if rows:
             per = {mode: [np.asarray(columns[f"{mode}_curve"][k]) for k in rows] for mode in modes}
-            evaluation.summaries[method] = summarize(method, per, columns["steps"][rows[0]],
-                                                     identity.get("road_fractions", ROAD_FRACTIONS))
+            taken = [columns["steps"][k] for k in rows]
+            adaptive = identity.get("steps") == "auto" and taken[0] is not None  # (the random floor has none)
+            evaluation.summaries[method] = summarize(method, per, "auto" if adaptive else taken[0],
+                                                     identity.get("road_fractions", ROAD_FRACTIONS),
+                                                     taken if adaptive else None)
     # the model's top-1 accuracy on labelled images (every method explains the same target)
     per_image = dict(zip(table.column("image").to_pylist(), zip(table.column("target").to_pylist(), true)))
     labelled = [t == y for t, y in per_image.values() if y is not None]

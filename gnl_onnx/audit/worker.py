@@ -16,7 +16,7 @@ from ..errors import InputError, UsageError
 from ..evaluation import (
     DEFAULT_METRICS,
     RANDOM,
-    attribute,
+    attribute_counted,
     explain_function,
     randomized_function,
     score_curves,
@@ -79,7 +79,8 @@ class AuditWorker:
             except InputError as e:
                 raise InputError(str(e).replace(local, path)) from None
 
-    def _attributions(self, method: str, images, targets, ids) -> np.ndarray:
+    def _attributions(self, method: str, images, targets, ids) -> tuple[np.ndarray, list]:
+        """(attributions, the steps each image took: its own gradient points under steps="auto")."""
         explainer = self.explainers[method]
         keys = [image_key(i) for i in ids]
         if explainer is not None and (explainer.spec.draws_noise or explainer.spec.noisy_copies or (
@@ -91,8 +92,8 @@ class AuditWorker:
                 explainer.seed = int(self.settings["seed"]) * 2 ** 32 + key
                 results.append(explainer.explain(images[k:k + 1], targets[k:k + 1]).attributions)
             explainer.seed = self.settings["seed"]
-            return np.concatenate(results)
-        return attribute(explainer, images, targets, keys, self.settings["seed"])
+            return np.concatenate(results), [explainer.steps] * len(images)
+        return attribute_counted(explainer, images, targets, keys, self.settings["seed"])
 
     def __call__(self, batch: dict) -> dict:
         s = self.settings
@@ -129,16 +130,16 @@ class AuditWorker:
                 if not which:
                     continue
                 start = time.perf_counter()
-                attributions = self._attributions(method, images[which], targets[which], [ids[k] for k in which])
+                attributions, taken = self._attributions(method, images[which], targets[which],
+                                                         [ids[k] for k in which])
                 seconds = (time.perf_counter() - start) / len(which)
                 explainer = self.explainers[method]
                 curves = score_curves(self.scorer, images[which], attributions, targets[which], self.scoring,
                                       [image_key(ids[k]) for k in which],  # ROAD's noise: seeded by the id
                                       explain_function(explainer, s["seed"]), randomized=self.randomized[method])
-                for k, attribution, curve in zip(which, attributions, curves):
+                for k, attribution, curve, steps in zip(which, attributions, curves, taken):
                     rows.add(ids[k], method, int(targets[k]), float(probabilities[k, targets[k]]), curve,
-                             None if explainer is None else explainer.steps, seconds, self.scorer.provider,
-                             attribution)
+                             steps, seconds, self.scorer.provider, attribution)
         self._maybe_crash(list(map(str, batch["image"])))
         return rows.columns()
 
@@ -156,13 +157,12 @@ class AuditWorker:
             keys = [row_id(ids[r.image], r) for r in part]
             x = images[[r.image for r in part]]
             start = time.perf_counter()
-            attributions = self._attributions(method, x, np.array([r.chosen for r in part], np.int64), keys)
+            attributions, taken = self._attributions(method, x, np.array([r.chosen for r in part], np.int64), keys)
             seconds = (time.perf_counter() - start) / len(part)
-            explainer = self.explainers[method]
             for k, (key, row) in enumerate(zip(keys, part)):
                 curves = score_row(self.scorer, x[k:k + 1], attributions[k:k + 1], row, self.scoring, image_key(key))
-                rows.add(key, method, row.label, row.score, curves, None if explainer is None else explainer.steps,
-                         seconds, self.scorer.provider, attributions[k], row.box)
+                rows.add(key, method, row.label, row.score, curves, taken[k], seconds, self.scorer.provider,
+                         attributions[k], row.box)
 
     def _maybe_crash(self, ids):
         marker = self.settings.get("crash_marker")
