@@ -142,9 +142,14 @@ class AdaptiveSteps:
     def _explain(self, explainer, images, targets, baselines):
         n = len(images)
         probes = np.linspace(0.0, 1.0, PROBES + 1)
-        ends = self._forward(explainer, np.concatenate([baselines, images]))  # the image itself, not b + 1 (x - b)
-        along = np.empty((n, PROBES + 1, ends.shape[1]))
-        along[:, 0], along[:, -1] = ends[:n], ends[n:]
+        # F at the image itself (not b + 1 (x - b)); at the baseline only where it is used: IG's gap
+        # and panel errors, or probes placing the first panels (GNL-IG's errors come from its maps)
+        at_baseline = self.complete or PROBES > 1
+        ends = self._forward(explainer, np.concatenate([baselines, images]) if at_baseline else images)
+        along = np.full((n, PROBES + 1, ends.shape[1]), np.nan)
+        along[:, -1] = ends[-n:]
+        if at_baseline:
+            along[:, 0] = ends[:n]
         if PROBES > 1:
             inner = np.tile(probes[1:-1], n)
             along[:, 1:-1] = self._scores_at(explainer, images, baselines, np.repeat(np.arange(n), PROBES - 1),

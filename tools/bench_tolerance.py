@@ -17,9 +17,11 @@ each summarized by its geometric mean:
   what a user who must find the step count pays.
 IG's rows also give the fixed rule's gap at twice its step count: a gap met by cancelling errors
 (Lite0's espresso: 0.34% at 16 Gauss-Legendre steps, 14% at 64) is not met again there.
-Photos whose score does not change along the path (|F(x) - F(b)| under 1e-4 of the score: no
-relative gap exists) are listed and left out. Models as tools/bench.py (torchvision with random
-weights, the real EfficientNet-Lite0), photos from scikit-image, matplotlib and scikit-learn
+vgg16 gets seeded random biases and mobilenet_v2 BatchNorm statistics measured on the photos
+(path_networks: with plain random weights neither is a test of a path method). Photos whose
+score does not change along the path (|F(x) - F(b)| under 1e-4 of the score: no
+relative gap exists) are listed and left out. Otherwise models as tools/bench.py (torchvision with
+random weights, the real EfficientNet-Lite0), photos from scikit-image, matplotlib and scikit-learn
 (bundled, no download), resized to 224 x 224. The JSON is rewritten after every photo.
 """
 from __future__ import annotations
@@ -62,6 +64,42 @@ def prepared(name: str, pictures) -> np.ndarray:
     return np.concatenate([preset.to_input(p) for p in pictures]).astype(np.float32)
 
 
+def path_networks(name: str, images: np.ndarray, folder: pathlib.Path):
+    """(ONNX path, torch module) of tools/bench.py's network, made a test of a path method where
+    random weights are not: vgg16 (no BatchNorm, zero biases) is positively homogeneous, so F along
+    the path from a zero baseline is a straight line (every rule is exact at 4 steps; it gets
+    seeded biases, N(0, 0.1^2)); random mobilenet_v2 saturates its ReLU6 gates and scores every
+    photo alike (its BatchNorm statistics are measured on the photos). Written to `folder`."""
+    import torch
+
+    from bench import networks
+
+    if name not in ("vgg16", "mobilenet_v2"):
+        return networks(name)
+    from models.torchvision_zoo import build
+
+    module = build(name)
+    with torch.no_grad():
+        if name == "vgg16":
+            generator = torch.Generator().manual_seed(7)
+            for layer in module.modules():
+                if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                    layer.bias.copy_(0.1 * torch.randn(layer.bias.shape, generator=generator))
+        else:
+            for layer in module.modules():
+                if isinstance(layer, torch.nn.BatchNorm2d):
+                    layer.reset_running_stats()
+                    layer.momentum = None  # a plain average over the batch
+            module.train()
+            module(torch.from_numpy(images))
+            module.eval()
+    path = folder / f"{name}-tolerance-bench.onnx"
+    torch.onnx.export(module, (torch.from_numpy(images[:1]),), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path, module
+
+
 def timed(function):
     start = time.perf_counter()
     out = function()
@@ -93,11 +131,13 @@ def bench_model(name, args, result, write) -> None:
     import torch
     from captum.attr import IntegratedGradients
 
-    from bench import networks
+    import tempfile
+
     from gnl_onnx import Explainer, Settings
 
-    path, module = networks(name)
     images = prepared(name, photos(args.photos))
+    folder = tempfile.TemporaryDirectory(prefix="gnl-onnx-tolerance-")
+    path, module = path_networks(name, images, pathlib.Path(folder.name))
     inputs = torch.from_numpy(images)
     with torch.no_grad():
         at_images, at_zero = module(inputs).double(), module(inputs * 0).double()
