@@ -99,6 +99,8 @@ class AdaptiveSteps:
         self.input_name = forward.input
         self.session, _ = make_session(forward.proto, settings.providers, settings.threads)
         self.gauss, self.gauss_weights, self.kronrod_at_gauss, self.added, self.added_weights = gauss_kronrod(NODES)
+        self.kronrod = np.concatenate([self.gauss, self.added])  # a Kronrod panel's nodes and weights
+        self.kronrod_weights = np.concatenate([self.kronrod_at_gauss, self.added_weights])
 
     # -- the two kinds of passes ----------------------------------------------------------------
     def _forward(self, explainer, points) -> np.ndarray:
@@ -118,11 +120,13 @@ class AdaptiveSteps:
         the point, one row each."""
         rows = max(1, explainer.budget // explainer.row_bytes)  # points built a slice at a time, not all at once
         parts = []
+        shape = (-1,) + (1,) * (images.ndim - 1)
         for lo in range(0, len(which), rows):
-            part = slice(lo, lo + rows)
-            points = self._along(images, baselines, which[part], alphas[part])
-            parts.append(explainer.path_integral(points, points - (images[which[part]] - baselines[which[part]]),
-                                                 targets[which[part]], np.ones(1, np.float32), np.ones(1, np.float32)))
+            part = which[lo:lo + rows]
+            delta = images[part] - baselines[part]
+            points = baselines[part] + alphas[lo:lo + rows].reshape(shape).astype(np.float32) * delta
+            parts.append(explainer.path_integral(points, points - delta, targets[part], np.ones(1, np.float32),
+                                                 np.ones(1, np.float32)))
         return np.concatenate(parts)
 
     def _scores_at(self, explainer, images, baselines, which, alphas) -> np.ndarray:
@@ -169,7 +173,6 @@ class AdaptiveSteps:
         while pending:
             chosen = {}
             for i in pending:
-                size = np.abs(sum(p.map for p in panels[i])).sum(dtype=np.float64)
                 if self.complete:
                     signed = [p.map.sum(dtype=np.float64) - (p.fb - p.fa) for p in panels[i]]
                     for p, e in zip(panels[i], signed):
@@ -180,6 +183,7 @@ class AdaptiveSteps:
                     chosen[i] = list(panels[i])
                     continue
                 else:
+                    size = np.abs(sum(p.map for p in panels[i])).sum(dtype=np.float64)
                     reached[i] = np.abs(sum(p.change for p in panels[i])).sum(dtype=np.float64) / max(size, 1e-30)
                     allowed = self.tolerance * size
                 if reached[i] > self.tolerance:
@@ -274,9 +278,7 @@ class AdaptiveSteps:
         alphas, weights = [], []
         for p in sorted(panels, key=lambda p: p.a):
             width = p.b - p.a
-            nodes, node_weights = (np.concatenate([self.gauss, self.added]),
-                                   np.concatenate([self.kronrod_at_gauss, self.added_weights])) if p.kronrod \
-                else (self.gauss, self.gauss_weights)
+            nodes, node_weights = (self.kronrod, self.kronrod_weights) if p.kronrod else (self.gauss, self.gauss_weights)
             alphas.append(p.a + width * nodes)
             weights.append(width * node_weights)
         alphas, weights = np.concatenate(alphas), np.concatenate(weights)

@@ -128,10 +128,10 @@ def doubling(run, reached, largest, setup=lambda steps: None):
 
 def bench_model(name, args, result, write) -> None:
     """Fill result (rows, then the summary) for one network; write() after every photo."""
+    import tempfile
+
     import torch
     from captum.attr import IntegratedGradients
-
-    import tempfile
 
     from gnl_onnx import Explainer, Settings
 
